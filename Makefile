@@ -1,0 +1,37 @@
+# The two newcomer commands are `make demo` and `make test`; both create the venv themselves.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test demo bench lint format clean-venv
+
+setup: $(STAMP)
+
+# torch first, from the CPU wheel: a bare `torch` requirement would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+demo: setup
+	$(BIN)/ratio-search demo
+
+bench: setup
+	$(BIN)/python benchmarks/run_all.py
+
+lint: setup
+	$(BIN)/ruff check ratio_search tests benchmarks
+	$(BIN)/ruff format --check ratio_search tests benchmarks
+
+format: setup
+	$(BIN)/ruff format ratio_search tests benchmarks
+	$(BIN)/ruff check --fix ratio_search tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

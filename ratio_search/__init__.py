@@ -1,0 +1,31 @@
+"""ratio-search: find how much diffusion-generated synthetic data to mix into a real training set.
+
+The public surface is small; modules prefixed by nothing here are stable, the rest is private.
+"""
+
+from .config import Config, load_config, save_config
+from .errors import (
+    ConfigError,
+    DataError,
+    ModelError,
+    PoolError,
+    RatioSearchError,
+    SearchError,
+)
+from .home import Home
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataError",
+    "Home",
+    "ModelError",
+    "PoolError",
+    "RatioSearchError",
+    "SearchError",
+    "load_config",
+    "save_config",
+    "__version__",
+]

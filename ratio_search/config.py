@@ -1,0 +1,216 @@
+"""Typed configuration: the one place where defaults live.
+
+A config is read in three layers: these dataclass defaults, then a YAML file, then command-line
+overrides. Unknown keys and invalid values raise :class:`ConfigError` naming the key and what is
+allowed. The resolved config is written next to every output (:func:`save_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+def _f(default: Any, help: str, choices: tuple | None = None, lo=None, hi=None, **kw):
+    """A dataclass field carrying its help text and its allowed values."""
+    meta = {"help": help, "choices": choices, "lo": lo, "hi": hi}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class DataConfig:
+    source: str = _f("phantom", "where the real images come from", ("phantom", "imagefolder", "npz"))
+    path: str | None = _f(None, "image-folder root or .npz file (phantom: where it is written)")
+    classes: list[str] | None = _f(None, "class folders to use, in label order (default: all found)")
+    synthetic_class: str | None = _f(None, "class that receives synthetic images (default: first)")
+    image_size: int = _f(32, "images are resized to image_size x image_size", lo=8, hi=1024)
+    channels: int = _f(1, "1 = grayscale, 3 = RGB", (1, 3))
+    max_per_class: int | None = _f(None, "cap on real training images per class", lo=1)
+    val_fraction: float = _f(0.2, "share of train carved out as val when val is tiny/missing", lo=0.01, hi=0.9)
+    min_val_per_class: int = _f(20, "a val split with fewer images per class is replaced", lo=0)
+    skip_bad_images: bool = _f(False, "skip unreadable images (and count them) instead of failing")
+    seed: int = _f(0, "seed for the val split and the phantom data")
+    phantom_n_per_class: int = _f(100, "phantom: real training images per class", lo=2)
+    phantom_val_per_class: int = _f(300, "phantom: validation images per class", lo=2)
+    phantom_test_per_class: int = _f(500, "phantom: test images per class", lo=2)
+
+
+@dataclass
+class TrainConfig:
+    r: float = _f(0.0, "synthetic-to-real ratio of the synthetic class", lo=0.0, hi=1.0)
+    mode: str = _f("replace", "replace: class size fixed; augment: synthetic added on top", ("replace", "augment"))
+    arch: str = _f("simple", "classifier architecture", ("simple",))
+    epochs: int = _f(30, "training epochs", lo=1)
+    batch_size: int = _f(128, "batch size (the study's)", lo=1)
+    lr: float = _f(1e-3, "Adam learning rate (the study's)", lo=0.0)
+    seed: int = _f(0, "seed for mixing, initialisation and shuffling")
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+
+
+@dataclass
+class FinetuneConfig:
+    backend: str = _f("tiny", "diffusion backend", ("tiny", "stable-diffusion"))
+    from_scratch: bool = _f(False, "tiny: train without the bundled base model")
+    base_model: str | None = _f(None, "stable-diffusion: local diffusers pipeline folder")
+    max_steps: int = _f(400, "optimisation steps", lo=1)
+    batch_size: int = _f(32, "batch size (stable-diffusion default: 8)", lo=1)
+    lr: float = _f(2e-4, "AdamW learning rate (stable-diffusion default: 1e-4)", lo=0.0)
+    ema_decay: float = _f(0.995, "EMA decay of the saved weights", lo=0.0, hi=1.0)
+    null_class_prob: float = _f(0.1, "class-label dropout for classifier-free guidance", lo=0.0, hi=1.0)
+    checkpoint_every: int = _f(100, "steps between resumable checkpoints", lo=1)
+    prompt: str = _f("OCT scan showing {cls}", "stable-diffusion: prompt template per class")
+    resolution: int | None = _f(None, "training resolution (default: tiny = image_size, SD = 512)", lo=8)
+    seed: int = _f(0, "seed of the fine-tune")
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+
+
+@dataclass
+class GenerateConfig:
+    guidance: float = _f(2.0, "classifier-free guidance scale", lo=0.0)
+    steps: int = _f(25, "sampling steps", lo=1)
+    scheduler: str = _f("ddim", "sampler", ("ddim", "dpm-solver++"))
+    n: int = _f(200, "images per pool", lo=1)
+    seed: int = _f(0, "seed of the pool")
+    postprocess: str = _f("none", "intensity postprocessing", ("none", "histogram-match"))
+    batch_size: int = _f(64, "images per forward pass", lo=1)
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+
+SECTIONS = {"data": DataConfig, "train": TrainConfig, "finetune": FinetuneConfig, "generate": GenerateConfig}
+
+
+def _check_value(section: str, f: dataclasses.Field, value: Any) -> Any:
+    """Validate and coerce one value against its field; raise ConfigError naming the key."""
+    key = f"{section}.{f.name}"
+    meta = f.metadata
+    if value is None:
+        if "None" in str(f.type):
+            return None
+        raise ConfigError(f"{key}: must not be empty")
+    typ = str(f.type)
+    try:
+        if typ.startswith("bool"):
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                value = value.lower() in ("true", "1", "yes")
+            elif not isinstance(value, bool):
+                raise ValueError
+        elif typ.startswith("int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            value = int(value)
+        elif typ.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError
+            value = float(value)
+        elif typ.startswith("list"):
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list | tuple) or not value:
+                raise ValueError
+            value = [str(v) for v in value]
+        elif typ.startswith("str"):
+            if not isinstance(value, str | int | float):
+                raise ValueError
+            value = str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected {typ.split(' |')[0]}, got {value!r}") from None
+    if meta.get("choices") and value not in meta["choices"]:
+        allowed = ", ".join(str(c) for c in meta["choices"])
+        raise ConfigError(f"{key}: {value!r} is not one of: {allowed}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+        raise ConfigError(f"{key}: {value!r} is outside {rng}")
+    return value
+
+
+def _apply(cfg: Config, updates: dict[str, Any], origin: str) -> None:
+    if not isinstance(updates, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections ({', '.join(SECTIONS)})")
+    for section, values in updates.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{origin}: unknown section {section!r}; allowed: {', '.join(SECTIONS)}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: section {section!r} must be a mapping")
+        obj = getattr(cfg, section)
+        fields = {f.name: f for f in dataclasses.fields(obj)}
+        for key, value in values.items():
+            if key not in fields:
+                raise ConfigError(
+                    f"{origin}: unknown key {section}.{key}; allowed: {', '.join(fields)}"
+                )
+            setattr(obj, key, _check_value(section, fields[key], value))
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """Read a YAML file with ``yaml.safe_load``; errors become ConfigError naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML ({str(e).splitlines()[0]})") from None
+
+
+def load_config(
+    path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None
+) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``overrides`` (``{"train.r": 0.5}`` or nested)."""
+    cfg = Config()
+    if path is not None:
+        doc = read_yaml(path) or {}
+        _apply(cfg, doc, str(path))
+    if overrides:
+        nested: dict[str, dict[str, Any]] = {}
+        for k, v in overrides.items():
+            if v is None:
+                continue
+            if isinstance(v, dict):
+                nested.setdefault(k, {}).update(v)
+                continue
+            if "." not in k:
+                raise ConfigError(f"override {k!r} must be section.key")
+            s, key = k.split(".", 1)
+            nested.setdefault(s, {})[key] = v
+        _apply(cfg, nested, "command line")
+    return cfg
+
+
+def config_from_dict(doc: dict[str, Any]) -> Config:
+    """Build a validated Config from a plain dict (as saved by :func:`config_to_dict`)."""
+    cfg = Config()
+    _apply(cfg, doc, "config")
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, YAML-safe dict of a config (or of one section)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> Path:
+    """Write the resolved config as YAML (next to the outputs it produced)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return p
