@@ -28,14 +28,20 @@ def _f(default: Any, help: str, choices: tuple | None = None, lo=None, hi=None, 
 
 @dataclass
 class DataConfig:
-    source: str = _f("phantom", "where the real images come from", ("phantom", "imagefolder", "npz"))
+    source: str = _f(
+        "phantom", "where the real images come from", ("phantom", "imagefolder", "npz")
+    )
     path: str | None = _f(None, "image-folder root or .npz file (phantom: where it is written)")
-    classes: list[str] | None = _f(None, "class folders to use, in label order (default: all found)")
+    classes: list[str] | None = _f(
+        None, "class folders to use, in label order (default: all found)"
+    )
     synthetic_class: str | None = _f(None, "class that receives synthetic images (default: first)")
     image_size: int = _f(32, "images are resized to image_size x image_size", lo=8, hi=1024)
     channels: int = _f(1, "1 = grayscale, 3 = RGB", (1, 3))
     max_per_class: int | None = _f(None, "cap on real training images per class", lo=1)
-    val_fraction: float = _f(0.2, "share of train carved out as val when val is tiny/missing", lo=0.01, hi=0.9)
+    val_fraction: float = _f(
+        0.2, "share of train carved out as val when val is tiny/missing", lo=0.01, hi=0.9
+    )
     min_val_per_class: int = _f(20, "a val split with fewer images per class is replaced", lo=0)
     skip_bad_images: bool = _f(False, "skip unreadable images (and count them) instead of failing")
     seed: int = _f(0, "seed for the val split and the phantom data")
@@ -47,7 +53,11 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     r: float = _f(0.0, "synthetic-to-real ratio of the synthetic class", lo=0.0, hi=1.0)
-    mode: str = _f("replace", "replace: class size fixed; augment: synthetic added on top", ("replace", "augment"))
+    mode: str = _f(
+        "replace",
+        "replace: class size fixed; augment: synthetic added on top",
+        ("replace", "augment"),
+    )
     arch: str = _f("simple", "classifier architecture", ("simple",))
     epochs: int = _f(30, "training epochs", lo=1)
     batch_size: int = _f(128, "batch size (the study's)", lo=1)
@@ -65,10 +75,14 @@ class FinetuneConfig:
     batch_size: int = _f(32, "batch size (stable-diffusion default: 8)", lo=1)
     lr: float = _f(2e-4, "AdamW learning rate (stable-diffusion default: 1e-4)", lo=0.0)
     ema_decay: float = _f(0.995, "EMA decay of the saved weights", lo=0.0, hi=1.0)
-    null_class_prob: float = _f(0.1, "class-label dropout for classifier-free guidance", lo=0.0, hi=1.0)
+    null_class_prob: float = _f(
+        0.1, "class-label dropout for classifier-free guidance", lo=0.0, hi=1.0
+    )
     checkpoint_every: int = _f(100, "steps between resumable checkpoints", lo=1)
     prompt: str = _f("OCT scan showing {cls}", "stable-diffusion: prompt template per class")
-    resolution: int | None = _f(None, "training resolution (default: tiny = image_size, SD = 512)", lo=8)
+    resolution: int | None = _f(
+        None, "training resolution (default: tiny = image_size, SD = 512)", lo=8
+    )
     seed: int = _f(0, "seed of the fine-tune")
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
 
@@ -93,7 +107,12 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
 
-SECTIONS = {"data": DataConfig, "train": TrainConfig, "finetune": FinetuneConfig, "generate": GenerateConfig}
+SECTIONS = {
+    "data": DataConfig,
+    "train": TrainConfig,
+    "finetune": FinetuneConfig,
+    "generate": GenerateConfig,
+}
 
 
 def _check_value(section: str, f: dataclasses.Field, value: Any) -> Any:
@@ -146,7 +165,9 @@ def _apply(cfg: Config, updates: dict[str, Any], origin: str) -> None:
         raise ConfigError(f"{origin}: expected a mapping of sections ({', '.join(SECTIONS)})")
     for section, values in updates.items():
         if section not in SECTIONS:
-            raise ConfigError(f"{origin}: unknown section {section!r}; allowed: {', '.join(SECTIONS)}")
+            raise ConfigError(
+                f"{origin}: unknown section {section!r}; allowed: {', '.join(SECTIONS)}"
+            )
         if values is None:
             continue
         if not isinstance(values, dict):
