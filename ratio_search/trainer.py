@@ -168,6 +168,8 @@ def _evaluate_tensors(
     positive_label: int,
 ) -> dict[str, Any]:
     logits = _logits(model, x, device)
+    if not bool(torch.isfinite(logits).all()):  # sklearn would fail on NaN with a vaguer message
+        raise RatioSearchError("the classifier's outputs are not finite (training diverged?)")
     y = y.to(device)
     val_loss = float(F.cross_entropy(logits, y).item())
     proba = torch.softmax(logits.double(), dim=1).cpu().numpy()
