@@ -98,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the resolved config and metrics (default: runs/train-...)")
     p.set_defaults(handler=cmd_train)
 
+    # clean
+    p = sub.add_parser("clean", help="remove run folders, pools, models or the data cache")
+    p.add_argument("--home", help="home directory (default: cwd)")
+    p.add_argument("what", nargs="*", default=[], metavar="STORE",
+                   help="stores to clean: runs, pools, models, cache (none: show sizes)")
+    p.add_argument("--name", nargs="+", help="only these run names / pool keys / model hashes")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_clean)
+
     return parser
 
 
@@ -120,6 +130,38 @@ def cmd_data_phantom(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     raise RatioSearchError("train: not wired yet")
+
+
+def cmd_clean(args: argparse.Namespace) -> None:
+    from .clean import find_targets, human_size, remove, store_sizes
+    from .home import Home
+
+    home = Home.resolve(args.home)
+    if not args.what:  # no store named: show what there is and how big it is
+        sizes = store_sizes(home)
+        lines = [f"{k:<7} {human_size(v):>10}  {getattr(home, k)}" for k, v in sizes.items()]
+        _emit(args, {"home": str(home.root), "sizes": sizes}, "\n".join(lines))
+        return
+    targets = find_targets(home, args.what, args.name)
+    if not targets:
+        _emit(args, {"removed": [], "freed": 0}, "nothing to remove")
+        return
+    total = sum(t.size for t in targets)
+    if not args.yes:
+        for t in targets:
+            print(f"  {t.kind:<7} {t.name:<40} {human_size(t.size):>10}")
+        if not sys.stdin.isatty():
+            raise RatioSearchError("clean needs confirmation: run it in a terminal or pass --yes")
+        answer = input(f"Remove {len(targets)} entries ({human_size(total)})? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing removed")
+            return
+    freed = remove(targets)
+    _emit(
+        args,
+        {"removed": [str(t.path) for t in targets], "freed": freed},
+        f"removed {len(targets)} entries, freed {human_size(freed)}",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
