@@ -1,0 +1,138 @@
+"""Trainer throughput vs a bare PyTorch loop on the same tensors and model (goal: ratio >= 0.9).
+
+Both sides train the study's SimpleCNN (16/32/64, FC 128) from the same seed on the same uint8
+tensors, already on the device, with the same normalisation, batch size and Adam settings, and
+validate once per epoch. They are run alternately (A, B, A, B, ...) in one process so that both see
+the same machine load; the medians and their ratio are printed as one markdown table row.
+
+- ``trainer``: :func:`ratio_search.trainer.train_classifier` with a ``report`` callback, as in a
+  search trial (so it pays for the scikit-learn metrics and the per-epoch resumable state copy).
+- ``bare``: the shortest loop that does the same job: randperm batches, forward, backward, step;
+  per epoch a no-grad forward pass over the validation set and its accuracy.
+- ``bare-train-only`` (also printed): the same loop without any validation, a lower bound.
+
+Throughput is training images per second (images x epochs / wall time).
+
+    .venv/bin/python benchmarks/bench_trainer.py [--n 2000] [--size 32] [--epochs 2] [--reps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ratio_search.config import TrainConfig
+from ratio_search.home import resolve_device
+from ratio_search.trainer import SimpleCNN, normalize, train_classifier
+
+
+def make_data(n: int, n_val: int, size: int, seed: int = 0):
+    """Two classes of noisy images, one with a brighter centre (content does not matter here)."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 200, (n + n_val, 1, size, size)).astype(np.uint8)
+    y = (np.arange(n + n_val) % 2).astype(np.int64)
+    x[y == 1, :, size // 4 : -size // 4, size // 4 : -size // 4] += 40
+    return x[:n], y[:n], x[n:], y[n:]
+
+
+def bare_loop(x, y, vx, vy, cfg: TrainConfig, device: torch.device, validate: bool = True) -> None:
+    """The reference: a plain PyTorch loop over device-resident uint8 tensors."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = SimpleCNN(x.shape[1], 2, x.shape[2])
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    vxt, vyt = torch.from_numpy(vx).to(device), torch.from_numpy(vy).to(device)
+    for _ in range(cfg.epochs):
+        model.train()
+        perm = torch.randperm(len(xt), generator=gen).to(device)
+        for i in range(0, len(xt), cfg.batch_size):
+            idx = perm[i : i + cfg.batch_size]
+            loss = F.cross_entropy(model(normalize(xt[idx])), yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if validate:
+            model.eval()
+            with torch.no_grad():
+                pred = torch.cat(
+                    [
+                        model(normalize(vxt[i : i + 1024])).argmax(1)
+                        for i in range(0, len(vxt), 1024)
+                    ]
+                )
+            float((pred == vyt).float().mean())  # forces the work to finish, like .item()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def trainer_run(x, y, vx, vy, cfg: TrainConfig, device: torch.device) -> None:
+    train_classifier(x, y, vx, vy, cfg, n_classes=2, device=device, report=lambda e, m, s: None)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=2000, help="training images")
+    ap.add_argument("--n-val", type=int, default=400, help="validation images")
+    ap.add_argument("--size", type=int, default=32, help="image size in pixels")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=5, help="alternating repetitions of each side")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (shared machines: 1)")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(resolve_device(args.device))
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=1e-3, seed=0)
+    x, y, vx, vy = make_data(args.n, args.n_val, args.size)
+    sides = {
+        "trainer": lambda: timed(trainer_run, x, y, vx, vy, cfg, device),
+        "bare": lambda: timed(bare_loop, x, y, vx, vy, cfg, device, True),
+        "bare-train-only": lambda: timed(bare_loop, x, y, vx, vy, cfg, device, False),
+    }
+    for fn in sides.values():  # warm-up (allocator, kernels, first-call imports), not timed
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    for _ in range(args.reps):
+        for name, fn in sides.items():
+            times[name].append(fn())
+
+    images = args.n * args.epochs
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ips = {k: images / v for k, v in med.items()}
+    ratio = ips["trainer"] / ips["bare"]
+    ratio_train_only = ips["trainer"] / ips["bare-train-only"]
+    print(
+        "| benchmark | device | setup | trainer img/s | bare loop img/s | ratio | "
+        "bare train-only img/s | ratio vs train-only |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    print(
+        f"| trainer vs bare loop | {device} ({args.threads} thread(s)) | SimpleCNN 16/32/64, "
+        f"{args.n} train + {args.n_val} val imgs {args.size} px, {args.epochs} epochs, batch "
+        f"{args.batch_size}, median of {args.reps} alternating reps | {ips['trainer']:.0f} | "
+        f"{ips['bare']:.0f} | **{ratio:.3f}** | {ips['bare-train-only']:.0f} | "
+        f"{ratio_train_only:.3f} |"
+    )
+    spread = {k: f"{min(v):.2f}-{max(v):.2f}s" for k, v in times.items()}
+    print(f"(raw times per side: {spread})")
+
+
+if __name__ == "__main__":
+    main()
