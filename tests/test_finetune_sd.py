@@ -1,0 +1,243 @@
+"""The stable-diffusion backend on a tiny, randomly initialised pipeline built here (no download)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ratio_search.config import FinetuneConfig
+from ratio_search.diffusion import sd
+from ratio_search.errors import ModelError
+
+IMAGE_SIZE = 16  # the dataset's images
+RESOLUTION = 32  # the fine-tune's (tiny pipeline: 8x8 latents)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The CI machine has 2 cores shared with other jobs; the tiny models do not need more.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_data(n_per_class: int = 4, channels: int = 1, seed: int = 0) -> SimpleNamespace:
+    """A two-class dataset with the fields finetune_sd reads (CNV = label 0 gets synthetic images)."""
+    rng = np.random.default_rng(seed)
+    n = 2 * n_per_class
+    shape = (n, channels, IMAGE_SIZE, IMAGE_SIZE)
+    return SimpleNamespace(
+        train_x=rng.integers(0, 256, shape, dtype=np.uint8),
+        train_y=np.repeat(np.arange(2, dtype=np.int64), n_per_class),
+        class_names=["CNV", "NORMAL"],
+        synthetic_label=0,
+    )
+
+
+def sd_config(base: Path, **kw) -> FinetuneConfig:
+    values = {
+        "backend": "stable-diffusion",
+        "base_model": str(base),
+        "max_steps": 1,
+        "batch_size": 2,
+        "resolution": RESOLUTION,
+        "device": "cpu",
+        "seed": 0,
+    }
+    values.update(kw)
+    return FinetuneConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    return sd.build_tiny_pipeline(tmp_path_factory.mktemp("sd") / "base", image_size=RESOLUTION)
+
+
+@pytest.fixture(scope="module")
+def trained(base, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("sd") / "model"
+    stats = sd.finetune_sd(make_data(), sd_config(base), out, resume=False, progress=False)
+    return out, stats
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def test_tiny_pipeline_is_a_complete_pipeline(base):
+    assert sd.check_pipeline_folder(base) == base
+    index = json.loads((base / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["tokenizer"] == ["transformers", "CLIPTokenizer"]
+    assert list(base.rglob("*.bin")) == []
+
+
+def test_tiny_tokenizer_knows_the_prompt_words(base):
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
+    tokens = tok.convert_ids_to_tokens(tok("OCT scan showing CNV").input_ids)
+    assert tokens == [
+        "<|startoftext|>",
+        "oct</w>",
+        "scan</w>",
+        "showing</w>",
+        "cnv</w>",
+        "<|endoftext|>",
+    ]
+    # An unknown word is spelled out in byte symbols rather than mapped to the unknown token.
+    ids = tok("weird_class").input_ids
+    assert tok.unk_token_id not in ids[1:-1] and len(ids) > 3
+
+
+def test_missing_base_model_is_a_model_error(tmp_path):
+    with pytest.raises(ModelError, match="--base-model is required"):
+        sd.check_pipeline_folder(None)
+    with pytest.raises(ModelError, match="not found"):
+        sd.check_pipeline_folder(tmp_path / "nowhere")
+    with pytest.raises(ModelError, match=r"no model_index\.json"):
+        sd.check_pipeline_folder(tmp_path)
+
+
+def test_incomplete_pipeline_names_what_is_missing(base, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(base, broken)
+    shutil.rmtree(broken / "unet")
+    (broken / "text_encoder" / "config.json").unlink()
+    with pytest.raises(ModelError) as e:
+        sd.finetune_sd(make_data(), sd_config(broken), tmp_path / "out")
+    msg = str(e.value)
+    assert str(broken) in msg and "unet/" in msg and "text_encoder/config.json" in msg
+    assert "vae" not in msg and "\n" not in msg
+
+
+def test_sd_defaults_replace_tiny_defaults_only():
+    resolved = sd.resolve_sd_settings(FinetuneConfig(backend="stable-diffusion"))
+    assert resolved == {"lr": 1e-4, "batch_size": 8, "resolution": 512}
+    explicit = FinetuneConfig(backend="stable-diffusion", lr=5e-5, batch_size=2, resolution=256)
+    assert sd.resolve_sd_settings(explicit) == {"lr": 5e-5, "batch_size": 2, "resolution": 256}
+
+
+def test_finetune_trains_the_unet_only_and_saves_safetensors(base, trained):
+    out, stats = trained
+    assert stats["steps"] == 1 and math.isfinite(stats["final_loss"]) and stats["seconds"] > 0
+    # Resolved values: lr left at the tiny default -> SD's; batch and resolution as set.
+    assert (stats["lr"], stats["batch_size"], stats["resolution"]) == (1e-4, 2, RESOLUTION)
+    assert stats["prompt"] == "OCT scan showing CNV" and stats["n_train_images"] == 4
+    assert stats["mixed_precision"] == "no" and stats["gradient_checkpointing"] is False
+
+    assert sd.check_pipeline_folder(out) == out
+    assert list(out.rglob("*.bin")) == [] and not (out / "checkpoint").exists()
+    assert not (out / "safety_checker").exists()
+
+    def weights(folder: Path, part: str) -> dict[str, torch.Tensor]:
+        (f,) = (folder / part).glob("*.safetensors")
+        return load_file(str(f))
+
+    unet_old, unet_new = weights(base, "unet"), weights(out, "unet")
+    assert any(not torch.equal(unet_old[k], unet_new[k]) for k in unet_old)
+    for frozen in ("vae", "text_encoder"):
+        old, new = weights(base, frozen), weights(out, frozen)
+        assert old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old)
+
+
+def test_sample_shape_dtype_range_and_seeding(trained):
+    out, _ = trained
+    model = sd.SDModel.load(out)
+    assert (model.image_size, model.channels, model.class_names) == (
+        IMAGE_SIZE,
+        1,
+        ["CNV", "NORMAL"],
+    )
+    assert model.prompt(0) == "OCT scan showing CNV"
+    imgs = model.sample(2, class_index=0, guidance=3.0, steps=2, seed=0, batch_size=2, device="cpu")
+    assert imgs.shape == (2, 1, IMAGE_SIZE, IMAGE_SIZE) and imgs.dtype == np.uint8
+    assert imgs.min() >= 0 and imgs.max() <= 255 and imgs.std() > 0
+    assert not np.array_equal(imgs[0], imgs[1])  # different noise per image
+    # Image i depends only on (seed, i): a larger pool starts with the smaller one's images.
+    more = model.sample(3, class_index=0, guidance=3.0, steps=2, seed=0, batch_size=2, device="cpu")
+    np.testing.assert_array_equal(more[:2], imgs)
+    other = model.sample(
+        2, class_index=0, guidance=3.0, steps=2, seed=1, batch_size=2, device="cpu"
+    )
+    assert not np.array_equal(other, imgs)
+
+
+def test_guidance_and_scheduler_change_the_images(trained):
+    model = sd.SDModel.load(trained[0])
+    kw = {"n": 2, "class_index": 0, "steps": 2, "seed": 0, "batch_size": 2, "device": "cpu"}
+    plain = model.sample(guidance=1.0, **kw)
+    guided = model.sample(guidance=7.5, **kw)
+    assert not np.array_equal(plain, guided)
+    dpm = model.sample(guidance=7.5, scheduler="dpm-solver++", **kw)
+    assert dpm.shape == guided.shape and not np.array_equal(dpm, guided)
+    with pytest.raises(ModelError, match="scheduler"):
+        model.sample(guidance=1.0, scheduler="euler", **kw)
+    with pytest.raises(ModelError, match="class index 5"):
+        model.sample(2, class_index=5, guidance=1.0, steps=2, device="cpu")
+
+
+def test_rgb_output_keeps_three_channels():
+    rng = np.random.default_rng(0)
+    out = sd.pipeline_output_to_images(rng.random((3, 32, 32, 3)), image_size=16, channels=3)
+    assert out.shape == (3, 3, 16, 16) and out.dtype == np.uint8
+    gray = sd.pipeline_output_to_images(np.full((1, 32, 32, 3), 0.5), image_size=16, channels=1)
+    assert gray.shape == (1, 1, 16, 16) and np.all(gray == 128)
+
+
+def test_resume_continues_from_the_checkpoint(base, tmp_path, monkeypatch):
+    data = make_data()
+    cfg = sd_config(base, max_steps=3, checkpoint_every=2)
+    straight = tmp_path / "straight"
+    sd.finetune_sd(data, cfg, straight)
+
+    # Interrupt a second run after its last step (the checkpoint of step 2 is on disk), resume it.
+    def crash(*args, **kw):
+        raise KeyboardInterrupt
+
+    resumed = tmp_path / "resumed"
+    with monkeypatch.context() as m:
+        m.setattr(sd, "_save_pipeline", crash)
+        with pytest.raises(KeyboardInterrupt):
+            sd.finetune_sd(data, cfg, resumed)
+    state = json.loads((resumed / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 2 and len(state["losses"]) == 2
+
+    with pytest.raises(ModelError, match="lr"):
+        sd.finetune_sd(data, dataclasses.replace(cfg, lr=1e-3), resumed, resume=True)
+    stats = sd.finetune_sd(data, cfg, resumed, resume=True)
+    assert stats["resumed_from_step"] == 2 and stats["steps"] == 3
+    assert not (resumed / "checkpoint").exists()
+    a = load_file(str(next((straight / "unet").glob("*.safetensors"))))
+    b = load_file(str(next((resumed / "unet").glob("*.safetensors"))))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_mixed_precision_and_checkpointing_path_runs(base, tmp_path):
+    # The GPU path (autocast + gradient checkpointing) exercised on the CPU with bf16 autocast.
+    cfg = sd_config(base)
+    stats = sd._train(
+        make_data(),
+        cfg,
+        base,
+        tmp_path / "amp",
+        sd.resolve_sd_settings(cfg),
+        torch.device("cpu"),
+        torch.bfloat16,
+        True,
+        False,
+        False,
+    )
+    assert stats["mixed_precision"] == "bfloat16" and stats["gradient_checkpointing"] is True
+    assert math.isfinite(stats["final_loss"])
