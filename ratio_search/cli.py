@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--out", help="folder for the resolved config and metrics (default: runs/train-...)")
+    p.epilog = (
+        "--config YAML: sections data, train, finetune, generate (as in config.py), plus optional "
+        "`pool:` (key or folder; relative to the YAML's folder) and `expected:` (ignored metadata, "
+        "as written by export). Command-line flags override the YAML."
+    )
     p.set_defaults(handler=cmd_train)
 
     # clean
@@ -107,6 +112,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_clean)
+
+    # finetune
+    p = sub.add_parser("finetune", help="fine-tune the diffusion generator once (the upfront job)")
+    _common(p)
+    _add_data_flags(p)
+    p.add_argument("--backend", choices=["tiny", "stable-diffusion"], help="diffusion backend (default tiny)")
+    p.add_argument("--base-model", help="stable-diffusion: local diffusers pipeline; tiny: another base model folder")
+    p.add_argument("--max-steps", type=int, help="optimisation steps")
+    p.add_argument("--batch-size", type=int, help="batch size")
+    p.add_argument("--lr", type=float, help="AdamW learning rate")
+    p.add_argument("--ema-decay", type=float, help="EMA decay of the saved weights")
+    p.add_argument("--seed", type=int, help="seed of the fine-tune")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted fine-tune from its last checkpoint")
+    p.add_argument("--from-scratch", action="store_true", default=None, help="tiny: do not start from the bundled base model")
+    p.add_argument("--export-base", action="store_true",
+                   help="tiny: train the bundled base model on the phantom 'base' set (with --from-scratch)")
+    p.add_argument("--n-per-class", type=int, default=4000, help="--export-base: phantom images per class")
+    p.add_argument("--max-minutes", type=float, help="--export-base: stop (and save) after this many minutes")
+    p.add_argument("--out", help="--export-base: output folder (default: the package's base_model/)")
+    p.set_defaults(handler=cmd_finetune)
+
+    # generate / pools
+    p = sub.add_parser("generate", help="build cached pools of generated images (one, or a space's grid)")
+    _common(p)
+    _add_data_flags(p)
+    p.add_argument("--model", default="latest",
+                   help="model folder, model hash, or 'latest' (newest fine-tuned on this data; default)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (>= 0)")
+    p.add_argument("--steps", type=int, help="sampling steps (>= 1)")
+    p.add_argument("--n", type=int, help="images per pool (default: the space's pool_size, else 200)")
+    p.add_argument("--seed", type=int, help="seed of the pool")
+    p.add_argument("--scheduler", choices=["ddim", "dpm-solver++"], help="sampler (default ddim)")
+    p.add_argument("--postprocess", choices=["none", "histogram-match"],
+                   help="histogram-match: match each image's intensities to the real class's")
+    p.add_argument("--batch-size", type=int, help="images per forward pass")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--space", help="search space YAML (path or bundled name): build its whole pool grid")
+    p.add_argument("--from-folder", metavar="DIR", help="import a folder of images from another generator as a pool")
+    p.add_argument("--name", help="--from-folder: a label for the imported pool")
+    p.set_defaults(handler=cmd_generate)
+
+    p = sub.add_parser("pools", help="list the cached pools of generated images and their size")
+    p.add_argument("--home", help="home directory (default: cwd)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_pools)
 
     return parser
 
@@ -128,8 +179,47 @@ def cmd_data_phantom(args: argparse.Namespace) -> None:
     _emit(args, {"path": str(out)}, f"phantom data written to {out}")
 
 
+TRAIN_FLAGS = {
+    "r": "train.r",
+    "mode": "train.mode",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "seed": "train.seed",
+    "device": "train.device",
+}
+
+
 def cmd_train(args: argparse.Namespace) -> None:
-    raise RatioSearchError("train: not wired yet")
+    from tqdm import tqdm
+
+    from .data import infer_source
+    from .home import Home
+    from .trial import resolve_train_config, train_from_config
+
+    overrides = _overrides(args, {**DATA_FLAGS, **TRAIN_FLAGS})
+    if args.data is not None and args.source is None:
+        overrides["data.source"] = infer_source(args.data)
+    cfg, yaml_pool = resolve_train_config(args.config, overrides)
+    with tqdm(total=cfg.train.epochs, desc="train", unit="epoch", disable=args.json) as bar:
+
+        def report(epoch: int, metrics: dict[str, Any], state: dict[str, Any]) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['accuracy']:.3f}")
+
+        res = train_from_config(cfg, Home.resolve(args.home), args.pool or yaml_pool, args.out, report)
+    m = res["metrics"]
+    auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
+    skipped = f"; skipped {res['skipped_images']} unreadable image(s)" if res["skipped_images"] else ""
+    if res["pool"] and res["pool"]["skipped"]:
+        skipped += f"; skipped {res['pool']['skipped']} unreadable pool image(s)"
+    _emit(
+        args,
+        res,
+        f"R={res['r']:g} ({res['mode']}): val accuracy {m['accuracy']:.3f}, F1 {m['f1']:.3f}, "
+        f"AUC {auc} on {res['n_val']} images; trained on {res['n_real']} real + "
+        f"{res['n_synthetic']} synthetic{skipped}; wrote {res['out']}",
+    )
 
 
 def cmd_clean(args: argparse.Namespace) -> None:
@@ -162,6 +252,131 @@ def cmd_clean(args: argparse.Namespace) -> None:
         {"removed": [str(t.path) for t in targets], "freed": freed},
         f"removed {len(targets)} entries, freed {human_size(freed)}",
     )
+
+
+FINETUNE_FLAGS = {
+    "backend": "finetune.backend",
+    "base_model": "finetune.base_model",
+    "max_steps": "finetune.max_steps",
+    "batch_size": "finetune.batch_size",
+    "lr": "finetune.lr",
+    "ema_decay": "finetune.ema_decay",
+    "seed": "finetune.seed",
+    "device": "finetune.device",
+    "from_scratch": "finetune.from_scratch",
+}
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .diffusion import finetune
+    from .home import Home
+
+    home = Home.resolve(args.home)
+    overrides = {**_overrides(args, DATA_FLAGS), **_overrides(args, FINETUNE_FLAGS)}
+    if args.data and not args.source:  # --data alone: the source follows from the path
+        overrides["data.source"] = "npz" if str(args.data).endswith(".npz") else "imagefolder"
+    cfg = load_config(args.config, overrides)
+    progress = not args.json
+    if args.export_base:
+        from .diffusion.tiny import BASE_DIR, export_base
+
+        limit = None if args.max_minutes is None else 60.0 * args.max_minutes
+        info = export_base(
+            cfg.finetune, home, n_per_class=args.n_per_class, size=cfg.data.image_size,
+            out_dir=args.out or BASE_DIR, resume=args.resume, progress=progress,
+            time_limit_s=limit, command="ratio-search " + " ".join(sys.argv[1:]),
+        )  # fmt: skip
+        cached = False
+    else:
+        if args.max_minutes is not None:
+            raise RatioSearchError("--max-minutes is only for --export-base (a fine-tune is cached by its steps)")
+        from .data import load_dataset
+
+        data = load_dataset(cfg.data, home)
+        info = finetune(data, cfg.finetune, home, resume=args.resume, progress=progress)
+        cached = info.cached
+    stats = info.meta.get("training", {})
+    _emit(
+        args,
+        {"path": str(info.path), "hash": info.hash, "backend": info.meta.get("backend"),
+         "cached": cached, "class_names": info.meta.get("class_names"), "training": stats},
+        f"model {info.hash} at {info.path}"
+        + (" (cached)" if cached else f" ({stats.get('steps')} steps, {stats.get('seconds')} s, loss {stats.get('final_loss')})"),
+    )  # fmt: skip
+
+
+GENERATE_FLAGS = {
+    "guidance": "generate.guidance",
+    "steps": "generate.steps",
+    "seed": "generate.seed",
+    "scheduler": "generate.scheduler",
+    "postprocess": "generate.postprocess",
+    "batch_size": "generate.batch_size",
+    "device": "generate.device",
+}
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .home import Home
+    from .pools import generate, import_folder_pool
+
+    home = Home.resolve(args.home)
+    overrides = {**_overrides(args, DATA_FLAGS), **_overrides(args, GENERATE_FLAGS)}
+    if args.n is not None:
+        overrides["generate.n"] = args.n  # validated (>= 1) like every other value
+    if args.data and not args.source:  # --data alone: the source follows from the path
+        overrides["data.source"] = "npz" if str(args.data).endswith(".npz") else "imagefolder"
+    cfg = load_config(args.config, overrides)
+    if args.from_folder:
+        pool = import_folder_pool(home, args.from_folder, cfg.data.image_size, cfg.data.channels,
+                                  name=args.name, skip_bad=cfg.data.skip_bad_images)  # fmt: skip
+        _emit(args, {"pools": [{"key": pool.key, "path": str(pool.path), "n": pool.n,
+                                "generated": pool.generated}]},
+              f"pool {pool.key}: {pool.n} images from {args.from_folder} at {pool.path}")  # fmt: skip
+        return
+    space = None
+    if args.space:
+        from .space import load_space
+
+        space = load_space(args.space)
+
+    def done(r: dict[str, Any]) -> None:
+        if not args.json:
+            what = "generated" if r["generated"] else "cached"
+            print(f"  {r['key']}  guidance {r['guidance']:<5} steps {r['steps']:<4} {r['scheduler']:<12} "
+                  f"{r['postprocess']:<15} n {r['n']:<5} {what} ({r['seconds']} s)")  # fmt: skip
+
+    results = generate(home, cfg, args.model, space, n=args.n, progress=not args.json, on_done=done)
+    if space is None and not args.json:
+        done(results[0])
+    built = sum(r["generated"] for r in results)
+    _emit(args, {"pools": results, "generated": built, "cached": len(results) - built},
+          f"{len(results)} pool(s) in {home.pools}: {built} generated, {len(results) - built} cached")  # fmt: skip
+
+
+def cmd_pools(args: argparse.Namespace) -> None:
+    from .clean import human_size
+    from .home import Home
+    from .pools import list_pools, pool_store_size
+
+    home = Home.resolve(args.home)
+    rows, total = list_pools(home), pool_store_size(home)
+    if args.json:
+        _emit(args, {"pools": rows, "total_bytes": total, "path": str(home.pools)}, "")
+        return
+    cols = ("key", "n", "model", "guidance", "steps", "scheduler", "postprocess", "created", "size")
+    table = [cols]
+    for r in rows:
+        model = r["model_hash"] or f"folder:{r['name'] or '-'}"
+        table.append((r["key"], str(r["n"]), str(model)[:12], str(r["guidance"] if r["guidance"] is not None else "-"),
+                      str(r["steps"] if r["steps"] is not None else "-"), str(r["scheduler"] or "-"),
+                      str(r["postprocess"] or "-"), str(r["created"] or "-"), human_size(r["size_bytes"])))  # fmt: skip
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print(f"{len(rows)} pool(s), {human_size(total)} in {home.pools}")
 
 
 def main(argv: list[str] | None = None) -> int:
