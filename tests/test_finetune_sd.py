@@ -6,7 +6,6 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from ratio_search.config import FinetuneConfig
+from ratio_search.data import Dataset
 from ratio_search.diffusion import sd
 from ratio_search.errors import ModelError
 
@@ -30,16 +30,24 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def make_data(n_per_class: int = 4, channels: int = 1, seed: int = 0) -> SimpleNamespace:
-    """A two-class dataset with the fields finetune_sd reads (CNV = label 0 gets synthetic images)."""
+def make_data(n_per_class: int = 4, channels: int = 1, seed: int = 0) -> Dataset:
+    """A random two-class dataset; CNV (label 0) is the class that gets synthetic images."""
     rng = np.random.default_rng(seed)
     n = 2 * n_per_class
-    shape = (n, channels, IMAGE_SIZE, IMAGE_SIZE)
-    return SimpleNamespace(
-        train_x=rng.integers(0, 256, shape, dtype=np.uint8),
-        train_y=np.repeat(np.arange(2, dtype=np.int64), n_per_class),
+    x = rng.integers(0, 256, (n, channels, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    y = np.repeat(np.arange(2, dtype=np.int64), n_per_class)
+    # val/test images are distinct, bright ones: the fine-tune must never see them.
+    held_out = np.full((2, channels, IMAGE_SIZE, IMAGE_SIZE), 255, dtype=np.uint8)
+    return Dataset(
+        train_x=x,
+        train_y=y,
+        val_x=held_out,
+        val_y=np.arange(2, dtype=np.int64),
+        test_x=held_out,
+        test_y=np.arange(2, dtype=np.int64),
         class_names=["CNV", "NORMAL"],
         synthetic_label=0,
+        key="test-data",
     )
 
 
@@ -224,11 +232,22 @@ def test_resume_continues_from_the_checkpoint(base, tmp_path, monkeypatch):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
 
 
-def test_mixed_precision_and_checkpointing_path_runs(base, tmp_path):
+def test_mixed_precision_path_trains_on_synthetic_class_train_images_only(
+    base, tmp_path, monkeypatch
+):
     # The GPU path (autocast + gradient checkpointing) exercised on the CPU with bf16 autocast.
-    cfg = sd_config(base)
+    data = make_data()
+    seen: list[np.ndarray] = []
+    to_input = sd.images_to_pipeline_input
+
+    def spy(x, resolution):
+        seen.append(np.array(x))
+        return to_input(x, resolution)
+
+    monkeypatch.setattr(sd, "images_to_pipeline_input", spy)
+    cfg = sd_config(base, max_steps=2)
     stats = sd._train(
-        make_data(),
+        data,
         cfg,
         base,
         tmp_path / "amp",
@@ -241,3 +260,5 @@ def test_mixed_precision_and_checkpointing_path_runs(base, tmp_path):
     )
     assert stats["mixed_precision"] == "bfloat16" and stats["gradient_checkpointing"] is True
     assert math.isfinite(stats["final_loss"])
+    allowed = {img.tobytes() for img in data.train_x[data.train_y == data.synthetic_label]}
+    assert len(seen) == 2 and all(img.tobytes() in allowed for batch in seen for img in batch)

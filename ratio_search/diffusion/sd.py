@@ -18,7 +18,8 @@ Pointing it at BK-SDM or SD 1.5 on disk::
 ``--image-size`` is the size of the dataset's images (what the classifier sees, and the size the
 generated images are resized back to); the fine-tune itself runs at ``finetune.resolution``
 (default 512, the study's; a smaller value such as 256 is much cheaper and fine for 64 px data).
-Grayscale images are repeated to three channels and resized to the resolution with PIL.
+Grayscale images are repeated to three channels and resized to the resolution with the data
+layer's resize rule; generated images come back through that same rule.
 
 Defaults that differ from the ``tiny`` backend: when ``finetune.lr``, ``finetune.batch_size`` or
 ``finetune.resolution`` are left at the tiny backend's defaults, the study's values are used
@@ -53,6 +54,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..config import FinetuneConfig
+from ..data.imagefolder import pil_to_array
 from ..errors import DataError, ModelError
 
 # The study's fine-tune settings (REFERENCE_STUDY.md). Used when the user left the corresponding
@@ -74,10 +76,6 @@ CHECKPOINT_DIR = "checkpoint"
 
 # Gradient-norm clip of the UNet update (diffusers' train_text_to_image.py default).
 MAX_GRAD_NORM = 1.0
-
-# The PIL filter used to bring generated images back to the dataset's size. It must be the one the
-# data layer uses for real images, so that no resampling artefact tells real from synthetic.
-RESAMPLE = Image.Resampling.BICUBIC
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,37 +156,30 @@ def class_prompt(template: str, class_name: str) -> str:
 def images_to_pipeline_input(x: np.ndarray, resolution: int) -> torch.Tensor:
     """uint8 ``(N, C, H, W)`` (C = 1 or 3) -> float ``(N, 3, res, res)`` in [-1, 1].
 
-    Grayscale is repeated to three channels (SD's VAE expects RGB); resizing is PIL bicubic, the
-    same filter as on the way back (:func:`pipeline_output_to_images`).
+    Grayscale is repeated to three channels (SD's VAE expects RGB); resizing is the data layer's
+    one rule (:func:`ratio_search.data.imagefolder.pil_to_array`).
     """
     out = np.empty((len(x), 3, resolution, resolution), dtype=np.float32)
     for i, img in enumerate(x):
         if img.shape[0] == 1:
-            pil = Image.fromarray(img[0], mode="L").convert("RGB")
+            pil = Image.fromarray(img[0])
         else:
-            pil = Image.fromarray(np.ascontiguousarray(img.transpose(1, 2, 0)), mode="RGB")
-        if pil.size != (resolution, resolution):
-            pil = pil.resize((resolution, resolution), RESAMPLE)
-        out[i] = np.asarray(pil, dtype=np.float32).transpose(2, 0, 1)
+            pil = Image.fromarray(np.ascontiguousarray(img.transpose(1, 2, 0)))
+        out[i] = pil_to_array(pil, resolution, channels=3)
     return torch.from_numpy(out / 127.5 - 1.0)
 
 
 def pipeline_output_to_images(images: np.ndarray, image_size: int, channels: int) -> np.ndarray:
     """Pipeline output, float ``(N, H, W, 3)`` in [0, 1] -> uint8 ``(N, C, S, S)`` of the dataset.
 
-    Converted to grayscale (PIL ``L``, as the data layer does for grayscale data) and resized with
-    the same PIL filter as the real images, so real and synthetic go through identical resizing.
+    Goes through the data layer's own conversion and resize
+    (:func:`ratio_search.data.imagefolder.pil_to_array`: PIL ``L`` for grayscale, box mean when
+    reducing), so real and synthetic images are preprocessed identically.
     """
     rgb = (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)
     out = np.empty((len(rgb), channels, image_size, image_size), dtype=np.uint8)
     for i, img in enumerate(rgb):
-        pil = Image.fromarray(img, mode="RGB")
-        if channels == 1:
-            pil = pil.convert("L")
-        if pil.size != (image_size, image_size):
-            pil = pil.resize((image_size, image_size), RESAMPLE)
-        arr = np.asarray(pil, dtype=np.uint8)
-        out[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+        out[i] = pil_to_array(Image.fromarray(img), image_size, channels)
     return out
 
 
