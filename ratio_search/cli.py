@@ -201,13 +201,19 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.data is not None and args.source is None:
         overrides["data.source"] = infer_source(args.data)
     cfg, yaml_pool = resolve_train_config(args.config, overrides)
-    with tqdm(total=cfg.train.epochs, desc="train", unit="epoch", disable=args.json) as bar:
+    bars: list[tqdm] = []  # opened at the first epoch, so that a bad input prints only its error
 
-        def report(epoch: int, metrics: dict[str, Any], state: dict[str, Any]) -> None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['accuracy']:.3f}")
+    def report(epoch: int, metrics: dict[str, Any], state: dict[str, Any]) -> None:
+        if not bars:
+            bars.append(tqdm(total=cfg.train.epochs, desc="train", unit="epoch", disable=args.json))
+        bars[0].set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['accuracy']:.3f}", refresh=False)
+        bars[0].update(1)
 
+    try:
         res = train_from_config(cfg, Home.resolve(args.home), args.pool or yaml_pool, args.out, report)
+    finally:
+        for bar in bars:
+            bar.close()
     m = res["metrics"]
     auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
     skipped = f"; skipped {res['skipped_images']} unreadable image(s)" if res["skipped_images"] else ""
@@ -274,8 +280,10 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
     home = Home.resolve(args.home)
     overrides = {**_overrides(args, DATA_FLAGS), **_overrides(args, FINETUNE_FLAGS)}
-    if args.data and not args.source:  # --data alone: the source follows from the path
-        overrides["data.source"] = "npz" if str(args.data).endswith(".npz") else "imagefolder"
+    if args.data is not None and args.source is None:  # --data alone: the path says the source
+        from .data import infer_source
+
+        overrides["data.source"] = infer_source(args.data)
     cfg = load_config(args.config, overrides)
     progress = not args.json
     if args.export_base:
@@ -326,8 +334,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
     overrides = {**_overrides(args, DATA_FLAGS), **_overrides(args, GENERATE_FLAGS)}
     if args.n is not None:
         overrides["generate.n"] = args.n  # validated (>= 1) like every other value
-    if args.data and not args.source:  # --data alone: the source follows from the path
-        overrides["data.source"] = "npz" if str(args.data).endswith(".npz") else "imagefolder"
+    if args.data is not None and args.source is None:  # --data alone: the path says the source
+        from .data import infer_source
+
+        overrides["data.source"] = infer_source(args.data)
     cfg = load_config(args.config, overrides)
     if args.from_folder:
         pool = import_folder_pool(home, args.from_folder, cfg.data.image_size, cfg.data.channels,

@@ -762,3 +762,70 @@ def build_space_pools(
         if on_done is not None:
             on_done(result)
     return results
+
+
+# ------------------------------------------------------------------- from a dataset and a model
+
+
+def class_reference(data: Any) -> np.ndarray:
+    """The ``histogram-match`` reference: the real *training* images of the synthetic class.
+
+    Everyone who asks for a pool (``generate``, trials) must pass this same array, or the reference
+    hash in the key differs and the pool is not reused. Only the train split: matching to val or
+    test images would leak them into training.
+    """
+    return np.asarray(data.train_x[np.asarray(data.train_y) == data.synthetic_label])
+
+
+def model_class_index(model: GenerativeModel, data: Any) -> int:
+    """The index, in ``model.class_names``, of the dataset's synthetic class (matched by name)."""
+    name = data.class_names[data.synthetic_label]
+    names = list(model.class_names)
+    if name not in names:
+        raise PoolError(
+            f"model {model.path} was not trained on class {name!r} (its classes: {', '.join(names)})"
+        )
+    return names.index(name)
+
+
+def generate(
+    home: Home,
+    cfg: Any,
+    model: str | os.PathLike | GenerativeModel = "latest",
+    space: Any = None,
+    n: int | None = None,
+    progress: bool = True,
+    on_done=None,
+) -> list[dict[str, Any]]:
+    """What ``ratio-search generate`` does: the pool of ``cfg.generate``, or a space's whole grid.
+
+    ``cfg`` is a :class:`~ratio_search.config.Config`. The dataset (``cfg.data``, with the space's
+    ``data:`` overrides) picks the model when ``model == "latest"`` (the newest fine-tuned on it),
+    the class to generate and the histogram-match reference. ``n``: images per pool (default: the
+    space's ``pool_size``, else ``cfg.generate.n``); the space's ``pool_seed`` likewise.
+    Returns one :func:`build_one` result per pool.
+    """
+    from .data import load_dataset
+
+    gen = dataclasses.replace(cfg.generate)
+    data_cfg = cfg.data
+    if space is not None:
+        data_cfg = space.data_config(cfg.data) if hasattr(space, "data_config") else data_cfg
+        fixed = getattr(space, "fixed", {}) or {}
+        if n is None and fixed.get("pool_size") is not None:
+            n = int(fixed["pool_size"])
+        if fixed.get("pool_seed") is not None:
+            gen.seed = int(fixed["pool_seed"])
+    n = int(gen.n if n is None else n)
+    data = load_dataset(data_cfg, home)
+    if not isinstance(model, str | os.PathLike):
+        loaded = model
+    else:
+        from .diffusion import load_model
+
+        loaded = load_model(model, home, data_key=data.key if str(model) == "latest" else None)
+    index = model_class_index(loaded, data)
+    reference = class_reference(data)
+    if space is None:
+        return [build_one(home, loaded, gen, n, reference, index, progress)]
+    return build_space_pools(home, loaded, space, n, reference, index, gen, progress, on_done)
