@@ -430,3 +430,107 @@ def test_pool_bytes_hash_stable(home, fake):
     assert (
         b.generated and hashlib.sha256((b.path / "images.npy").read_bytes()).hexdigest() == digest
     )
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def _cli(argv, capsys):
+    from ratio_search.cli import main
+
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--guidance", "-1"], "generate.guidance"),
+        (["--steps", "0"], "generate.steps"),
+        (["--n", "0"], "generate.n"),
+        (["--scheduler", "euler"], "--scheduler"),
+        (["--postprocess", "sharpen"], "--postprocess"),
+    ],
+)
+def test_cli_generate_bad_input_is_one_line_exit_2(home, capsys, flags, message):
+    rc, out, err = _cli(["generate", "--home", str(home.root), *flags], capsys)
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_cli_pools_empty_store(home, capsys):
+    rc, out, _ = _cli(["pools", "--home", str(home.root), "--json"], capsys)
+    assert rc == 0 and json.loads(out) == {"pools": [], "total_bytes": 0, "path": str(home.pools)}
+
+
+@pytest.fixture()
+def tiny_model(tmp_path, make_image_folder):
+    """A real tiny diffusion model (a ~10k-parameter UNet, 2 training steps) and its data."""
+    import torch
+
+    from ratio_search.config import DataConfig, FinetuneConfig
+    from ratio_search.data import load_dataset
+    from ratio_search.diffusion import finetune
+    from ratio_search.diffusion.tiny import TEST_UNET
+
+    torch.set_num_threads(1)
+    home = Home.resolve(tmp_path / "home")
+    root = make_image_folder(size=16)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        f"data:\n  path: {root}\n  source: imagefolder\n  image_size: 16\n  min_val_per_class: 0\n"
+    )
+    data_cfg = DataConfig(source="imagefolder", path=str(root), image_size=16, min_val_per_class=0)
+    data = load_dataset(data_cfg, home)
+    ft = FinetuneConfig(from_scratch=True, max_steps=2, batch_size=4, device="cpu")
+    info = finetune(data, ft, home, progress=False, unet_config=TEST_UNET)
+    return home, info, data, cfg
+
+
+def test_real_tiny_model_through_cli_and_get_pool(tiny_model, capsys):
+    """The one test on a real generator: the CLI builds a histogram-matched pool, caches it, lists it."""
+    from ratio_search.diffusion import load_model
+    from ratio_search.pools import class_reference, model_class_index
+
+    home, info, data, cfg = tiny_model
+    argv = ["generate", "--home", str(home.root), "--config", str(cfg), "--model", "latest",
+            "--guidance", "2", "--steps", "2", "--n", "4", "--device", "cpu",
+            "--postprocess", "histogram-match", "--json"]  # fmt: skip
+    rc, out, err = _cli(argv, capsys)
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["generated"] == 1 and res["pools"][0]["n"] == 4
+    key = res["pools"][0]["key"]
+    pool = load_pool(home, key)
+    assert pool.images.shape == (4, 1, 16, 16) and pool.manifest["model_hash"] == info.hash
+    assert pool.manifest["class_name"] == data.class_names[data.synthetic_label]
+
+    rc, out, _ = _cli(argv, capsys)  # second time: a cache hit, same pool
+    assert rc == 0 and json.loads(out)["cached"] == 1 and json.loads(out)["pools"][0]["key"] == key
+
+    # the library call a trial makes finds the same pool (same reference, same class)
+    model = load_model(info.path, home)
+    gen = _gen(postprocess="histogram-match")
+    ref = class_reference(data)
+    hit = get_pool(home, model, gen, 4, ref, model_class_index(model, data), progress=False)
+    assert hit.key == key and not hit.generated
+
+    # image i depends only on (seed, i): a bigger pool starts with the smaller one's bytes
+    small = np.array(get_pool(home, model, _gen(), 3, progress=False).images)
+    big = get_pool(home, model, _gen(), 6, progress=False)
+    assert big.generated and np.array_equal(big.images[:3], small)
+
+    rc, out, _ = _cli(["pools", "--home", str(home.root), "--json"], capsys)
+    listed = json.loads(out)
+    assert {p["key"] for p in listed["pools"]} == {key, big.key}
+    assert listed["total_bytes"] >= sum(p["size_bytes"] for p in listed["pools"]) > 0
+    rc, out, _ = _cli(["pools", "--home", str(home.root)], capsys)
+    assert rc == 0 and key in out and "histogram-match" in out and "2 pool(s)" in out
+
+    rc, _, err = _cli(["generate", "--home", str(home.root), "--config", str(cfg),
+                       "--model", str(home.root / "no-such-model")], capsys)  # fmt: skip
+    assert rc == 2 and "no-such-model" in err and len(err.strip().splitlines()) == 1
