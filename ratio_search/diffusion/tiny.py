@@ -446,15 +446,16 @@ class _ArrayData:
 def base_dataset(n_per_class: int, size: int = 32, seed: int = 0) -> _ArrayData:
     """Phantom images from the reserved "base" seed stream: disjoint from every demo split.
 
-    Rendered at 64 px (the phantom's render size) and reduced with the data loader's own resize
-    rule, so that base images are preprocessed exactly like the images the demo fine-tunes on.
+    Rendered at the phantom's render size and reduced with the data loader's own resize rule, so
+    that base images are preprocessed exactly like the images the demo fine-tunes on.
     """
     from PIL import Image
 
+    from ..data import phantom_render_size
     from ..data.imagefolder import pil_to_array
     from ..data.phantom import render_phantom
 
-    render_size = max(64, size)
+    render_size = phantom_render_size(size)
     xs, ys = [], []
     for k, cls in enumerate(BASE_CLASSES):
         raw = render_phantom(n_per_class, cls, seed=seed, split="base", size=render_size)

@@ -1,0 +1,224 @@
+"""The tiny diffusion backend: fine-tune, cache, resume, load, sample (test-sized network)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ratio_search.cli import main
+from ratio_search.config import FinetuneConfig
+from ratio_search.data import Dataset
+from ratio_search.diffusion import finetune, list_models, load_model
+from ratio_search.diffusion.common import CHECKPOINT_NAME
+from ratio_search.diffusion.tiny import TEST_UNET, WEIGHTS_NAME
+from ratio_search.errors import ConfigError, ModelError
+from ratio_search.home import Home
+
+torch.set_num_threads(1)
+
+
+class _Untouchable:
+    """Stands in for val/test arrays: any use at all fails the test."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the generator looked at a val/test array ({name})")
+
+    def __array__(self, *a, **k):
+        raise AssertionError("the generator looked at a val/test array")
+
+    def __len__(self):
+        raise AssertionError("the generator looked at a val/test array (len)")
+
+    def __getitem__(self, item):
+        raise AssertionError("the generator looked at a val/test array ([])")
+
+
+def _data(classes=("CNV", "NORMAL"), key="k-test", poison=False, n=8, size=16) -> Dataset:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (n, 1, size, size), dtype=np.uint8)
+    y = np.arange(n, dtype=np.int64) % len(classes)
+    other = _Untouchable() if poison else x[:2]
+    return Dataset(x, y, other, y[:2], other, y[:2], list(classes), 0, key, {"source": "test"})
+
+
+def _cfg(**kw) -> FinetuneConfig:
+    base = dict(from_scratch=True, max_steps=2, batch_size=4, checkpoint_every=2, device="cpu")
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    home = Home(tmp_path_factory.mktemp("home"))
+    info = finetune(_data(), _cfg(), home, progress=False, unet_config=TEST_UNET)
+    return home, info
+
+
+def test_finetune_writes_a_complete_model_folder(trained):
+    home, info = trained
+    assert info.path == home.models / info.hash
+    names = {p.name for p in info.path.iterdir()}
+    assert {"config.json", WEIGHTS_NAME, "meta.json", "samples.png"} <= names
+    assert CHECKPOINT_NAME not in names
+    meta = json.loads((info.path / "meta.json").read_text())
+    assert meta["complete"] is True and meta["backend"] == "tiny"
+    assert meta["data_key"] == "k-test" and meta["class_names"] == ["CNV", "NORMAL"]
+    assert meta["synthetic_class"] == "CNV" and meta["image_size"] == 16 and meta["channels"] == 1
+    assert meta["training"]["steps"] == 2 and np.isfinite(meta["training"]["final_loss"])
+    assert meta["config"]["unet"]["num_class_embeds"] == 3  # two classes + the null class
+    assert "torch" in meta["versions"]
+    assert not any(p.name.startswith(".tmp-") for p in home.models.iterdir())
+
+
+def test_sample_shapes_dtype_and_determinism(trained):
+    home, info = trained
+    model = load_model(info.path, home)
+    assert (model.model_hash, model.image_size, model.channels) == (info.hash, 16, 1)
+    a = model.sample(5, 0, guidance=2.0, steps=2, seed=3)
+    assert a.shape == (5, 1, 16, 16) and a.dtype == np.uint8
+    assert np.array_equal(a, model.sample(5, 0, guidance=2.0, steps=2, seed=3))
+    # image i depends only on (seed, i): neither on n nor on the batch size
+    assert np.array_equal(a[:3], model.sample(3, 0, guidance=2.0, steps=2, seed=3, batch_size=2))
+    assert np.array_equal(a, model.sample(5, 0, guidance=2.0, steps=2, seed=3, batch_size=1))
+    assert not np.array_equal(a, model.sample(5, 0, guidance=2.0, steps=2, seed=4))
+    assert len({im.tobytes() for im in a}) == 5  # different images within one pool
+    d = model.sample(2, 1, guidance=2.0, steps=2, scheduler="dpm-solver++")
+    assert d.shape == (2, 1, 16, 16) and d.dtype == np.uint8
+
+
+def test_guidance_changes_the_output(trained):
+    home, info = trained
+    model = load_model(info.path, home)
+    g1 = model.sample(3, 0, guidance=1.0, steps=2, seed=0)
+    g4 = model.sample(3, 0, guidance=4.0, steps=2, seed=0)
+    assert not np.array_equal(g1, g4)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(guidance=-1.0), dict(steps=0), dict(scheduler="euler"), dict(class_index=2)],
+)
+def test_bad_sampling_arguments_raise_config_error(trained, kw):
+    home, info = trained
+    model = load_model(info.path, home)
+    args = dict(n=2, class_index=0, guidance=2.0, steps=2, scheduler="ddim") | kw
+    with pytest.raises(ConfigError):
+        model.sample(**args)
+
+
+def test_cache_hit_returns_the_same_model_without_training(trained):
+    home, info = trained
+    calls = []
+    again = finetune(_data(), _cfg(), home, progress=False, unet_config=TEST_UNET,
+                     callback=lambda step, loss: calls.append(step))  # fmt: skip
+    assert again.hash == info.hash and again.path == info.path and again.cached
+    assert calls == []
+    other = finetune(_data(key="k-other"), _cfg(), home, progress=False, unet_config=TEST_UNET)
+    assert other.hash != info.hash and not other.cached
+
+
+def test_the_generator_never_sees_val_or_test_images(tmp_path):
+    info = finetune(
+        _data(poison=True), _cfg(), Home(tmp_path), progress=False, unet_config=TEST_UNET
+    )
+    assert info.meta["n_train"] == 8
+
+
+def test_resume_continues_from_the_checkpoint_and_matches_an_uninterrupted_run(tmp_path):
+    cfg = _cfg(max_steps=4, checkpoint_every=2)
+    full = finetune(_data(), cfg, Home(tmp_path / "a"), progress=False, unet_config=TEST_UNET)
+
+    home = Home(tmp_path / "b")
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_2(step, loss):
+        if step == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        finetune(_data(), cfg, home, progress=False, unet_config=TEST_UNET, callback=stop_at_2)
+    assert not (home.models / full.hash).exists()
+    assert (home.models / f".tmp-{full.hash}" / CHECKPOINT_NAME).is_file()
+
+    steps = []
+    resumed = finetune(_data(), cfg, home, resume=True, progress=False, unet_config=TEST_UNET,
+                       callback=lambda step, loss: steps.append(step))  # fmt: skip
+    assert steps == [3, 4]  # continued from step 2, not from 0
+    assert resumed.hash == full.hash
+    assert resumed.meta["training"]["resumed_from_step"] == 2
+    assert resumed.meta["training"]["steps"] == 4
+    a = load_file(str(full.path / WEIGHTS_NAME))
+    b = load_file(str(resumed.path / WEIGHTS_NAME))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_without_resume_an_interrupted_run_starts_again(tmp_path):
+    home = Home(tmp_path)
+
+    def boom(step, loss):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(_data(), _cfg(max_steps=3, checkpoint_every=1), home, progress=False,
+                 unet_config=TEST_UNET, callback=boom)  # fmt: skip
+    steps = []
+    info = finetune(_data(), _cfg(max_steps=3, checkpoint_every=1), home, progress=False,
+                    unet_config=TEST_UNET, callback=lambda s, loss: steps.append(s))  # fmt: skip
+    assert steps == [1, 2, 3] and info.meta["training"]["resumed_from_step"] == 0
+
+
+def test_base_model_initialises_class_embeddings_by_name(trained, tmp_path):
+    _, base = trained  # classes CNV, NORMAL
+    cfg = _cfg(from_scratch=False, base_model=str(base.path), max_steps=1, lr=0.0)
+    data = _data(classes=("NORMAL", "DME", "CNV"))
+    info = finetune(data, cfg, Home(tmp_path), progress=False, unet_config=TEST_UNET)
+    assert info.meta["base_hash"] is not None
+    assert info.meta["training"]["classes_from_base"] == ["NORMAL", "CNV"]
+    assert info.meta["training"]["classes_fresh"] == ["DME"]
+    old = load_file(str(base.path / WEIGHTS_NAME))["class_embedding.weight"]
+    new = load_file(str(info.path / WEIGHTS_NAME))["class_embedding.weight"]
+    assert torch.equal(new[0], old[1]) and torch.equal(new[2], old[0])  # NORMAL, CNV by name
+    assert torch.equal(new[3], old[2])  # the null class
+    assert not torch.equal(new[1], old[0]) and not torch.equal(new[1], old[1])
+    # the base model is part of the hash: from scratch is another model
+    scratch = finetune(data, _cfg(max_steps=1, lr=0.0), Home(tmp_path), progress=False,
+                       unet_config=TEST_UNET)  # fmt: skip
+    assert scratch.hash != info.hash
+
+
+def test_missing_base_model_is_a_model_error(tmp_path):
+    cfg = _cfg(from_scratch=False, base_model=str(tmp_path / "nope"))
+    with pytest.raises(ModelError, match="nope"):
+        finetune(_data(), cfg, Home(tmp_path), progress=False, unet_config=TEST_UNET)
+
+
+def test_load_model_errors_and_latest(trained, tmp_path):
+    home, info = trained
+    with pytest.raises(ModelError, match="not found"):
+        load_model(tmp_path / "missing", home)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="not a saved model"):
+        load_model(tmp_path / "empty", home)
+    with pytest.raises(ModelError, match="no fine-tuned model"):
+        load_model("latest", Home(tmp_path / "nohome"))
+    assert load_model("latest", home, data_key="k-test").model_hash == info.hash
+    assert load_model(info.hash, home).model_hash == info.hash  # a bare hash in home.models
+    with pytest.raises(ModelError):
+        load_model("latest", home, data_key="no-such-data")
+    assert info.path in list_models(home)
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
+    rc = main(["finetune", "--home", str(tmp_path), "--base-model", str(tmp_path / "nope"),
+               "--data", str(tmp_path / "nodata")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "nodata" in err
+    rc = main(["finetune", "--home", str(tmp_path), "--export-base"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--from-scratch" in err and len(err.splitlines()) == 1
