@@ -14,8 +14,9 @@ from safetensors.torch import load_file
 
 from ratio_search.config import FinetuneConfig
 from ratio_search.data import Dataset
-from ratio_search.diffusion import sd
-from ratio_search.errors import ModelError
+from ratio_search.diffusion import finetune, load_model, sd
+from ratio_search.errors import ConfigError, ModelError
+from ratio_search.home import Home
 
 IMAGE_SIZE = 16  # the dataset's images
 RESOLUTION = 32  # the fine-tune's (tiny pipeline: 8x8 latents)
@@ -187,12 +188,29 @@ def test_guidance_and_scheduler_change_the_images(trained):
     plain = model.sample(guidance=1.0, **kw)
     guided = model.sample(guidance=7.5, **kw)
     assert not np.array_equal(plain, guided)
+    # 0 = unconditional (as in the tiny backend; diffusers alone would ignore scales <= 1)
+    uncond = model.sample(guidance=0.0, **kw)
+    assert not np.array_equal(uncond, plain) and not np.array_equal(uncond, guided)
     dpm = model.sample(guidance=7.5, scheduler="dpm-solver++", **kw)
     assert dpm.shape == guided.shape and not np.array_equal(dpm, guided)
-    with pytest.raises(ModelError, match="scheduler"):
+    with pytest.raises(ConfigError, match="scheduler"):
         model.sample(guidance=1.0, scheduler="euler", **kw)
-    with pytest.raises(ModelError, match="class index 5"):
+    with pytest.raises(ConfigError, match="class index 5"):
         model.sample(2, class_index=5, guidance=1.0, steps=2, device="cpu")
+    assert model.sample(0, 0, guidance=1.0, steps=2).shape == (0, 1, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def test_common_finetune_and_load_model_use_the_sd_backend(base, tmp_path):
+    home = Home(tmp_path / "home")
+    info = finetune(make_data(), sd_config(base), home, progress=False)
+    assert info.meta["backend"] == "stable-diffusion" and info.meta["complete"] is True
+    assert info.meta["training"]["steps"] == 1 and info.meta["training"]["lr"] == 1e-4
+    model = load_model(info.path)
+    assert isinstance(model, sd.SDModel) and model.model_hash == info.hash
+    imgs = model.sample(2, class_index=1, guidance=2.0, steps=2, device="cpu")
+    assert imgs.shape == (2, 1, IMAGE_SIZE, IMAGE_SIZE) and imgs.dtype == np.uint8
+    # the same data and config again: a cache hit, no second fine-tune
+    assert finetune(make_data(), sd_config(base), home, progress=False).cached
 
 
 def test_rgb_output_keeps_three_channels():

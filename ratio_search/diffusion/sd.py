@@ -44,7 +44,6 @@ import os
 import shutil
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +55,7 @@ from PIL import Image
 from ..config import FinetuneConfig
 from ..data.imagefolder import pil_to_array
 from ..errors import DataError, ModelError
+from .common import META_NAME, GenerativeModel, file_hash, image_seed, read_meta
 
 # The study's fine-tune settings (REFERENCE_STUDY.md). Used when the user left the corresponding
 # FinetuneConfig field at the tiny backend's default.
@@ -181,13 +181,6 @@ def pipeline_output_to_images(images: np.ndarray, image_size: int, channels: int
     for i, img in enumerate(rgb):
         out[i] = pil_to_array(Image.fromarray(img), image_size, channels)
     return out
-
-
-def image_seed(seed: int, i: int) -> int:
-    """The seed of generated image ``i`` of a pool with seed ``seed`` (depends on nothing else)."""
-    return int(
-        np.random.SeedSequence([int(seed), int(i)]).generate_state(1, dtype=np.uint64)[0] >> 1
-    )
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -539,138 +532,123 @@ def _progress_bar(enabled: bool, **kw):
 # --------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelError(f"{path}: cannot read ({e})") from None
+def _unet_hash(path: Path) -> str:
+    weights = sorted((path / "unet").glob("*.safetensors"))
+    if not weights:
+        raise ModelError(f"model {path}: no unet/*.safetensors weights")
+    return file_hash(weights[0])
 
 
-def _hash_unet(path: Path) -> str:
-    # Fallback identity when there is no meta.json: the UNet weights are what the fine-tune changed.
-    import hashlib
+def _guided_pipeline_class():
+    """StableDiffusionPipeline whose guidance means what the tiny backend's does for every scale.
 
-    h = hashlib.sha256()
-    for f in sorted((path / "unet").glob("*.safetensors")) + [path / "model_index.json"]:
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
+    diffusers skips classifier-free guidance for ``guidance_scale <= 1`` (conditional only). Here
+    only exactly 1 skips it: ``uncond + g * (cond - uncond)`` is applied for any other g, so that
+    0 is unconditional and 0 < g < 1 interpolates, as in the tiny backend.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    class GuidedStableDiffusionPipeline(StableDiffusionPipeline):
+        @property
+        def do_classifier_free_guidance(self):
+            return self._guidance_scale != 1.0 and self.unet.config.time_cond_proj_dim is None
+
+    return GuidedStableDiffusionPipeline
 
 
-@dataclass
-class SDModel:
+class SDModel(GenerativeModel):
     """A fine-tuned Stable Diffusion pipeline folder, sampled class by class with text prompts.
 
-    ``image_size`` / ``channels`` are the dataset's: samples are generated at ``resolution`` and
-    brought back to the dataset's format with the same PIL resize as the real images.
+    ``image_size`` / ``channels`` are the dataset's (from ``meta.json``): samples are generated at
+    the fine-tune's ``resolution`` and brought back to the dataset's format through the data
+    layer's resize rule.
     """
 
-    path: Path
-    model_hash: str
-    image_size: int
-    channels: int
-    class_names: list[str]
-    prompt_template: str
-    resolution: int
-    backend: str = "stable-diffusion"
+    backend = "stable-diffusion"
 
-    def __post_init__(self) -> None:
+    def __init__(self, path: Path, meta: dict[str, Any], sd_config: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.meta = meta
+        # Without meta.json: identify the model by the UNet weights, the only part fine-tuned.
+        self.model_hash = str(meta.get("model_hash") or _unet_hash(self.path))
+        self.image_size = int(meta.get("image_size", sd_config["image_size"]))
+        self.channels = int(meta.get("channels", sd_config["channels"]))
+        self.class_names = [str(c) for c in meta.get("class_names", sd_config["class_names"])]
+        self.prompt_template = str(sd_config["prompt_template"])
+        self.resolution = int(sd_config["resolution"])
         self._pipes: dict[str, Any] = {}  # device -> loaded pipeline
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SDModel:
-        """Open a folder written by :func:`finetune_sd` (meta.json from the common code if present)."""
+        """Open a folder written by :func:`finetune_sd` (plus the common code's ``meta.json``).
+
+        Without a ``meta.json`` (a bare :func:`finetune_sd` output) the dataset's size, channels
+        and classes come from ``sd_config.json`` and the hash from the UNet weights.
+        """
         p = check_pipeline_folder(path, what="model")
         if not (p / SD_CONFIG_FILE).is_file():
             raise ModelError(
-                f"model {p}: no {SD_CONFIG_FILE}; not a ratio-search stable-diffusion model"
+                f"model {p}: no {SD_CONFIG_FILE}; not a stable-diffusion model saved by ratio-search"
             )
-        sd_cfg = _read_json(p / SD_CONFIG_FILE)
-        meta = _read_json(p / "meta.json") if (p / "meta.json").is_file() else {}
-        model_hash = meta.get("model_hash") or meta.get("hash") or _hash_unet(p)
-        return cls(
-            path=p,
-            model_hash=str(model_hash),
-            image_size=int(meta.get("image_size", sd_cfg["image_size"])),
-            channels=int(meta.get("channels", sd_cfg["channels"])),
-            class_names=list(meta.get("class_names", sd_cfg["class_names"])),
-            prompt_template=str(sd_cfg["prompt_template"]),
-            resolution=int(sd_cfg["resolution"]),
-        )
+        meta = read_meta(p) if (p / META_NAME).is_file() else {}
+        try:
+            return cls(p, meta, json.loads((p / SD_CONFIG_FILE).read_text()))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise ModelError(f"model {p}: unreadable {SD_CONFIG_FILE} ({e!r})") from None
 
     def prompt(self, class_index: int) -> str:
         """The text prompt that generates class ``class_index``."""
-        if not 0 <= class_index < len(self.class_names):
-            raise ModelError(
-                f"class index {class_index} is outside 0..{len(self.class_names) - 1} "
-                f"({', '.join(self.class_names)})"
-            )
         return class_prompt(self.prompt_template, self.class_names[class_index])
 
     def _pipeline(self, device: str):
-        from diffusers import StableDiffusionPipeline
-
         if device not in self._pipes:
             # fp16 on the GPU: twice the speed and half the memory of fp32 for sampling.
             dtype = torch.float16 if device.startswith("cuda") else torch.float32
-            pipe = StableDiffusionPipeline.from_pretrained(
-                self.path,
-                safety_checker=None,
-                feature_extractor=None,
-                requires_safety_checker=False,
-            )
+            try:
+                pipe = _guided_pipeline_class().from_pretrained(
+                    self.path,
+                    safety_checker=None,
+                    feature_extractor=None,
+                    requires_safety_checker=False,
+                )
+            except (OSError, ValueError, KeyError) as e:
+                raise ModelError(f"model {self.path}: cannot load the pipeline ({e})") from None
             # .to(dtype) rather than a from_pretrained dtype argument: its name changed across
             # diffusers versions (torch_dtype -> dtype).
+            pipe.set_progress_bar_config(disable=True)
             self._pipes[device] = pipe.to(device=device, dtype=dtype)
         return self._pipes[device]
 
-    def _scheduler(self, pipe, scheduler: str):
+    @staticmethod
+    def _scheduler(config, scheduler: str):
         from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
         if scheduler == "ddim":
-            return DDIMScheduler.from_config(pipe.scheduler.config)
-        if scheduler == "dpm-solver++":
-            return DPMSolverMultistepScheduler.from_config(
-                pipe.scheduler.config, algorithm_type="dpmsolver++"
-            )
-        raise ModelError(f"scheduler {scheduler!r} is not one of: ddim, dpm-solver++")
+            return DDIMScheduler.from_config(config)
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
 
     @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        class_index: int,
-        guidance: float,
-        steps: int,
-        scheduler: str = "ddim",
-        seed: int = 0,
-        batch_size: int = 8,
-        device: str = "auto",
-        progress: bool = False,
+    def _sample(
+        self, n, class_index, guidance, steps, scheduler, seed, batch_size, device, progress
     ) -> np.ndarray:
-        """Generate ``n`` images of class ``class_index``: uint8 ``(n, C, image_size, image_size)``.
+        """See :meth:`GenerativeModel.sample` (arguments already checked there).
 
-        Classifier-free guidance at scale ``guidance`` (1 = none) is the pipeline's own batched
-        cond/uncond pass. Image ``i`` starts from noise drawn by a CPU generator seeded with
-        :func:`image_seed` ``(seed, i)``, so it depends only on ``(seed, i)``: a larger pool begins
-        with the images of a smaller one.
+        Classifier-free guidance is the pipeline's own batched cond/uncond pass. Image ``i``
+        starts from latents drawn by a CPU generator seeded with ``image_seed(seed, i)``, so it
+        depends only on ``(seed, i)``.
         """
+        from tqdm.auto import tqdm
+
         from ..home import resolve_device
 
-        if n < 0 or steps < 1 or batch_size < 1:
-            raise ModelError(
-                f"sample: need n >= 0, steps >= 1, batch_size >= 1 (got {n}, {steps}, {batch_size})"
-            )
-        prompt = self.prompt(class_index)
         out = np.empty((n, self.channels, self.image_size, self.image_size), dtype=np.uint8)
         if n == 0:
             return out
         device = resolve_device(device)
         pipe = self._pipeline(device)
-        pipe.scheduler = self._scheduler(pipe, scheduler)
-        pipe.set_progress_bar_config(disable=True)
-        bar = _progress_bar(progress, total=n, desc=f"sample (SD, {scheduler}, {steps} steps)")
+        pipe.scheduler = self._scheduler(pipe.scheduler.config, scheduler)
+        prompt = self.prompt(class_index)
+        bar = tqdm(total=n, desc=f"sample (SD, {scheduler})", disable=not progress, leave=False)
         for lo in range(0, n, batch_size):
             hi = min(n, lo + batch_size)
             gens = [torch.Generator().manual_seed(image_seed(seed, i)) for i in range(lo, hi)]
@@ -678,18 +656,16 @@ class SDModel:
                 prompt=[prompt] * (hi - lo),
                 height=self.resolution,
                 width=self.resolution,
-                num_inference_steps=int(steps),
-                guidance_scale=float(guidance),
+                num_inference_steps=steps,
+                guidance_scale=guidance,
                 generator=gens,
                 output_type="np",
             ).images
             out[lo:hi] = pipeline_output_to_images(
                 np.asarray(images), self.image_size, self.channels
             )
-            if bar is not None:
-                bar.update(hi - lo)
-        if bar is not None:
-            bar.close()
+            bar.update(hi - lo)
+        bar.close()
         return out
 
 
