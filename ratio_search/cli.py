@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="optimisation steps")
     p.add_argument("--batch-size", type=int, help="batch size")
     p.add_argument("--lr", type=float, help="AdamW learning rate")
+    p.add_argument("--resolution", type=int, help="training resolution (default: tiny = image size, stable-diffusion = 512)")
     p.add_argument("--ema-decay", type=float, help="EMA decay of the saved weights")
     p.add_argument("--seed", type=int, help="seed of the fine-tune")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
@@ -266,6 +267,7 @@ FINETUNE_FLAGS = {
     "max_steps": "finetune.max_steps",
     "batch_size": "finetune.batch_size",
     "lr": "finetune.lr",
+    "resolution": "finetune.resolution",
     "ema_decay": "finetune.ema_decay",
     "seed": "finetune.seed",
     "device": "finetune.device",

@@ -539,6 +539,13 @@ def _unet_hash(path: Path) -> str:
     return file_hash(weights[0])
 
 
+def _dtype_argument() -> str:
+    """The name of from_pretrained's dtype argument (diffusers renamed torch_dtype to dtype)."""
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+
+
 def _guided_pipeline_class():
     """StableDiffusionPipeline whose guidance means what the tiny backend's does for every scale.
 
@@ -610,13 +617,12 @@ class SDModel(GenerativeModel):
                     safety_checker=None,
                     feature_extractor=None,
                     requires_safety_checker=False,
+                    **{_dtype_argument(): dtype},
                 )
             except (OSError, ValueError, KeyError) as e:
                 raise ModelError(f"model {self.path}: cannot load the pipeline ({e})") from None
-            # .to(dtype) rather than a from_pretrained dtype argument: its name changed across
-            # diffusers versions (torch_dtype -> dtype).
             pipe.set_progress_bar_config(disable=True)
-            self._pipes[device] = pipe.to(device=device, dtype=dtype)
+            self._pipes[device] = pipe.to(device)
         return self._pipes[device]
 
     @staticmethod
