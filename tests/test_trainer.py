@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ratio_search.config import TrainConfig
+from ratio_search.data import Dataset
 from ratio_search.errors import DataError, RatioSearchError
 from ratio_search.trainer import (
     SimpleCNN,
@@ -19,6 +20,7 @@ from ratio_search.trainer import (
     predict_proba,
     train_classifier,
 )
+from ratio_search.trial import run_trial
 
 # A ~1k-parameter CNN keeps every test fast on a shared 2-core machine.
 TINY = {"widths": (4, 4), "fc": 8}
@@ -255,13 +257,60 @@ def test_read_only_memory_mapped_input(tmp_path):
     assert a.history == b.history
 
 
+# ------------------------------------------------------------------------------------ run_trial
+
+
+def toy_dataset(n: int = 48, n_val: int = 32):
+    x, y = toy_set(n)
+    vx, vy = toy_set(n_val, seed=1)
+    # label 1 (bright square) is the synthetic class, as if it were CNV
+    return Dataset(
+        train_x=x, train_y=y, val_x=vx, val_y=vy, test_x=vx[:0], test_y=vy[:0],
+        class_names=["NORMAL", "CNV"], synthetic_label=1, key="toy", info={},
+    )  # fmt: skip
+
+
+def test_run_trial_at_r0_without_a_pool():
+    data = toy_dataset()
+    epochs = []
+    out = run_trial(tiny_cfg(epochs=2), data, None, report=lambda e, m, s: epochs.append(e), **TINY)
+    assert epochs == [1, 2]
+    assert out["n_synthetic"] == 0 and out["n_real"] == out["n_train"] == 48
+    assert out["device"] == "cpu" and len(out["history"]) == 2
+    assert out["metrics"] == out["history"][-1]
+    assert np.array(out["metrics"]["confusion_matrix"]).sum() == 32
+
+
+def test_run_trial_mixes_the_pool_and_scores_the_synthetic_class():
+    data = toy_dataset()
+    pool, _ = toy_set(40, seed=5)
+    pool = pool[1::2]  # 20 "generated" bright-square images
+    out = run_trial(tiny_cfg(epochs=1, r=0.5), data, pool, **TINY)
+    # 24 images of class 1; replace R=0.5 swaps 12 of them for pool images
+    assert out["n_synthetic"] == 12 and out["n_real"] == 36 and out["n_train"] == 48
+    aug = run_trial(tiny_cfg(epochs=1, r=0.25, mode="augment"), data, pool, **TINY)
+    assert aug["n_synthetic"] == 8 and aug["n_real"] == 48  # 0.25 * 24 / 0.75 added on top
+    # binary metrics use the synthetic class (label 1) as the positive class
+    cm = np.array(out["metrics"]["confusion_matrix"])
+    tp, fn = cm[1, 1], cm[1, 0]
+    assert out["metrics"]["recall"] == pytest.approx(tp / (tp + fn))
+
+
+def test_run_trial_is_deterministic():
+    data = toy_dataset()
+    pool, _ = toy_set(40, seed=5)
+    a = run_trial(tiny_cfg(epochs=1, r=0.5), data, pool[1::2], **TINY)
+    b = run_trial(tiny_cfg(epochs=1, r=0.5), data, pool[1::2], **TINY)
+    assert a == b
+
+
 # ------------------------------------------------------------------------------------ isolation
 
 
 def test_trainer_and_trial_import_neither_ray_nor_mlflow():
-    pytest.importorskip("ratio_search.mixing")  # TODO(trainer): drop once mixing.py has landed
     code = (
         "import sys, ratio_search.trainer, ratio_search.trial; "
+        "ratio_search.trial.run_trial; "
         "bad = [m for m in ('ray', 'mlflow') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -1,0 +1,306 @@
+"""One trial: mix synthetic images into the real training set at ratio R, train, validate.
+
+A pure function of its inputs (config, dataset, pool images): no Ray, no MLflow. The search wraps
+it in a Ray Tune trainable and the tracking callback records what ``report`` sees, so that the same
+trial can also be run by hand (``ratio-search train``) and by the export's multi-seed confirmation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import SECTIONS, Config, TrainConfig, config_from_dict, read_yaml, save_config
+from .data import load_dataset, load_image_folder
+from .errors import ConfigError, DataError, PoolError
+from .home import Home, resolve_device
+from .mixing import mix
+
+# (torch and the trainer are imported inside run_trial: bad input then fails fast, without them)
+ReportFn = Callable[[int, dict[str, Any], dict[str, Any]], None]
+
+
+def run_trial(
+    cfg: TrainConfig,
+    data: Any,
+    pool_images: np.ndarray | None,
+    report: ReportFn | None = None,
+    state: dict[str, Any] | None = None,
+    **model_kwargs: Any,
+) -> dict[str, Any]:
+    """Mix ``pool_images`` into ``data``'s synthetic class at ``cfg.r`` / ``cfg.mode``, then train.
+
+    ``data`` is a :class:`ratio_search.data.Dataset`; validation always uses its ``val`` split,
+    which never depends on R. ``report`` and ``state`` are passed to
+    :func:`ratio_search.trainer.train_classifier` (per-epoch metrics; resume after an epoch).
+    ``model_kwargs`` (``widths``, ``fc``) shrink the CNN for tests.
+
+    Returns ``{"metrics", "history", "n_real", "n_synthetic", "n_train", "device"}``: the final
+    validation metrics, one metrics dict per epoch, and the training-set composition.
+    """
+    from .trainer import train_classifier
+
+    mixed = mix(
+        data.train_x,
+        data.train_y,
+        pool_images,
+        cfg.r,
+        cfg.mode,
+        data.synthetic_label,
+        cfg.seed,
+    )
+    device = resolve_device(cfg.device)
+    result = train_classifier(
+        mixed.x,
+        mixed.y,
+        data.val_x,
+        data.val_y,
+        cfg,
+        n_classes=len(data.class_names),
+        device=device,
+        report=report,
+        state=state,
+        positive_label=data.synthetic_label,
+        **model_kwargs,
+    )
+    # Counted from the per-image flags, so they mean the same whatever mix() reports per class.
+    n_train = int(len(mixed.y))
+    n_synthetic = int(np.asarray(mixed.is_synthetic).sum())
+    return {
+        "metrics": result.metrics,
+        "history": result.history,
+        "n_real": n_train - n_synthetic,
+        "n_synthetic": n_synthetic,
+        "n_train": n_train,
+        "device": str(device),
+    }
+
+
+# ------------------------------------------------------------------ `ratio-search train` helpers
+
+# Keys a `train --config` YAML may hold besides the config sections: `pool` (where the synthetic
+# images come from) and `expected` (metadata such as the metrics `export` measured; ignored here).
+TRAIN_YAML_EXTRA_KEYS = ("pool", "expected")
+
+
+def read_train_yaml(path: str | os.PathLike) -> tuple[dict[str, Any], str | None]:
+    """Read a ``train --config`` YAML: config sections, plus optional ``pool`` and ``expected``.
+
+    Accepted top-level keys: the sections of :class:`ratio_search.config.Config` (``data``,
+    ``train``, ``finetune``, ``generate``), ``pool`` (a pool key, a pool folder or an image folder;
+    a relative path is taken relative to the YAML's folder when it exists there) and ``expected``
+    (ignored). Anything else is a ConfigError naming the key. Returns ``(sections, pool)``.
+    """
+    doc = read_yaml(path)
+    if doc is None:
+        return {}, None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections ({', '.join(SECTIONS)})")
+    allowed = (*SECTIONS, *TRAIN_YAML_EXTRA_KEYS)
+    for key in doc:
+        if key not in allowed:
+            raise ConfigError(f"{path}: unknown key {key!r}; allowed: {', '.join(allowed)}")
+    pool = doc.get("pool")
+    if isinstance(pool, dict):  # tolerate {key: ..., path: ...}; the path wins
+        pool = pool.get("path") or pool.get("key")
+    if pool is not None:
+        if not isinstance(pool, str | int):
+            raise ConfigError(f"{path}: pool must be a key or a folder, got {pool!r}")
+        pool = str(pool)
+        beside = Path(path).parent / pool
+        if not Path(pool).is_absolute() and beside.exists():
+            pool = str(beside)
+    sections = {k: v for k, v in doc.items() if k in SECTIONS}
+    return sections, pool
+
+
+def resolve_train_config(
+    config_path: str | os.PathLike | None, overrides: dict[str, Any]
+) -> tuple[Config, str | None]:
+    """Defaults, then the ``--config`` YAML (see :func:`read_train_yaml`), then ``overrides``.
+
+    ``overrides`` are ``{"section.key": value}`` from the command line (None values are skipped).
+    Returns the validated config and the pool named in the YAML (or None).
+    """
+    sections, pool = read_train_yaml(config_path) if config_path else ({}, None)
+    merged: dict[str, dict[str, Any]] = {}
+    for section, values in sections.items():
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{config_path}: section {section!r} must be a mapping")
+        merged[section] = dict(values)
+    try:  # the YAML alone first, so that its errors name the file
+        config_from_dict(merged)
+    except ConfigError as e:
+        raise ConfigError(f"{config_path}: {str(e).removeprefix('config: ')}") from None
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        section, _, name = key.partition(".")
+        merged.setdefault(section, {})[name] = value
+    return config_from_dict(merged), pool
+
+
+def load_pool_images(
+    spec: str | os.PathLike,
+    home: Home,
+    image_size: int,
+    channels: int,
+    skip_bad: bool = False,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The synthetic images named by ``spec``, as uint8 ``(N, C, S, S)``, and where they came from.
+
+    ``spec`` is, in this order: a folder holding ``images.npy`` (a pool; opened memory-mapped), a
+    folder of image files from any generator (decoded and resized exactly like the real data), or
+    the key of a pool under ``home.pools``. Returns ``(images, info)`` with ``info`` = ``{"path",
+    "key", "kind", "skipped"}``.
+    """
+    path = Path(spec).expanduser()
+    if not path.exists() and (home.pools / str(spec)).is_dir():
+        path = home.pools / str(spec)
+    if not path.exists():
+        raise PoolError(f"pool not found: {spec} (not a folder, nor a pool key under {home.pools})")
+    if not path.is_dir():
+        raise PoolError(f"pool must be a folder of images or a pool folder, got a file: {path}")
+    info: dict[str, Any] = {"path": str(path.resolve()), "key": path.name, "skipped": 0}
+    npy = path / "images.npy"
+    if npy.is_file():
+        try:
+            images = np.load(npy, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise PoolError(f"unreadable pool array: {npy} ({e})") from None
+        manifest = path / "manifest.json"
+        if manifest.is_file():
+            try:
+                info["key"] = str(json.loads(manifest.read_text()).get("key", path.name))
+            except (OSError, ValueError, AttributeError):
+                pass  # the key is informational; the images are what matters
+        info["kind"] = "pool"
+        want = (channels, image_size, image_size)
+        if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != want:
+            raise PoolError(
+                f"{npy}: expected uint8 images of shape (N, {channels}, {image_size}, "
+                f"{image_size}) to match the data, got {images.dtype} {images.shape}"
+            )
+        return images, info
+    skipped: list[str] = []
+    try:
+        images = load_image_folder(path, image_size, channels, skip_bad, skipped=skipped)
+    except DataError as e:  # same message, reported as a pool problem
+        raise PoolError(f"pool: {e}") from None
+    info.update(kind="image-folder", skipped=len(skipped))
+    return images, info
+
+
+def save_outputs(out: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Create the folder ``out`` with whatever ``write(folder)`` puts in it, all or nothing.
+
+    ``write`` fills a temp folder beside ``out`` that is renamed into place at the end, so an
+    interrupted or failed write never leaves a half-written output folder. ``out`` must not exist
+    (an existing empty folder is accepted).
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"output folder already exists and is not empty: {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        write(tmp)
+        if out.exists():
+            out.rmdir()
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON: NaN / inf (an undefined ROC AUC) become null, numpy scalars Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def default_train_out(home: Home) -> Path:
+    """``runs/train-<UTC timestamp>`` under the home (``-2``, ``-3``... if taken)."""
+    base = home.runs / f"train-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    out, i = base, 1
+    while out.exists():
+        i += 1
+        out = base.with_name(f"{base.name}-{i}")
+    return out
+
+
+def train_from_config(
+    cfg: Config,
+    home: Home,
+    pool: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    report: ReportFn | None = None,
+    **model_kwargs: Any,
+) -> dict[str, Any]:
+    """What ``ratio-search train`` does: load data and pool, run one trial, write its outputs.
+
+    Writes ``config.yaml`` (the resolved config) and ``metrics.json`` (final and per-epoch
+    validation metrics, training-set composition, data and pool provenance) into ``out`` (default
+    :func:`default_train_out`), only once the trial has succeeded. Returns the summary that
+    ``metrics.json`` holds, plus ``out``.
+    """
+    r = cfg.train.r
+    if r > 0 and pool is None:
+        raise ConfigError(
+            f"train.r = {r} needs synthetic images: pass --pool (a pool key, a pool folder or "
+            f"a folder of generated images), or use --r 0"
+        )
+    out = Path(out) if out is not None else default_train_out(home)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # fail before training
+        raise ConfigError(f"output folder already exists and is not empty: {out}")
+    data = load_dataset(cfg.data, home)
+    pool_images, pool_info = None, None
+    if pool is not None:
+        pool_images, pool_info = load_pool_images(
+            pool, home, data.image_size, data.channels, cfg.data.skip_bad_images
+        )
+    result = run_trial(cfg.train, data, pool_images, report=report, **model_kwargs)
+    summary = _jsonable(
+        {
+            "metrics": result["metrics"],
+            "r": r,
+            "mode": cfg.train.mode,
+            "n_real": result["n_real"],
+            "n_synthetic": result["n_synthetic"],
+            "n_train": result["n_train"],
+            "n_val": int(len(data.val_y)),
+            "device": result["device"],
+            "class_names": data.class_names,
+            "synthetic_class": data.class_names[data.synthetic_label],
+            "data_key": data.key,
+            "skipped_images": int(data.info.get("skipped", 0)),
+            "pool": pool_info,
+            "history": result["history"],
+        }
+    )
+
+    def write(folder: Path) -> None:
+        save_config(cfg, folder / "config.yaml")
+        (folder / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    save_outputs(out, write)
+    return {**summary, "out": str(out)}

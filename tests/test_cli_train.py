@@ -1,0 +1,282 @@
+"""`ratio-search train`: the happy path, `--config best.yaml`, and every bad input of issue 2 item 6.
+
+Each error case runs the real command in a subprocess and checks: exit code 2, one line on stderr
+that names the problem, no traceback, and no output folder written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from ratio_search.config import load_config
+from ratio_search.errors import ConfigError
+from ratio_search.trial import read_train_yaml, resolve_train_config
+
+pytestmark = pytest.mark.slow
+
+SIZE = 16
+
+
+def _png(path: Path, bright: bool, rng: np.random.Generator, size: int = SIZE) -> None:
+    a = rng.integers(0, 80, (size, size)).astype(np.uint8)
+    if bright:
+        a[size // 4 : -size // 4, size // 4 : -size // 4] += 150
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a).save(path)
+
+
+def make_data(root: Path, n: int = 8, classes: tuple[str, ...] = ("CNV", "NORMAL")) -> Path:
+    """``root/train/CLASS/*.png``: ``n`` 16-px images per class (CNV has a bright square)."""
+    rng = np.random.default_rng(0)
+    for cls in classes:
+        for i in range(n):
+            _png(root / "train" / cls / f"{cls}-{i}-0.png", cls == "CNV", rng)
+    return root
+
+
+def make_pool(folder: Path, n: int = 8) -> Path:
+    """A flat folder of ``n`` "generated" CNV-like images, at another size (they get resized)."""
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        _png(folder / f"gen-{i:03d}.png", True, rng, size=20)
+    return folder
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict:
+    home = tmp_path / "home"
+    home.mkdir()
+    return {
+        "home": home,
+        "data": make_data(tmp_path / "data"),
+        "pool": make_pool(tmp_path / "pool"),
+        "tmp": tmp_path,
+    }
+
+
+def run_train(env: dict, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "ratio_search.cli", "train", "--home", str(env["home"])]
+    cmd += ["--image-size", str(SIZE), "--epochs", "2", "--device", "cpu", *args]
+    proc_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=proc_env, timeout=300)
+
+
+def assert_clean_error(env: dict, res: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("ratio-search: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    runs = env["home"] / "runs"
+    assert not runs.exists() or not any(runs.iterdir()), list(runs.iterdir())
+    assert not (env["tmp"] / "out").exists()
+    assert res.stdout == ""
+
+
+# ------------------------------------------------------------------------------------ happy path
+
+
+def test_train_json_happy_path(env):
+    out = env["tmp"] / "out"
+    res = run_train(
+        env, "--data", str(env["data"]), "--r", "0.5", "--pool", str(env["pool"]), "--json",
+        "--out", str(out),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    assert "epoch" not in res.stderr  # --json: no progress bar
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 1
+    doc = json.loads(lines[0])
+    m = doc["metrics"]
+    assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["f1"] <= 1.0
+    cm = np.array(m["confusion_matrix"])
+    assert cm.shape == (2, 2) and cm.sum() == doc["n_val"] > 0
+    assert m["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    assert doc["r"] == 0.5 and doc["mode"] == "replace"
+    assert doc["class_names"] == ["CNV", "NORMAL"] and doc["synthetic_class"] == "CNV"
+    # 8 images per class, some carved off as val; R=0.5 replaces half of CNV's training images
+    n_cnv = doc["n_train"] - (8 - cm[1].sum())
+    assert doc["n_synthetic"] == int(np.floor(0.5 * n_cnv + 0.5))
+    assert doc["n_real"] + doc["n_synthetic"] == doc["n_train"]
+    assert [h["epoch"] for h in doc["history"]] == [1, 2]
+    assert doc["pool"]["kind"] == "image-folder" and doc["pool"]["path"] == str(env["pool"])
+    # the outputs: resolved config (loadable, same values) and the same metrics
+    assert Path(doc["out"]) == out
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json"]
+    cfg = load_config(out / "config.yaml")
+    assert cfg.train.r == 0.5 and cfg.train.epochs == 2 and cfg.data.source == "imagefolder"
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["metrics"] == m and saved["history"] == doc["history"]
+
+
+def test_train_human_summary_and_default_out(env):
+    res = run_train(env, "--data", str(env["data"]), "--r", "0")
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    out_lines = res.stdout.strip().splitlines()
+    assert len(out_lines) == 1 and out_lines[0].startswith("R=0 (replace): val accuracy ")
+    assert "0 synthetic" in out_lines[0]
+    runs = list((env["home"] / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("train-")
+    assert str(runs[0]) in out_lines[0]
+    assert (runs[0] / "metrics.json").is_file() and (runs[0] / "config.yaml").is_file()
+    assert "2/2" in res.stderr  # the progress bar over epochs ran to the end
+
+
+def test_train_config_best_yaml_with_pool_and_expected(env):
+    best = env["tmp"] / "best.yaml"
+    best.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"source": "imagefolder", "path": str(env["data"]), "image_size": SIZE},
+                "train": {"r": 0.25, "mode": "augment", "epochs": 3, "seed": 3},
+                "pool": "pool",  # relative to the YAML's folder
+                "expected": {"accuracy": 0.9, "mlflow_run_id": "abc"},
+            }
+        )
+    )
+    res = run_train(env, "--config", str(best), "--json")  # run_train's --epochs 2 overrides 3
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["r"] == 0.25 and doc["mode"] == "augment"
+    assert len(doc["history"]) == 2
+    assert doc["n_synthetic"] > 0 and doc["pool"]["path"] == str(env["pool"])
+    cfg = load_config(Path(doc["out"]) / "config.yaml")
+    assert cfg.train.seed == 3 and cfg.train.mode == "augment"
+
+
+def test_skip_bad_images_skips_and_reports_the_count(env):
+    bad = env["data"] / "train" / "NORMAL" / "NORMAL-99-0.png"
+    bad.write_bytes(b"this is not a png")
+    res = run_train(env, "--data", str(env["data"]), "--r", "0", "--skip-bad-images", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["skipped_images"] == 1
+    res = run_train(env, "--data", str(env["data"]), "--r", "0", "--skip-bad-images")
+    assert res.returncode == 0, res.stderr
+    assert "skipped 1 unreadable image" in res.stdout
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+
+def test_missing_data_path(env):
+    missing = env["tmp"] / "nope"
+    res = run_train(env, "--data", str(missing), "--out", str(env["tmp"] / "out"))
+    assert_clean_error(env, res, "not found", str(missing))
+
+
+def test_empty_class_folder(env):
+    empty = env["data"] / "train" / "DRUSEN"
+    empty.mkdir()
+    res = run_train(env, "--data", str(env["data"]), "--out", str(env["tmp"] / "out"))
+    assert_clean_error(env, res, "no images", str(empty))
+
+
+def test_missing_class_folder(env):
+    res = run_train(env, "--data", str(env["data"]), "--classes", "CNV", "DME")
+    assert_clean_error(env, res, "DME")
+
+
+def test_unreadable_image_names_its_path(env):
+    bad = env["data"] / "train" / "CNV" / "CNV-77-0.png"
+    bad.write_bytes(b"\x89PNG but truncated")
+    res = run_train(env, "--data", str(env["data"]), "--out", str(env["tmp"] / "out"))
+    assert_clean_error(env, res, "unreadable image", str(bad))
+
+
+def test_too_few_images_for_a_validation_split(env):
+    data = make_data(env["tmp"] / "small", n=1)
+    res = run_train(env, "--data", str(data), "--out", str(env["tmp"] / "out"))
+    assert_clean_error(env, res, "cannot carve a validation split", "CNV")
+
+
+@pytest.mark.parametrize("r", ["1.5", "-0.1"])
+def test_r_outside_unit_interval(env, r):
+    res = run_train(env, "--data", str(env["data"]), "--r", r, "--pool", str(env["pool"]))
+    assert_clean_error(env, res, "train.r", r, "outside")
+
+
+def test_r_above_zero_without_a_pool(env):
+    res = run_train(env, "--data", str(env["data"]), "--r", "0.5")
+    assert_clean_error(env, res, "--pool")
+
+
+def test_pool_smaller_than_r_needs(env):
+    small = make_pool(env["tmp"] / "small-pool", n=2)
+    res = run_train(
+        env, "--data", str(env["data"]), "--r", "1", "--pool", str(small),
+        "--out", str(env["tmp"] / "out"),
+    )  # fmt: skip
+    assert_clean_error(env, res, "pool has 2 images", "R=1 needs")
+
+
+def test_missing_pool_folder(env):
+    res = run_train(env, "--data", str(env["data"]), "--r", "0.5", "--pool", "no-such-pool")
+    assert_clean_error(env, res, "pool not found", "no-such-pool")
+
+
+def test_unreadable_pool_image_names_its_path(env):
+    bad = env["pool"] / "gen-999.png"
+    bad.write_bytes(b"garbage")
+    res = run_train(env, "--data", str(env["data"]), "--r", "0.5", "--pool", str(env["pool"]))
+    assert_clean_error(env, res, "unreadable image", str(bad))
+
+
+def test_unknown_yaml_key(env):
+    cfg = env["tmp"] / "bad.yaml"
+    cfg.write_text("train:\n  r: 0.5\n  learning_rate: 0.1\n")
+    res = run_train(env, "--data", str(env["data"]), "--config", str(cfg))
+    assert_clean_error(env, res, "train.learning_rate", str(cfg))
+
+
+def test_unknown_top_level_yaml_key(env):
+    cfg = env["tmp"] / "bad.yaml"
+    cfg.write_text("train:\n  r: 0.0\nmetrics:\n  accuracy: 1.0\n")
+    res = run_train(env, "--data", str(env["data"]), "--config", str(cfg))
+    assert_clean_error(env, res, "'metrics'", "pool", "expected")
+
+
+def test_existing_output_folder_is_not_overwritten(env):
+    out = env["tmp"] / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    res = run_train(env, "--data", str(env["data"]), "--out", str(out))
+    assert res.returncode == 2 and "already exists" in res.stderr and "Traceback" not in res.stderr
+    assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
+
+
+# ------------------------------------------------------------------- the YAML reader, in-process
+
+
+def test_read_train_yaml_accepts_sections_pool_expected(tmp_path):
+    (tmp_path / "p").mkdir()
+    f = tmp_path / "best.yaml"
+    f.write_text("train:\n  r: 0.5\npool: p\nexpected:\n  accuracy: 0.9\n")
+    sections, pool = read_train_yaml(f)
+    assert sections == {"train": {"r": 0.5}}
+    assert pool == str(tmp_path / "p")
+    cfg, pool2 = resolve_train_config(f, {"train.r": 0.25, "train.lr": None})
+    assert cfg.train.r == 0.25 and pool2 == pool and cfg.train.lr == 1e-3
+
+
+def test_read_train_yaml_pool_may_be_a_mapping_or_a_key(tmp_path):
+    f = tmp_path / "best.yaml"
+    f.write_text("pool:\n  key: abc123\n")
+    assert read_train_yaml(f)[1] == "abc123"  # not a folder beside the YAML: kept as a key
+
+
+def test_resolve_train_config_validates_values(tmp_path):
+    with pytest.raises(ConfigError, match="train.epochs"):
+        resolve_train_config(None, {"train.epochs": 0})
