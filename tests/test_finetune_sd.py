@@ -137,6 +137,15 @@ def test_sd_defaults_replace_tiny_defaults_only():
     assert sd.resolve_sd_settings(explicit) == {"lr": 5e-5, "batch_size": 2, "resolution": 256}
 
 
+def test_resolved_config_records_what_training_uses(base):
+    cfg = FinetuneConfig(backend="stable-diffusion", base_model=str(base), ema_decay=0.5)
+    resolved = sd.resolve_config(cfg)
+    assert (resolved["lr"], resolved["batch_size"], resolved["resolution"]) == (1e-4, 8, 512)
+    assert "ema_decay" not in resolved and resolved["base_model"] == str(base.resolve())
+    # leaving the default and asking for the SD value explicitly train the same model
+    assert sd.resolve_config(dataclasses.replace(cfg, lr=1e-4, batch_size=8)) == resolved
+
+
 def test_finetune_trains_the_unet_only_and_saves_safetensors(base, trained):
     out, stats = trained
     assert stats["steps"] == 1 and math.isfinite(stats["final_loss"]) and stats["seconds"] > 0

@@ -16,8 +16,11 @@ Pointing it at BK-SDM or SD 1.5 on disk::
     ratio-search finetune --backend stable-diffusion --base-model /path/to/bk-sdm-small --image-size 64
 
 ``--image-size`` is the size of the dataset's images (what the classifier sees, and the size the
-generated images are resized back to); the fine-tune itself runs at ``finetune.resolution``
-(default 512, the study's; a smaller value such as 256 is much cheaper and fine for 64 px data).
+generated images are resized back to); the fine-tune itself runs at ``--resolution``
+(``finetune.resolution``; default 512, the study's; 256 is about four times cheaper and plenty for
+64 px data). Add ``--device cuda`` (the default ``auto`` picks a GPU when there is one),
+``--max-steps`` (the study: 30 epochs of 30,000 images at batch 8, about 112,000 steps) and
+``--resume`` after an interruption. On a CPU only the tiny test pipeline is practical.
 Grayscale images are repeated to three channels and resized to the resolution with the data
 layer's resize rule; generated images come back through that same rule.
 
@@ -136,6 +139,22 @@ def resolve_sd_settings(cfg: FinetuneConfig) -> dict[str, Any]:
     batch_size = SD_DEFAULTS["batch_size"] if cfg.batch_size == tiny.batch_size else cfg.batch_size
     resolution = cfg.resolution if cfg.resolution is not None else SD_DEFAULTS["resolution"]
     return {"lr": float(lr), "batch_size": int(batch_size), "resolution": int(resolution)}
+
+
+def resolve_config(cfg: FinetuneConfig) -> dict[str, Any]:
+    """The finetune fields that determine an SD model's weights, with SD defaults resolved.
+
+    For the model's content hash and meta.json: ``lr`` / ``batch_size`` / ``resolution`` as
+    actually used, and none of the tiny-only fields (EMA, class dropout, from_scratch).
+    """
+    return {
+        "backend": cfg.backend,
+        "base_model": str(Path(cfg.base_model).expanduser().resolve()) if cfg.base_model else None,
+        "max_steps": int(cfg.max_steps),
+        "prompt": cfg.prompt,
+        "seed": int(cfg.seed),
+        **resolve_sd_settings(cfg),
+    }
 
 
 def class_prompt(template: str, class_name: str) -> str:
@@ -301,7 +320,9 @@ def _load_checkpoint(ckpt: Path, unet, optimizer, scaler, fingerprint: dict) -> 
                 f"this run has {key}={value!r}; delete the checkpoint or run without --resume"
             )
     unet.load_state_dict(load_file(str(ckpt / "unet.safetensors")))
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    optimizer.load_state_dict(
+        torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+    )
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     return state
