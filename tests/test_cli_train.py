@@ -280,3 +280,23 @@ def test_read_train_yaml_pool_may_be_a_mapping_or_a_key(tmp_path):
 def test_resolve_train_config_validates_values(tmp_path):
     with pytest.raises(ConfigError, match="train.epochs"):
         resolve_train_config(None, {"train.epochs": 0})
+
+
+def test_load_pool_images_from_a_pool_folder_and_by_key(tmp_path):
+    from ratio_search.errors import PoolError
+    from ratio_search.home import Home
+    from ratio_search.trial import load_pool_images
+
+    home = Home(tmp_path / "home")
+    folder = home.pools / "k123"
+    folder.mkdir(parents=True)
+    images = np.arange(3 * 1 * 8 * 8, dtype=np.uint8).reshape(3, 1, 8, 8)
+    np.save(folder / "images.npy", images)
+    (folder / "manifest.json").write_text(json.dumps({"key": "k123", "n": 3}))
+    got, info = load_pool_images(folder, home, 8, 1)
+    assert isinstance(got, np.memmap) and np.array_equal(got, images)
+    assert info["kind"] == "pool" and info["key"] == "k123"
+    by_key, _ = load_pool_images("k123", home, 8, 1)
+    assert np.array_equal(by_key, images)
+    with pytest.raises(PoolError, match=r"\(N, 3, 8, 8\)"):  # shape must match the data
+        load_pool_images(folder, home, 8, 3)

@@ -316,3 +316,17 @@ def test_trainer_and_trial_import_neither_ray_nor_mlflow():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_resume_state_survives_a_weights_only_torch_save(tmp_path):
+    # how a checkpoint travels (Ray Tune, a resumed search): torch.save, then a safe torch.load
+    x, y = toy_set(40)
+    cfg = tiny_cfg(epochs=3)
+    states = []
+    straight = train_classifier(
+        x, y, x, y, cfg, n_classes=2, report=lambda e, m, s: states.append(s), **TINY
+    )
+    torch.save(states[0], tmp_path / "state.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    resumed = train_classifier(x, y, x, y, cfg, n_classes=2, state=state, **TINY)
+    assert resumed.metrics == straight.metrics
