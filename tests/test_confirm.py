@@ -1,0 +1,302 @@
+"""Multi-seed confirmation: selection, new seeds, paired differences, test split once, usable R."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ratio_search.confirm import (
+    Candidate,
+    config_signature,
+    confirm,
+    confirmation_seeds,
+    paired,
+    select_candidates,
+)
+from ratio_search.errors import SearchError
+from ratio_search.home import Home
+
+# The "true" validation accuracy per R of the fake trainer: best at R = 0.2, within one point of
+# it up to R = 0.5.
+TRUE = {0.0: 0.85, 0.2: 0.86, 0.4: 0.855, 0.5: 0.853, 0.6: 0.835, 0.8: 0.82, 1.0: 0.60}
+DEFAULTS = {
+    "r": 0.0,
+    "guidance": 2.0,
+    "steps": 10,
+    "scheduler": "ddim",
+    "postprocess": "none",
+    "mode": "replace",
+    "epochs": 1,
+    "batch_size": 8,
+    "lr": 0.001,
+    "seed": 0,
+}
+
+
+class FakeContext:
+    """Stands in for RunContext: a noisy but known accuracy per R, no training at all."""
+
+    data_key = "fake-data"
+    n_test = 123
+
+    def __init__(self):
+        self.trained: list[tuple[float, int]] = []
+        self.tested: list[tuple[float, int]] = []
+
+    def full_config(self, params):
+        return {**DEFAULTS, **params}
+
+    @staticmethod
+    def _noise(seed, r, scale=0.001):
+        shared = np.random.default_rng(seed).normal(0, scale)  # the seed's effect, shared by all R
+        own = np.random.default_rng([seed, int(r * 100)]).normal(0, scale / 4)
+        return shared + own
+
+    def train(self, config, seed, pool_key):
+        r = float(config["r"])
+        self.trained.append((r, seed))
+        acc = TRUE[r] + self._noise(seed, r)
+        return {"val_accuracy": acc, "val_f1": acc - 0.01}, {"w": torch.full((2,), float(seed))}
+
+    def test(self, config, state):
+        r, seed = float(config["r"]), int(state["w"][0])
+        self.tested.append((r, seed))
+        return {"test_accuracy": TRUE[r] - 0.02 + self._noise(seed + 7, r)}
+
+
+def make_run(tmp_path, trials, name="run1"):
+    home = Home(tmp_path)
+    folder = home.runs / name
+    folder.mkdir(parents=True)
+    info = {"name": name, "state": "finished", "metric": "val_accuracy", "mode": "max", "seed": 0}
+    (folder / "run.json").write_text(json.dumps(info))
+    with open(folder / "trials.jsonl", "w") as f:
+        for i, (params, value, state) in enumerate(trials):
+            rec = {
+                "trial_id": f"t{i}",
+                "state": state,
+                "params": params,
+                "metrics": {"val_accuracy": value},
+                "pool_key": None
+                if params.get("r", 0) == 0
+                else f"pool-g{params.get('guidance', 2.0)}",
+            }
+            f.write(json.dumps(rec) + "\n")
+    return home
+
+
+TRIALS = [
+    ({"r": 0.0}, 0.848, "TERMINATED"),
+    ({"r": 0.2}, 0.861, "TERMINATED"),
+    ({"r": 0.5}, 0.857, "TERMINATED"),
+    ({"r": 0.6}, 0.856, "TERMINATED"),  # lucky: its true value is 0.835
+    ({"r": 0.8}, 0.900, "TERMINATED"),  # very lucky: the search's "best" trial, truly 0.82
+    ({"r": 0.8}, 0.870, "TERMINATED"),  # the same configuration again: counted once
+    ({"r": 1.0, "seed": 1000}, 0.95, "RUNNING"),  # unfinished: ignored, but its seed is taken
+    ({"r": 0.4}, float("nan"), "ERROR"),
+]
+
+
+def test_confirm_end_to_end_with_a_fake_trainer(tmp_path):
+    home = make_run(tmp_path, TRIALS)
+    ctx = FakeContext()
+    out = confirm(home, "run1", top_k=3, n_seeds=5, tolerance=0.01, context=ctx, track=False)
+
+    # New seeds: none the search used (0, and 1000 of the running trial).
+    assert out["seeds"] == [1001, 1002, 1003, 1004, 1005]
+    roles = {c["label"]: c["role"] for c in out["configurations"]}
+    assert roles["R=0 (real only)"] == "baseline"
+    top = [c for c in out["configurations"] if c["role"] == "top"]
+    assert [c["params"]["r"] for c in top] == [0.8, 0.2, 0.5]  # the top 3 distinct by trial value
+    assert top[0]["trial_value"] == 0.9
+
+    # The lucky R = 0.8 does not survive confirmation; R = 0.2 is chosen.
+    assert out["chosen"]["params"]["r"] == 0.2 and not out["chosen"]["is_baseline"]
+    by_r = {c["params"]["r"]: c for c in out["configurations"]}
+    assert by_r[0.8]["val"]["val_accuracy"]["mean"] == pytest.approx(0.82, abs=0.002)
+    diff = by_r[0.2]["diff_vs_baseline"]["val_accuracy"]
+    assert diff["mean"] == pytest.approx(0.01, abs=0.001) and diff["low"] > 0
+    # Pairing by seed removes the shared seed effect: the difference is tighter than either arm.
+    assert diff["half_width"] < by_r[0.2]["val"]["val_accuracy"]["half_width"]
+    assert by_r[0.0]["diff_vs_baseline"] == {}
+
+    # The usable ratio first pointed at the lucky single trial at R = 0.6; it was confirmed,
+    # fell below the tolerance, and the confirmed R = 0.5 is the answer.
+    assert roles["R=0.60 guidance=2.0 steps=10"] == "usable"
+    u = out["usable_ratio"]
+    assert u["r"] == 0.5 and u["confirmed"] and u["best_r"] == 0.2
+    assert u["threshold"] == pytest.approx(by_r[0.2]["mean"] - 0.01)
+
+    # Training: 5 configurations x 5 seeds; the test split only for the chosen one and R = 0.
+    assert len(ctx.trained) == 25
+    assert sorted({r for r, _ in ctx.tested}) == [0.0, 0.2]
+    assert len(ctx.tested) == 10
+    assert out["test"]["n_test"] == 123
+    assert out["test"]["chosen"]["test_accuracy"]["n"] == 5
+    assert out["test"]["diff"]["test_accuracy"]["mean"] == pytest.approx(0.01, abs=0.003)
+
+    # Everything cached: a second export trains nothing and gives the same numbers.
+    ctx2 = FakeContext()
+    again = confirm(home, "run1", top_k=3, n_seeds=5, tolerance=0.01, context=ctx2, track=False)
+    assert ctx2.trained == []
+    assert again["usable_ratio"] == out["usable_ratio"]
+    assert again["test"]["chosen"] == out["test"]["chosen"]
+
+
+def test_confirm_extra_r_values_and_baseline_wins(tmp_path):
+    # Every synthetic mix is worse: R = 0 is chosen and the usable ratio is 0.
+    home = make_run(tmp_path, [({"r": 0.0}, 0.85, "TERMINATED"), ({"r": 1.0}, 0.86, "TERMINATED")])
+    ctx = FakeContext()
+    out = confirm(home, "run1", top_k=2, n_seeds=3, confirm_r=[0.6, 1.0], context=ctx, track=False)
+    assert out["chosen"]["is_baseline"] and out["chosen"]["params"]["r"] == 0.0
+    assert out["test"]["diff"] == {}
+    assert {r for r, _ in ctx.tested} == {0.0} and len(ctx.tested) == 3
+    roles = [c["role"] for c in out["configurations"]]
+    assert roles.count("extra") == 1  # R = 1.0 was confirmed already as a top configuration
+    assert out["usable_ratio"]["r"] == 0.0
+
+
+def test_confirm_errors(tmp_path):
+    home = make_run(tmp_path, [({"r": 0.3}, float("nan"), "ERROR")])
+    with pytest.raises(SearchError, match="no finished trial"):
+        confirm(home, "run1", context=FakeContext(), track=False)
+    with pytest.raises(SearchError, match="confirm-seeds"):
+        confirm(home, "run1", n_seeds=1, context=FakeContext(), track=False)
+    with pytest.raises(SearchError, match="unknown run"):
+        confirm(home, "nope", context=FakeContext(), track=False)
+
+
+def test_select_candidates_dedupes_and_finds_the_baseline_trial():
+    ctx = FakeContext()
+    trials = {
+        "a": {
+            "state": "TERMINATED",
+            "params": {"r": 0.5, "guidance": 2.0},
+            "metrics": {"val_accuracy": 0.9},
+        },
+        "b": {
+            "state": "TERMINATED",
+            "params": {"r": 0.5, "guidance": 2.0},
+            "metrics": {"val_accuracy": 0.8},
+        },
+        "c": {
+            "state": "TERMINATED",
+            "params": {"r": 0.0, "guidance": 8.0},
+            "metrics": {"val_accuracy": 0.85},
+        },
+        "d": {
+            "state": "TERMINATED",
+            "params": {"r": 0.5, "guidance": 4.0},
+            "metrics": {"val_accuracy": 0.7},
+        },
+    }
+    top, base = select_candidates(trials, ctx.full_config, "val_accuracy", "max", top_k=3)
+    # R = 0 at guidance 8 is the same configuration as R = 0 at guidance 2: no pool is used.
+    assert base.trial_id == "c" and base.config["r"] == 0.0
+    assert [c.trial_id for c in top] == ["a", "d"]  # c is the baseline, b a duplicate of a
+    top_min, _ = select_candidates(trials, ctx.full_config, "val_accuracy", "min", top_k=1)
+    assert top_min[0].trial_id == "d"
+
+
+def test_config_signature_and_seeds():
+    a = {**DEFAULTS, "r": 0.0, "guidance": 2.0}
+    b = {**DEFAULTS, "r": 0.0, "guidance": 9.0}
+    assert config_signature(a) == config_signature(b)
+    assert config_signature({**a, "r": 0.1}) != config_signature({**b, "r": 0.1})
+    assert confirmation_seeds(3, {1000, 1002}) == [1001, 1003, 1004]
+
+
+def test_paired_matches_seeds_not_positions():
+    a = Candidate("a", {}, "top", seeds=[1, 2, 3], val=[{"m": 1.0}, {"m": 2.0}, {"m": 3.0}])
+    b = Candidate("b", {}, "baseline", seeds=[3, 2, 1], val=[{"m": 2.5}, {"m": 1.5}, {"m": 0.5}])
+    d = paired(a, b)["m"]
+    assert d["mean"] == pytest.approx(0.5) and d["half_width"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_confirm_through_the_real_trial_and_mlflow(tmp_path):
+    """RunContext end to end: phantom data, a cached pool, run_trial, test split, MLflow runs."""
+    from ratio_search import tracking
+    from ratio_search.config import Config, save_config
+    from ratio_search.data import load_dataset
+
+    torch.set_num_threads(1)
+    home = Home(tmp_path)
+    cfg = Config()
+    cfg.data.image_size = 16
+    cfg.data.phantom_n_per_class = 8
+    cfg.data.phantom_val_per_class = 6
+    cfg.data.phantom_test_per_class = 6
+    cfg.data.min_val_per_class = 2
+    data = load_dataset(cfg.data, home)
+    # A fabricated pool (the pools module accepts any complete images.npy + manifest.json).
+    pool_dir = home.pools / "pk1"
+    pool_dir.mkdir(parents=True)
+    np.save(
+        pool_dir / "images.npy",
+        np.clip(data.train_x[data.train_y == 0].astype(int) + 20, 0, 255).astype(np.uint8),
+    )
+    (pool_dir / "manifest.json").write_text(json.dumps({"n": 8, "key": "pk1"}))
+
+    space = {
+        "params": {
+            "r": {"type": "float", "low": 0.0, "high": 1.0, "step": 0.5},
+            "guidance": {"type": "categorical", "choices": [2.0]},
+            "steps": {"type": "categorical", "choices": [2]},
+        },
+        "fixed": {"epochs": 2, "batch_size": 8, "widths": [4, 4], "fc": 8, "pool_size": 8},
+    }
+    folder = home.runs / "real"
+    folder.mkdir(parents=True)
+    save_config(cfg, folder / "config.yaml")
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    tracker = tracking.SearchTracker(uri, run_dir=folder)
+    parent = tracker.start_parent("real")
+    tracker.finish_parent()
+    info = {
+        "name": "real",
+        "state": "finished",
+        "metric": "val_accuracy",
+        "mode": "max",
+        "space": space,
+        "data_key": data.key,
+        "mlflow": {"tracking_uri": uri, "parent_run_id": parent},
+    }
+    (folder / "run.json").write_text(json.dumps(info))
+    recs = [
+        {
+            "trial_id": "a",
+            "state": "TERMINATED",
+            "params": {"r": 0.0, "guidance": 2.0, "steps": 2},
+            "metrics": {"val_accuracy": 0.5},
+        },
+        {
+            "trial_id": "b",
+            "state": "TERMINATED",
+            "params": {"r": 0.5, "guidance": 2.0, "steps": 2},
+            "metrics": {"val_accuracy": 0.6},
+            "pool_key": "pk1",
+        },
+    ]
+    (folder / "trials.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+    out = confirm(home, "real", top_k=1, n_seeds=2, usable_rounds=0, track=True)
+    labels = [c["label"] for c in out["configurations"]]
+    assert labels == ["R=0 (real only)", "R=0.50 guidance=2.0 steps=2"]
+    for c in out["configurations"]:
+        assert 0.0 <= c["val"]["val_accuracy"]["mean"] <= 1.0 and c["val"]["val_accuracy"]["n"] == 2
+    assert out["test"]["n_test"] == len(data.test_y)
+    assert out["test"]["baseline"]["test_accuracy"]["n"] == 2
+    assert len(list((folder / "confirm").rglob("*.safetensors"))) == 4
+
+    # One confirm child run per configuration under the parent, with the interval metrics.
+    ids = out["mlflow"]
+    assert set(ids) == set(labels)
+    for run_id in ids.values():
+        run = tracker.client.get_run(run_id)
+        assert run.data.tags["ratio_search.kind"] == "confirm"
+        assert run.data.tags[tracking.PARENT_TAG] == parent
+        assert "val_accuracy_mean" in run.data.metrics
+        assert "val_accuracy" not in run.data.metrics  # never mistaken for a trial
