@@ -130,6 +130,20 @@ def test_incomplete_pipeline_names_what_is_missing(base, tmp_path):
     assert "vae" not in msg and "\n" not in msg
 
 
+def test_unloadable_weights_and_bad_prompt_are_one_line_errors(base, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(base, broken)
+    (weights,) = (broken / "unet").glob("*.safetensors")
+    weights.write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelError, match=r"cannot load unet") as e:
+        sd.finetune_sd(make_data(), sd_config(broken), tmp_path / "out")
+    assert str(broken) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="finetune.prompt"):
+        sd.finetune_sd(make_data(), sd_config(base, prompt="scan of {label}"), tmp_path / "out")
+
+
 def test_sd_defaults_replace_tiny_defaults_only():
     resolved = sd.resolve_sd_settings(FinetuneConfig(backend="stable-diffusion"))
     assert resolved == {"lr": 1e-4, "batch_size": 8, "resolution": 512}

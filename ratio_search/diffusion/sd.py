@@ -57,7 +57,7 @@ from PIL import Image
 
 from ..config import FinetuneConfig
 from ..data.imagefolder import pil_to_array
-from ..errors import DataError, ModelError
+from ..errors import ConfigError, DataError, ModelError
 from .common import META_NAME, GenerativeModel, file_hash, image_seed, read_meta
 
 # The study's fine-tune settings (REFERENCE_STUDY.md). Used when the user left the corresponding
@@ -162,7 +162,7 @@ def class_prompt(template: str, class_name: str) -> str:
     try:
         return template.format(cls=class_name)
     except (KeyError, IndexError, ValueError) as e:
-        raise ModelError(
+        raise ConfigError(
             f"finetune.prompt {template!r}: only the placeholder {{cls}} is allowed ({e})"
         ) from None
 
@@ -234,7 +234,7 @@ def _load_components(base: Path) -> dict[str, Any]:
     for name, load in loaders.items():
         try:
             parts[name] = load()
-        except (OSError, ValueError, KeyError) as e:
+        except Exception as e:  # broken config / weights, whatever the library raises: one line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelError(f"--base-model {base}: cannot load {name} ({first})") from None
     return parts
@@ -640,8 +640,9 @@ class SDModel(GenerativeModel):
                     requires_safety_checker=False,
                     **{_dtype_argument(): dtype},
                 )
-            except (OSError, ValueError, KeyError) as e:
-                raise ModelError(f"model {self.path}: cannot load the pipeline ({e})") from None
+            except Exception as e:  # broken config / weights: one clear line, not a traceback
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ModelError(f"model {self.path}: cannot load the pipeline ({first})") from None
             pipe.set_progress_bar_config(disable=True)
             self._pipes[device] = pipe.to(device)
         return self._pipes[device]
