@@ -72,13 +72,18 @@ FAKE_MODEL_SRC = textwrap.dedent(
 
 WORKER_SRC = textwrap.dedent(
     """
-    import hashlib, json, sys
+    import hashlib, json, os, sys, time
     from ratio_search.config import GenerateConfig
     from ratio_search.home import Home
     from ratio_search.pools import get_pool
     from fakegen import FakeModel
 
     home, marker, delay, n = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+    if len(sys.argv) > 5:  # a start barrier: say "ready", wait for "go"
+        sync = sys.argv[5]
+        open(os.path.join(sync, f"ready-{os.getpid()}"), "w").close()
+        while not os.path.exists(os.path.join(sync, "go")):
+            time.sleep(0.01)
     pool = get_pool(Home.resolve(home), FakeModel(marker=marker, delay=delay),
                     GenerateConfig(guidance=2.0, steps=2, device="cpu"), n, progress=False)
     digest = hashlib.sha256(bytes(pool.images)).hexdigest()
@@ -113,7 +118,7 @@ def _generations(marker: Path) -> int:
     return len(marker.read_text().splitlines()) if marker.exists() else 0
 
 
-def _worker(fake_dir, home, marker, delay=0.0, n=8):
+def _worker(fake_dir, home, marker, delay=0.0, n=8, sync=None):
     env = {**os.environ, "PYTHONPATH": f"{fake_dir}{os.pathsep}{REPO}"}
     cmd = [
         sys.executable,
@@ -122,6 +127,7 @@ def _worker(fake_dir, home, marker, delay=0.0, n=8):
         str(marker),
         str(delay),
         str(n),
+        *([str(sync)] if sync else []),
     ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -261,7 +267,13 @@ def test_update_manifest_keeps_pool_complete(home, fake):
 def test_two_processes_generate_once_and_see_same_bytes(home, fake, tmp_path):
     _, fake_dir = fake
     marker = tmp_path / "marker"
-    procs = [_worker(fake_dir, home, marker, delay=1.0) for _ in range(2)]
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    procs = [_worker(fake_dir, home, marker, delay=1.0, sync=sync) for _ in range(2)]
+    deadline = time.time() + 90
+    while len(list(sync.glob("ready-*"))) < 2 and time.time() < deadline:
+        time.sleep(0.02)
+    (sync / "go").touch()  # both are imported and waiting: they ask for the pool at once
     outs = []
     for p in procs:
         out, err = p.communicate(timeout=120)
@@ -270,6 +282,24 @@ def test_two_processes_generate_once_and_see_same_bytes(home, fake, tmp_path):
     assert _generations(marker) == 1
     assert outs[0]["sha"] == outs[1]["sha"] and outs[0]["key"] == outs[1]["key"]
     assert sorted(o["generated"] for o in outs) == [False, True]
+
+
+def test_stale_temp_dirs_are_cleaned_only_when_dead_or_old(home):
+    pools = home.pools
+    pools.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    mine_dead = pools / f".tmp-aaaa-{dead}-01"
+    mine_alive = pools / f".tmp-aaaa-{os.getpid()}-02"
+    other_dead_fresh = pools / f".tmp-bbbb-{dead}-03"
+    other_old = pools / f".old-bbbb-{os.getpid()}-04"
+    for d in (mine_dead, mine_alive, other_dead_fresh, other_old):
+        d.mkdir()
+    old = time.time() - pools_mod.STALE_TMP_SECONDS - 60
+    os.utime(other_old, (old, old))
+    removed = set(pools_mod._clean_stale(pools, "aaaa"))
+    assert removed == {mine_dead, other_old}
+    assert mine_alive.exists() and other_dead_fresh.exists()
 
 
 def test_killed_builder_leaves_no_complete_pool_and_next_call_builds(home, fake, tmp_path):
