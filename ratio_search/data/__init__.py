@@ -84,7 +84,7 @@ def phantom_render_size(image_size: int) -> int:
 def phantom_folder(cfg: DataConfig, home: Home) -> Path:
     """Write the phantom image folder for ``cfg`` on first use (under a lock); return its path.
 
-    Default place: ``home.data / "phantom-n{n}-v{val}-t{test}-s{seed}-px{size}"``; ``cfg.path``
+    Default place: ``home.data / "phantom-n{n}-v{val}-t{test}-s{seed}-px{size}-r{recipe}"``; ``cfg.path``
     overrides it. An existing folder is reused only if its ``phantom.json`` marker matches.
     """
     size = phantom_render_size(cfg.image_size)
@@ -92,7 +92,9 @@ def phantom_folder(cfg: DataConfig, home: Home) -> Path:
     if cfg.path:
         folder = Path(cfg.path).expanduser().resolve()
     else:
-        folder = home.data / f"phantom-n{n}-v{nv}-t{nt}-s{cfg.seed}-px{size}"
+        # the recipe version is in the name: a folder from an older recipe is left alone, not reused
+        name = f"phantom-n{n}-v{nv}-t{nt}-s{cfg.seed}-px{size}-r{_phantom.RECIPE_VERSION}"
+        folder = home.data / name
     want = _phantom.phantom_params(n, nv, nt, cfg.seed, size)
     marker = folder / _phantom.MARKER
     folder.parent.mkdir(parents=True, exist_ok=True)

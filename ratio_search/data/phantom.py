@@ -40,7 +40,7 @@ _CLASS_CODES = {"CNV": 1, "NORMAL": 2}
 #: Images per (phantom) patient in the written folders, so that patient-grouped splits are exercised.
 IMAGES_PER_PATIENT = 4
 #: Bumped whenever the recipe changes, so that cached folders and arrays are not mixed up.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 MARKER = "phantom.json"
 
 
@@ -79,7 +79,7 @@ def _blur3(img: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------ render
 
 
-def _render_one(rng: np.random.Generator, cnv: bool, size: int) -> np.ndarray:
+def _render_one(rng: np.random.Generator, cnv: bool, size: int, clean: bool = False) -> np.ndarray:
     """One B-scan as float in [0, 1], shape (size, size). Rows are depth, columns are lateral."""
     y = ((np.arange(size) + 0.5) / size)[:, None]  # (H, 1) depth in [0, 1]
     x = (np.arange(size) + 0.5) / size  # (W,) lateral position in [0, 1]
@@ -111,7 +111,8 @@ def _render_one(rng: np.random.Generator, cnv: bool, size: int) -> np.ndarray:
             rng.uniform(0.50, 0.75),  # IS/OS: bright
         ]
     )
-    rpe_bright = rng.uniform(0.75, 1.0)
+    # the RPE is the brightest band of a B-scan (with the IS/OS line above it)
+    rpe_bright = bright.max() + rng.uniform(0.1, 0.25)
 
     # per-column thickness of each layer; a foveal pit thins the inner layers half of the time
     layer_t = np.repeat(thick[:, None], size, axis=1)  # (6, W)
@@ -171,7 +172,7 @@ def _render_one(rng: np.random.Generator, cnv: bool, size: int) -> np.ndarray:
         # fibrovascular lesion: hyperreflective under the dome (else a dark, serous detachment)
         dome_share = dome / np.maximum(elev, 1e-6)  # where the dome (not a druse) does the lifting
         if rng.random() < 0.9:
-            lesion = rng.uniform(0.5, 1.0)
+            lesion = drusen_fill + rng.uniform(0.5, 1.0)
             fill = drusen_fill + (lesion - drusen_fill) * dome_share
         else:
             fill = drusen_fill + (0.08 - drusen_fill) * dome_share
@@ -194,9 +195,11 @@ def _render_one(rng: np.random.Generator, cnv: bool, size: int) -> np.ndarray:
         shadow = rng.uniform(0.3, 0.7) * _gauss(x, rng.uniform(0.05, 0.95), rng.uniform(0.01, 0.03))
         img = img * (1.0 - shadow[None, :] * (y > nfl_bottom[None, :]))
     depth_in = np.clip(y - bounds[0][None, :], 0, None)
-    img = img * np.exp(-rng.uniform(0.5, 1.5) * depth_in)
+    img = img * np.exp(-rng.uniform(0.3, 1.0) * depth_in)
 
     # --- acquisition: blur, multiplicative speckle, additive noise, contrast and brightness
+    if clean:  # the anatomy alone, for inspection
+        return np.clip(img, 0.0, 1.0)
     img = _blur3(img)
     img = img * rng.gamma(6.0, 1.0 / 6.0, size=img.shape)
     img = img + rng.normal(0.0, 0.04, size=img.shape)
