@@ -32,6 +32,7 @@ import json
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -538,3 +539,204 @@ def rank_by_confidence(
     score = proba[:, label]
     order = np.argsort(-score, kind="stable")
     return order, score
+
+
+# ------------------------------------------------------------------- the store: every pool
+
+
+def real_classifier(
+    cache_dir: str | Path,
+    data: Any,
+    *,
+    seed: int = 0,
+    path: str | Path | None = None,
+    **train_kwargs: Any,
+) -> FeatureExtractor:
+    """The feature extractor / real-trained classifier of a dataset, trained once and cached.
+
+    ``path``: the user's own checkpoint (:func:`load_feature_extractor`) instead. Otherwise a
+    SimpleCNN is trained on ``data``'s real training images (:func:`train_feature_extractor`,
+    ``train_kwargs`` passed on) and kept as ``<cache_dir>/extractor-<data key>-s<seed>.safetensors``,
+    so that every pool of a dataset is measured in the same feature space.
+    """
+    shape = tuple(int(s) for s in data.train_x.shape[1:])
+    if path is not None:
+        return load_feature_extractor(path, shape)
+    cached = Path(cache_dir) / f"extractor-{data.key}-s{seed}.safetensors"
+    if cached.is_file() and Path(str(cached) + ".json").is_file():
+        fe = load_feature_extractor(cached, shape)
+        fe.info = json.loads(Path(str(cached) + ".json").read_text())
+        return fe
+    fe = train_feature_extractor(
+        data.train_x, data.train_y, len(data.class_names), seed=seed, **train_kwargs
+    )
+    fe.info["data_key"] = str(data.key)
+    fe.save(cached)
+    return fe
+
+
+@dataclass
+class _CachedData:
+    """The parts of a cached dataset that quality needs (no DataConfig required)."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    class_names: list[str]
+    synthetic_label: int
+    key: str
+
+
+def dataset_of_pool(home: Any, manifest: dict[str, Any]) -> _CachedData:
+    """The real training set a pool's model was fine-tuned on, from the model's meta.json and the
+    data cache (``<home>/cache/data-<key>``). DataError when either is gone."""
+    model_path = manifest.get("model_path")
+    if not model_path:
+        raise DataError(
+            f"pool {manifest.get('key')}: no model recorded (an imported folder?), so its real "
+            "dataset is unknown"
+        )
+    meta_path = Path(model_path) / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        raise DataError(
+            f"pool {manifest.get('key')}: the model's {meta_path} cannot be read"
+        ) from None
+    key = meta.get("data_key")
+    folder = Path(home.cache) / f"data-{key}"
+    if not key or not (folder / "meta.json").is_file():
+        raise DataError(
+            f"pool {manifest.get('key')}: the dataset {key} of its model is not in {home.cache} "
+            "(load it once, e.g. with `ratio-search finetune`, to cache it)"
+        )
+    names = list(
+        meta.get("class_names") or json.loads((folder / "meta.json").read_text()).get("class_names")
+    )
+    return _CachedData(
+        train_x=np.load(folder / "train_x.npy", mmap_mode="r"),
+        train_y=np.load(folder / "train_y.npy"),
+        class_names=names,
+        synthetic_label=int(meta.get("synthetic_label", 0)),
+        key=str(key),
+    )
+
+
+QUALITY_NUMBERS = (
+    "fd",
+    "kid",
+    "kid_std",
+    "precision",
+    "recall",
+    "c2st",
+    "c2st_features",
+    "memorisation",
+    "label_agreement",
+    "mean_confidence",
+)
+
+
+def pools_quality(
+    home: Any,
+    keys: Sequence[str] | None = None,
+    *,
+    extractor_path: str | Path | None = None,
+    force: bool = False,
+    seed: int = 0,
+    track: bool = True,
+    progress: Any = None,
+    extractor_kwargs: dict[str, Any] | None = None,
+    quality_kwargs: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Compute (or read) the quality figures of every pool (or of ``keys``) in the store.
+
+    Figures already in a pool's manifest are reused unless ``force``. New figures are written into
+    the manifest's ``quality`` block (atomically, :func:`ratio_search.pools.update_manifest`) and,
+    with ``track``, logged as a ``pool`` job in MLflow (``home.tracking_uri()``). Returns one row
+    per pool: ``{"key", "status": computed|cached|skipped, "reason", "quality"}``.
+    """
+    from . import pools
+
+    rows = pools.list_pools(home)
+    if keys:
+        wanted = set(keys)
+        missing = wanted - {r["key"] for r in rows} - {r.get("name") for r in rows}
+        if missing:
+            raise DataError(
+                f"pool(s) not found: {', '.join(sorted(missing))} (see `ratio-search pools`)"
+            )
+        rows = [r for r in rows if r["key"] in wanted or r.get("name") in wanted]
+    extractors: dict[str, FeatureExtractor] = {}
+    out = []
+    for row in rows:
+        pool = pools.load_pool(home, row["path"])
+        have = pool.manifest.get("quality") or {}
+        if have.get("fd") is not None and not force:
+            out.append({"key": pool.key, "status": "cached", "reason": None, "quality": have})
+            continue
+        try:
+            data = dataset_of_pool(home, pool.manifest)
+        except DataError as e:
+            out.append({"key": pool.key, "status": "skipped", "reason": str(e), "quality": have})
+            continue
+        if progress:
+            progress(f"pool {pool.key}: measuring quality")
+        if data.key not in extractors:
+            extractors[data.key] = real_classifier(
+                Path(home.cache) / "quality",
+                data,
+                seed=seed,
+                path=extractor_path,
+                **(extractor_kwargs or {}),
+            )
+        fe = extractors[data.key]
+        real = np.asarray(data.train_x[np.asarray(data.train_y) == data.synthetic_label])
+        q = pool_quality(
+            pool.images,
+            real,
+            fe,
+            synthetic_label=data.synthetic_label,
+            seed=seed,
+            **(quality_kwargs or {}),
+        )
+        pools.update_manifest(home, pool.key, {"quality": q})
+        if track:
+            q["mlflow_run_id"] = _log_quality(home, pool.key, pool.manifest, q)
+        out.append({"key": pool.key, "status": "computed", "reason": None, "quality": q})
+    return out
+
+
+def _log_quality(home: Any, key: str, manifest: dict[str, Any], q: dict[str, Any]) -> str | None:
+    """Log a pool's figures as a ``pool`` job in MLflow; None (and a warning) if that fails."""
+    try:
+        from . import tracking
+
+        params = {
+            k: manifest.get(k)
+            for k in (
+                "key",
+                "model_hash",
+                "guidance",
+                "steps",
+                "scheduler",
+                "postprocess",
+                "seed",
+                "n",
+            )
+        }
+        params["feature_extractor"] = q["feature_extractor"].get("source")
+        metrics = {k: q[k] for k in QUALITY_NUMBERS if _is_num(q.get(k))}
+        return tracking.log_job(
+            "pool",
+            params,
+            metrics,
+            tracking_uri=home.tracking_uri(),
+            run_name=f"pool-quality {key}",
+            tags={"pool_key": key, "ratio_search.job": "pool_quality"},
+        )
+    except Exception as e:  # noqa: BLE001 - the figures are in the manifest either way
+        warnings.warn(f"pool {key}: quality not logged to MLflow ({e})", stacklevel=2)
+        return None
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)

@@ -261,3 +261,51 @@ def test_extractor_rejects_wrong_image_shape():
     fe = train_feature_extractor(x, y, 2, **TINY)
     with pytest.raises(DataError, match="expects"):
         fe.features(np.zeros((2, 1, 8, 8), np.uint8))
+
+
+def test_pools_quality_over_the_store(tmp_path):
+    """Every pool of the store: figures written into the manifest, then read back as cached."""
+    import json
+
+    from ratio_search.config import DataConfig
+    from ratio_search.data import load_dataset
+    from ratio_search.home import Home
+    from ratio_search.pools import load_pool
+    from ratio_search.quality import pools_quality
+
+    home = Home(tmp_path)
+    data = load_dataset(
+        DataConfig(image_size=16, phantom_n_per_class=8, phantom_val_per_class=2,
+                   phantom_test_per_class=2, min_val_per_class=1),
+        home,
+    )  # fmt: skip
+    model = tmp_path / "models" / "m1"
+    model.mkdir(parents=True)
+    (model / "meta.json").write_text(
+        json.dumps({"data_key": data.key, "class_names": data.class_names, "synthetic_label": 0})
+    )
+    real = np.asarray(data.train_x[data.train_y == 0])
+    for key, manifest in (
+        ("pa", {"n": 8, "key": "pa", "model_path": str(model), "quality": {}}),
+        ("pb", {"n": 8, "key": "pb", "source": "folder", "name": "imported", "quality": {}}),
+    ):
+        (home.pools / key).mkdir(parents=True)
+        np.save(home.pools / key / "images.npy", real)
+        (home.pools / key / "manifest.json").write_text(json.dumps(manifest))
+
+    kw = {
+        "extractor_kwargs": TINY,
+        "quality_kwargs": {"c2st_epochs": 1, "c2st_min_steps": 2, "kid_subsets": 2},
+    }
+    rows = {r["key"]: r for r in pools_quality(home, track=False, **kw)}
+    assert rows["pa"]["status"] == "computed" and rows["pb"]["status"] == "skipped"
+    assert "no model" in rows["pb"]["reason"]
+    q = load_pool(home, "pa").manifest["quality"]
+    assert q["memorisation"] == 1.0 and q["fd"] == pytest.approx(
+        0.0, abs=1e-6
+    )  # copies of the real class
+    assert list((tmp_path / "cache" / "quality").glob("extractor-*.safetensors"))
+    again = pools_quality(home, ["pa"], track=False, **kw)
+    assert again[0]["status"] == "cached" and again[0]["quality"]["fd"] == q["fd"]
+    with pytest.raises(DataError, match="not found"):
+        pools_quality(home, ["zz"], track=False)
