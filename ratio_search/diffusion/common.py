@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import FinetuneConfig
+from ..config import FinetuneConfig, GenerateConfig
 from ..errors import ConfigError, ModelError
 from ..home import Home
 
@@ -377,7 +377,7 @@ def finetune(
                 steps = 2  # test-sized networks: the grid only has to exist
             per_class = 4
             imgs = [
-                model.sample(per_class, k, guidance=2.0, steps=steps, seed=0)
+                model.sample(per_class, k, guidance=GenerateConfig().guidance, steps=steps, seed=0)
                 for k in range(len(names))
             ]
             save_grid(np.concatenate(imgs), len(names), tmp / SAMPLES_NAME)

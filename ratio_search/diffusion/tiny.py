@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import FinetuneConfig
+from ..config import FinetuneConfig, GenerateConfig
 from ..errors import ConfigError, ModelError
 from .common import (
     META_NAME,
@@ -244,8 +244,8 @@ def train(
     n_timesteps = noise_sched.config.num_train_timesteps
 
     # The training split only, as [-1, 1] floats on the device (small: thousands of small images).
-    train_x = np.asarray(data.train_x)
-    train_y = np.asarray(data.train_y)
+    train_x = np.array(data.train_x)  # a writable copy of the (memory-mapped) cache
+    train_y = np.array(data.train_y)
     if train_x.ndim != 4 or len(train_x) != len(train_y) or len(train_x) == 0:
         raise ConfigError(
             f"finetune: expected train images (N, C, H, W) and N labels, got {train_x.shape}"
@@ -519,7 +519,8 @@ def export_base(
     }
     write_json_atomic(tmp / META_NAME, meta)
     model = TinyModel.load(tmp)
-    grid = [model.sample(8, k, guidance=2.0, steps=25, seed=0) for k in range(len(BASE_CLASSES))]
+    g = GenerateConfig().guidance
+    grid = [model.sample(8, k, guidance=g, steps=25, seed=0) for k in range(len(BASE_CLASSES))]
     save_grid(np.concatenate(grid), len(BASE_CLASSES), tmp / SAMPLES_NAME)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,181 @@
+"""How good is the tiny generator on the phantom? Fine-tune it on the demo's training split, sample
+the synthetic class at several guidance scales, and compare with real images.
+
+Measured, side by side in one run:
+
+* fine-tune time (from the bundled base model, or ``--from-scratch``);
+* the share of generated CNV images that a classifier trained on real phantom images (SimpleCNN,
+  2,000 per class from a seed the demo never uses) calls CNV (goal >= 0.9);
+* the generated images' pooled pixel mean and standard deviation vs the real CNV images'
+  (goal: within 10 %), and the per-pixel variance across images (diversity) vs the real one;
+* sampling time per image.
+
+Usage::
+
+    python benchmarks/measure_generator.py [--guidance 1 2 3 4] [--n 200] [--steps 25]
+        [--from-scratch] [--base-model DIR] [--max-steps N] [--home DIR] [--out results.json]
+
+Single-threaded by default (``--threads``), as the numbers in base_model/TRAINING.md were taken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ratio_search.config import DataConfig, FinetuneConfig, TrainConfig  # noqa: E402
+from ratio_search.data import load_dataset, phantom_render_size  # noqa: E402
+from ratio_search.data.imagefolder import pil_to_array  # noqa: E402
+from ratio_search.data.phantom import render_phantom  # noqa: E402
+from ratio_search.diffusion import finetune, load_model  # noqa: E402
+from ratio_search.home import Home  # noqa: E402
+from ratio_search.trainer import evaluate, predict_proba, train_classifier  # noqa: E402
+
+JUDGE_SEED = 7  # a phantom seed stream that neither the demo (seed 0) nor the base model uses
+
+
+def phantom(n: int, cls: str, split: str, seed: int, size: int) -> np.ndarray:
+    """Phantom images preprocessed exactly as the data loader does (render, then box-reduce)."""
+    raw = render_phantom(n, cls, seed=seed, split=split, size=phantom_render_size(size))
+    return np.stack([pil_to_array(Image.fromarray(im), size, 1) for im in raw])
+
+
+def intensity(x: np.ndarray) -> dict[str, float]:
+    """Pooled pixel mean and sd in [0, 1], and the mean per-pixel variance across images."""
+    f = x.astype(np.float64) / 255.0
+    return {
+        "mean": round(float(f.mean()), 4),
+        "sd": round(float(f.std()), 4),
+        "pixel_var_across_images": round(float(f.var(axis=0).mean()), 4),
+    }
+
+
+def train_judge(size: int, n_per_class: int, seed: int) -> tuple[torch.nn.Module, dict, np.ndarray]:
+    """A SimpleCNN trained on real phantom images only; returns it, its val metrics, real CNV."""
+    xs, ys, vx, vy = [], [], [], []
+    for k, cls in enumerate(("CNV", "NORMAL")):
+        xs.append(phantom(n_per_class, cls, "train", seed, size))
+        ys.append(np.full(n_per_class, k, dtype=np.int64))
+        vx.append(phantom(300, cls, "val", seed, size))
+        vy.append(np.full(300, k, dtype=np.int64))
+    cfg = TrainConfig(epochs=10, batch_size=64, lr=1e-3, seed=0, device="cpu")
+    res = train_classifier(
+        np.concatenate(xs),
+        np.concatenate(ys),
+        np.concatenate(vx),
+        np.concatenate(vy),
+        cfg,
+        n_classes=2,
+    )
+    return res.model, res.metrics, xs[0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0])
+    ap.add_argument("--n", type=int, default=200, help="generated CNV images per guidance")
+    ap.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    ap.add_argument("--scheduler", default="ddim")
+    ap.add_argument("--from-scratch", action="store_true", help="fine-tune without the base model")
+    ap.add_argument("--base-model", help="another tiny base model folder")
+    ap.add_argument("--max-steps", type=int, help="fine-tune steps (default: FinetuneConfig's)")
+    ap.add_argument("--judge-n", type=int, default=2000, help="real images per class for the judge")
+    ap.add_argument("--home", help="home for the data and model (default: a temporary folder)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", help="write the results as JSON here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    home = Home(Path(args.home or tempfile.mkdtemp(prefix="measure-gen-")))
+    data_cfg = DataConfig()  # the demo's default phantom data: 100 training images per class, 32 px
+    data = load_dataset(data_cfg, home)
+    size = data.image_size
+
+    ft = FinetuneConfig(from_scratch=args.from_scratch, base_model=args.base_model, device="cpu")
+    if args.max_steps:
+        ft.max_steps = args.max_steps
+    t0 = time.time()
+    info = finetune(data, ft, home, progress=False)
+    ft_wall = time.time() - t0
+    stats = info.meta["training"]
+    print(f"fine-tune: {stats['steps']} steps, {stats['seconds']:.1f} s (wall {ft_wall:.1f} s, "
+          f"cached={info.cached}), loss {stats['first_loss']} -> {stats['final_loss']}")  # fmt: skip
+
+    t0 = time.time()
+    judge, judge_val, real_cnv = train_judge(size, args.judge_n, JUDGE_SEED)
+    test = evaluate(judge, data.test_x, data.test_y)
+    print(f"judge: trained on {args.judge_n}/class in {time.time() - t0:.1f} s; "
+          f"accuracy on the demo's real test split {test['accuracy']:.3f}")  # fmt: skip
+    real = intensity(real_cnv)
+    real_called = float((predict_proba(judge, real_cnv[:500]).argmax(1) == 0).mean())
+    print(f"real CNV: mean {real['mean']:.3f} sd {real['sd']:.3f} "
+          f"pixel-var {real['pixel_var_across_images']:.4f}; called CNV {real_called:.3f}")  # fmt: skip
+
+    model = load_model(info.path, home)
+    rows = []
+    for g in args.guidance:
+        t0 = time.time()
+        x = model.sample(args.n, 0, guidance=g, steps=args.steps, scheduler=args.scheduler, seed=0)
+        secs = time.time() - t0
+        called = float((predict_proba(judge, x).argmax(1) == 0).mean())
+        st = intensity(x)
+        row = {
+            "guidance": g,
+            "called_cnv": round(called, 4),
+            **st,
+            "mean_rel_err": round(abs(st["mean"] - real["mean"]) / real["mean"], 4),
+            "sd_rel_err": round(abs(st["sd"] - real["sd"]) / real["sd"], 4),
+            "seconds_per_image": round(secs / args.n, 4),
+        }
+        rows.append(row)
+        print(f"guidance {g:>4}: called CNV {called:.3f}  mean {st['mean']:.3f} "
+              f"({100 * row['mean_rel_err']:.1f} % off)  sd {st['sd']:.3f} ({100 * row['sd_rel_err']:.1f} % off)  "
+              f"pixel-var {st['pixel_var_across_images']:.4f}  {row['seconds_per_image']:.3f} s/image")  # fmt: skip
+    result = {
+        "model_path": str(info.path),
+        "model_hash": info.hash,
+        "from_scratch": args.from_scratch,
+        "base_hash": info.meta.get("base_hash"),
+        "finetune": {
+            k: stats.get(k)
+            for k in (
+                "steps",
+                "seconds",
+                "seconds_per_step",
+                "first_loss",
+                "final_loss",
+                "batch_size",
+            )
+        },  # fmt: skip
+        "judge": {
+            "n_per_class": args.judge_n,
+            "val_accuracy": round(judge_val["accuracy"], 4),
+            "test_accuracy": round(test["accuracy"], 4),
+            "real_cnv_called_cnv": round(real_called, 4),
+        },  # fmt: skip
+        "real_cnv": real,
+        "sampling": {
+            "n": args.n,
+            "steps": args.steps,
+            "scheduler": args.scheduler,
+            "threads": args.threads,
+        },
+        "rows": rows,
+    }
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
