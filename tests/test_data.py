@@ -214,7 +214,25 @@ def test_key_ignores_the_folder_location(make_image_folder, tiny_home):
     for fa in a.rglob("*.png"):
         fb = b / fa.relative_to(a)
         os.utime(fb, ns=(fa.stat().st_atime_ns, fa.stat().st_mtime_ns))
-    assert load_dataset(_cfg(a), tiny_home).key == load_dataset(_cfg(b), tiny_home).key
+    first = load_dataset(_cfg(a), tiny_home)
+    second = load_dataset(_cfg(b), tiny_home)
+    assert first.key == second.key and second.info["cache"] == "hit"
+    assert second.info["path"] == str(b.resolve())  # info names where the data is now
+
+
+def test_threaded_decoding_keeps_order_and_names_the_bad_file(tmp_path):
+    """Large lists are decoded by threads; the result equals one-by-one decoding."""
+    paths = []
+    for i in range(300):
+        p = tmp_path / f"{i:03d}.png"
+        Image.fromarray(np.full((4, 4), i % 256, np.uint8)).save(p)
+        paths.append(p)
+    paths[200].write_bytes(b"broken")
+    with pytest.raises(DataError, match="200.png"):
+        imagefolder.decode_files(paths, 4, 1, skip_bad=False)
+    x, kept, skipped = imagefolder.decode_files(paths, 4, 1, skip_bad=True)
+    assert skipped == [str(paths[200])] and kept == [i for i in range(300) if i != 200]
+    assert x[:, 0, 0, 0].tolist() == [i % 256 for i in kept]
 
 
 # -------------------------------------------------------------------------------------- npz

@@ -165,6 +165,7 @@ def load_dataset(cfg: DataConfig, home: Home) -> Dataset:
             "seed": cfg.seed,
         }
         key = hash_key(key_obj)
+        where = path
 
         def build() -> tuple[dict, dict]:
             arrays, names, info = _npz.load_npz(
@@ -182,6 +183,7 @@ def load_dataset(cfg: DataConfig, home: Home) -> Dataset:
                     "source imagefolder needs a path (--data ROOT with ROOT/train/CLASS/*)"
                 )
             root = Path(cfg.path)
+        where = Path(root).expanduser().resolve()
         plan = _imagefolder.plan_image_folder(
             root, cfg.classes, cfg.max_per_class, cfg.val_fraction, cfg.min_val_per_class, cfg.seed
         )
@@ -210,6 +212,7 @@ def load_dataset(cfg: DataConfig, home: Home) -> Dataset:
 
     arrays, meta, hit = cached_arrays(home.cache, key, build)
     info = dict(meta["info"])
+    info["path"] = str(where)  # the key ignores the location: the same files may have moved
     info.update(
         {
             "key": key,
