@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 EXPERIMENT_NAME = "ratio-search"
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "ray_trial_id"
+KIND_TAG = "ratio_search.kind"  # search, trial, finetune, pool (confirm: confirm.py)
 
 # Keys of a Tune result that are bookkeeping, not metrics of the trial.
 _RESULT_SKIP = {
@@ -346,7 +347,7 @@ class SearchTracker:
         tags = {
             PARENT_TAG: self.parent_run_id,
             TRIAL_TAG: trial_id,
-            "ratio_search.kind": "trial",
+            KIND_TAG: "trial",
         }
         run = self.client.create_run(
             self.experiment_id, tags=tags, run_name=run_name or f"trial-{trial_id}"
@@ -404,7 +405,10 @@ class SearchTracker:
         self.client.set_terminated(run_id, status=status)
 
     def close_stale_runs(self, parent_run_id: str | None = None) -> int:
-        """Close every child run still RUNNING (left by a killed driver) as KILLED; return how many."""
+        """Close every child run still RUNNING (left by a killed driver) as KILLED; return how many.
+
+        Any kind of child counts (a trial's or a confirmation's): no writer of them is alive.
+        """
         stale = self.children(parent_run_id, extra_filter="attributes.status = 'RUNNING'")
         for run in stale:
             self.client.set_terminated(run.info.run_id, status="KILLED")
@@ -418,8 +422,10 @@ class SearchTracker:
         """
         if self.parent_run_id is None:
             return None
-        finished = self.children(extra_filter="attributes.status = 'FINISHED'")
-        failed = self.children(extra_filter="attributes.status = 'FAILED'")
+        # Only the trials' runs: other children of the parent (confirmation runs) do not count.
+        trial = f"tags.`{KIND_TAG}` = 'trial'"
+        finished = self.children(extra_filter=f"{trial} and attributes.status = 'FINISHED'")
+        failed = self.children(extra_filter=f"{trial} and attributes.status = 'FAILED'")
         n_done = len(finished)
         scored = [
             r
@@ -528,6 +534,7 @@ class MLflowTrialCallback(Callback):
         self._checked: set[str] = set()  # trials whose first epoch since (re)start was checked
         self._best: dict[str, dict[str, Any]] = {}  # trial_id -> {"value", "epoch"}
         self._last: dict[str, dict[str, Any]] = {}
+        self._cm: dict[str, tuple[Any, Any]] = {}  # trial_id -> last (confusion matrix, classes)
         if tracker.trials_jsonl is not None:
             # After a restore: keep each trial's best epoch and last metrics from the old driver.
             self._last = read_trials_jsonl(tracker.trials_jsonl)
@@ -624,15 +631,17 @@ class MLflowTrialCallback(Callback):
         tags = {k: result.get(k) for k in _RESULT_TAGS}
         tags["last_epoch"] = epoch
         self.tracker.set_tags(run_id, tags)
-        cm = result.get("confusion_matrix")
-        if cm:
-            cm = json.loads(cm) if isinstance(cm, str) else cm
-            names = result.get("class_names")
-            names = json.loads(names) if isinstance(names, str) else names
-            self.tracker.log_confusion_matrix(run_id, cm, names)
+        if result.get("confusion_matrix"):
+            # Kept until the trial ends: drawing a PNG every epoch would slow the driver down.
+            self._cm[tid] = (result["confusion_matrix"], result.get("class_names"))
 
     def _end(self, trial: Any, status: str) -> None:
         run_id = self._ensure_run(trial)
+        cm, names = self._cm.pop(str(trial.trial_id), (None, None))
+        if cm:
+            cm = json.loads(cm) if isinstance(cm, str) else cm
+            names = json.loads(names) if isinstance(names, str) else names
+            self.tracker.log_confusion_matrix(run_id, cm, names)
         self.tracker.end_child(run_id, status)
         self.tracker.update_best()
 

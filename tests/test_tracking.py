@@ -102,6 +102,12 @@ def test_parent_children_params_metrics_tags_artifacts(home: Home, tmp_path: Pat
     cb = MLflowTrialCallback(tracker, strict=True)
     t1, t2 = FakeTrial("t_00001", _config(0.0)), FakeTrial("t_00002", _config(0.5, seed=1))
     _run_trial(cb, t1, [0.6, 0.7, 0.75])
+    # Another kind of child run (confirm.py's) must not count as a trial or as the best.
+    other = tracker.client.create_run(
+        tracker.experiment_id, tags={"mlflow.parentRunId": parent, "ratio_search.kind": "confirm"}
+    ).info.run_id
+    tracker.log_epoch(other, 0, {"val_accuracy": 0.99})
+    tracker.end_child(other, "FINISHED")
     _run_trial(cb, t2, [0.5, 0.8, 0.7])
     tracker.finish_parent("FINISHED")
 
@@ -113,13 +119,14 @@ def test_parent_children_params_metrics_tags_artifacts(home: Home, tmp_path: Pat
     # Best finished trial so far, by its last epoch: t1 (0.75) beats t2 (0.7).
     assert p.data.metrics["best_val_accuracy"] == pytest.approx(0.75)
     assert p.data.tags["best_trial_id"] == "t_00001"
+    assert p.data.metrics["trials_finished"] == 2
     hist = client.get_metric_history(parent, "best_val_accuracy")
     assert [m.value for m in sorted(hist, key=lambda m: m.step)] == pytest.approx([0.75, 0.75])
     # The experiment's artifacts live under the home's mlruns/artifacts.
     exp = client.get_experiment(tracker.experiment_id)
     assert exp.artifact_location == (home.mlruns / "artifacts").as_uri()
 
-    children = tracker.children(parent)
+    children = [c for c in tracker.children(parent) if c.info.run_id != other]
     assert len(children) == 2
     by_trial = {c.data.tags["ray_trial_id"]: c for c in children}
     c2 = by_trial["t_00002"]
