@@ -160,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_pools)
 
+    # data info: decode + cache a dataset and show its splits (shares `dsub` with `data phantom`)
+    q = dsub.add_parser("info", help="load a dataset (decoding and caching it once) and show its splits")
+    _common(q)
+    _add_data_flags(q)
+    q.set_defaults(handler=cmd_data_info)
+
     return parser
 
 
@@ -389,6 +395,46 @@ def cmd_pools(args: argparse.Namespace) -> None:
     for row in table:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     print(f"{len(rows)} pool(s), {human_size(total)} in {home.pools}")
+
+
+def cmd_data_info(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .data import infer_source, load_dataset
+    from .home import Home
+
+    overrides = _overrides(args, DATA_FLAGS)
+    if args.data is not None and args.source is None:
+        overrides["data.source"] = infer_source(args.data)
+    cfg = load_config(args.config, overrides)
+    ds = load_dataset(cfg.data, Home.resolve(args.home))
+    counts = ds.info["counts"]
+    obj = {
+        "key": ds.key,
+        "path": ds.info["path"],
+        "class_names": ds.class_names,
+        "synthetic_class": ds.synthetic_class,
+        "image_size": ds.image_size,
+        "channels": ds.channels,
+        "counts": counts,
+        "info": ds.info,
+    }
+    width = max(len(c) for c in ds.class_names)
+    lines = [f"{'class':<{width}}  " + "  ".join(f"{s:>6}" for s in counts)]
+    for c in ds.class_names:
+        mark = "  <- synthetic" if c == ds.synthetic_class else ""
+        lines.append(f"{c:<{width}}  " + "  ".join(f"{counts[s][c]:>6}" for s in counts) + mark)
+    val = ds.info.get("val", {})
+    notes = [f"val: {val.get('how')}" + (f" ({val['why']})" if "why" in val else "")]
+    if ds.info.get("test", {}).get("how") == "none":
+        notes.append(ds.info["test"]["note"])
+    if ds.info.get("skipped"):
+        notes.append(f"skipped {ds.info['skipped']} unreadable image(s)")
+    notes.append(f"cache {ds.info['cache']}: {ds.info['cache_dir']}")
+    human = (
+        f"{ds.info['source']} {ds.info['path']}: {ds.image_size} px, {ds.channels} channel(s), key {ds.key}\n"
+        + "\n".join(lines) + "\n" + "\n".join(notes)
+    )
+    _emit(args, obj, human)
 
 
 def main(argv: list[str] | None = None) -> int:
