@@ -354,3 +354,32 @@ def test_infer_source():
     assert infer_source(None) == "phantom"
     assert infer_source("data/octmnist.NPZ") == "npz"
     assert infer_source("OCT2017") == "imagefolder"
+
+
+def test_cli_data_info(tiny_image_folder, tmp_path, capsys):
+    import json
+
+    from ratio_search.cli import main
+
+    argv = [
+        "data",
+        "info",
+        "--data",
+        str(tiny_image_folder),
+        "--image-size",
+        "8",
+        "--home",
+        str(tmp_path / "h"),
+    ]
+    assert main(argv + ["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["class_names"] == ["CNV", "NORMAL"] and out["synthetic_class"] == "CNV"
+    # the tiny val (2 per class) is below the default min_val_per_class: carved from train
+    assert out["info"]["val"]["how"] == "carved from train"
+    assert sum(out["counts"]["train"].values()) + sum(out["counts"]["val"].values()) == 16
+    assert main(argv) == 0
+    assert "<- synthetic" in capsys.readouterr().out
+    assert (
+        main(["data", "info", "--data", str(tmp_path / "none"), "--home", str(tmp_path / "h")]) == 2
+    )
+    assert "data path not found" in capsys.readouterr().err

@@ -141,3 +141,16 @@ def test_phantom_path_that_is_not_a_phantom_is_refused(tmp_path, tiny_home):
     cfg = DataConfig(source="phantom", path=str(tmp_path / "mine"), phantom_n_per_class=2)
     with pytest.raises(DataError, match="not a phantom folder"):
         load_dataset(cfg, tiny_home)
+
+
+def test_cli_data_phantom(tmp_path, capsys):
+    from ratio_search.cli import main
+
+    out = tmp_path / "ph"
+    argv = ["data", "phantom", "--out", str(out), "--n-per-class", "2", "--n-val-per-class", "2",
+            "--n-test-per-class", "2", "--size", "16", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["path"] == str(out.resolve())
+    assert len(list(out.rglob("*.png"))) == 12
+    assert main(argv) == 2  # refuses to overwrite, one line
+    assert "not empty" in capsys.readouterr().err
