@@ -158,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pools", help="list the cached pools of generated images and their size")
     p.add_argument("--home", help="home directory (default: cwd)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quality", action="store_true",
+                   help="measure each pool against the real images: FD, KID, precision/recall, C2ST, memorisation")
+    p.add_argument("--keys", nargs="+", metavar="KEY", help="--quality: only these pools (keys or names)")
+    p.add_argument("--feature-extractor", metavar="PATH",
+                   help="--quality: your own SimpleCNN weights (.safetensors or torch) as the feature space")
+    p.add_argument("--force", action="store_true", help="--quality: measure again even if figures exist")
     p.set_defaults(handler=cmd_pools)
 
     # data info: decode + cache a dataset and show its splits (shares `dsub` with `data phantom`)
@@ -165,6 +171,42 @@ def build_parser() -> argparse.ArgumentParser:
     _common(q)
     _add_data_flags(q)
     q.set_defaults(handler=cmd_data_info)
+
+    # run / resume / status: the search service
+    p = sub.add_parser("run", help="search R, guidance and steps (Ray Tune + Optuna, tracked in MLflow)")
+    _common(p)
+    _add_data_flags(p)
+    p.add_argument("--space", default="default",
+                   help="search space YAML: a path or a bundled name (default, reference_grid, quick)")
+    p.add_argument("--trials", type=int, help="number of trials (default: the space's n_trials)")
+    p.add_argument("--name", help="run name (default: search-YYYYmmdd-HHMMSS); its folder is runs/NAME")
+    p.add_argument("--resume", action="store_true", help="resume run --name NAME instead (same as: resume NAME)")
+    p.add_argument("--gpus", type=int, help="GPUs to use (default: all CUDA devices here); checked to exist")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (default 1 with GPUs)")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default 1)")
+    p.add_argument("--concurrency", type=int, help="trials at once (default: what fits; at most 2 without GPUs)")
+    p.add_argument("--scheduler", choices=["fifo", "asha"], default="fifo",
+                   help="asha stops poor trials early (by epoch); fifo runs every trial to the end")
+    p.add_argument("--metric", help="objective (default: the space's; val_accuracy, val_f1, val_loss, ...)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    p.add_argument("--address", help="join a running Ray cluster (HOST:PORT or auto) instead of starting one")
+    p.add_argument("--model", default="latest",
+                   help="generator folder or 'latest' (newest fine-tuned on this data; fine-tuned now if none)")
+    p.add_argument("--tracking-uri", help="MLflow store (default: sqlite in HOME/mlruns, or $MLFLOW_TRACKING_URI)")
+    p.add_argument("--no-tracking", action="store_true", help="do not write MLflow runs (trials.jsonl only)")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("resume", help="continue an interrupted or crashed search where it stopped")
+    p.add_argument("name", help="run name (see: ratio-search status)")
+    p.add_argument("--home", help="home directory (default: cwd)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_resume)
+
+    p = sub.add_parser("status", help="trials of a search and the best so far; without NAME: all searches")
+    p.add_argument("name", nargs="?", help="run name (default: list every search)")
+    p.add_argument("--home", help="home directory (default: cwd)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_status)
 
     return parser
 
@@ -380,6 +422,8 @@ def cmd_pools(args: argparse.Namespace) -> None:
     from .pools import list_pools, pool_store_size
 
     home = Home.resolve(args.home)
+    if getattr(args, "quality", False):
+        return cmd_pools_quality(args, home)
     rows, total = list_pools(home), pool_store_size(home)
     if args.json:
         _emit(args, {"pools": rows, "total_bytes": total, "path": str(home.pools)}, "")
@@ -395,6 +439,38 @@ def cmd_pools(args: argparse.Namespace) -> None:
     for row in table:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     print(f"{len(rows)} pool(s), {human_size(total)} in {home.pools}")
+
+
+def cmd_pools_quality(args: argparse.Namespace, home: Any) -> None:
+    from .quality import pools_quality
+
+    def say(msg: str) -> None:
+        if not args.json:
+            print(msg, file=sys.stderr)
+
+    rows = pools_quality(home, args.keys, extractor_path=args.feature_extractor, force=args.force, progress=say)
+    if args.json:
+        _emit(args, {"pools": rows}, "")
+        return
+    cols = ("key", "status", "fd", "kid", "precision", "recall", "c2st", "memorised", "as-class")
+    table = [cols]
+    for r in rows:
+        q = r["quality"] or {}
+
+        def f(k: str, q: dict = q) -> str:
+            v = q.get(k)
+            return f"{v:.3f}" if isinstance(v, int | float) else "-"
+
+        table.append((r["key"], r["status"], f("fd"), f("kid"), f("precision"), f("recall"), f("c2st"),
+                      f("memorisation"), f("label_agreement")))  # fmt: skip
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    for r in rows:
+        if r["status"] == "skipped":
+            print(f"skipped {r['key']}: {r['reason']}")
+    print("c2st: 0.5 = real and generated indistinguishable; memorised: share closer to a training "
+          "image than training images are to each other (about 0.05 without copying)")  # fmt: skip
 
 
 def cmd_data_info(args: argparse.Namespace) -> None:
@@ -435,6 +511,119 @@ def cmd_data_info(args: argparse.Namespace) -> None:
         + "\n".join(lines) + "\n" + "\n".join(notes)
     )
     _emit(args, obj, human)
+
+
+def _search_human(s: dict[str, Any]) -> str:
+    best = s.get("best")
+    line = f"search {s['name']} {s['state']}: {s['n_trials']}/{s['n_trials_asked']} trials"
+    if s.get("n_errors"):
+        line += f" ({s['n_errors']} failed)"
+    if best:
+        params = ", ".join(f"{k}={best['params'][k]}" for k in ("r", "guidance", "steps") if k in best["params"])
+        line += f"; best {s['metric']} {best['metric']:.4f} at {params}"
+    line += f"; run folder {s['run_dir']}"
+    if s.get("resume_command"):
+        line += f"\nresume with: {s['resume_command']}"
+    return line
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .home import Home
+    from .search import resume_search, run_search
+
+    home = Home.resolve(args.home)
+    if args.resume:
+        if not args.name:
+            raise RatioSearchError("run --resume needs --name NAME")
+        s = resume_search(home, args.name, progress=not args.json)
+        _emit(args, s, _search_human(s))
+        return
+    overrides = _overrides(args, DATA_FLAGS)
+    if args.data is not None and args.source is None:
+        from .data import infer_source
+
+        overrides["data.source"] = infer_source(args.data)
+    cfg = load_config(args.config)
+    s = run_search(
+        home,
+        name=args.name,
+        space=args.space,
+        n_trials=args.trials,
+        gpus=args.gpus,
+        gpus_per_trial=args.gpus_per_trial,
+        cpus_per_trial=args.cpus_per_trial,
+        concurrency=args.concurrency,
+        scheduler=args.scheduler,
+        metric=args.metric,
+        seed=args.seed,
+        address=args.address,
+        tracking_uri=args.tracking_uri,
+        data_cfg=cfg.data,
+        model=args.model,
+        progress=not args.json,
+        data_overrides={k.split(".", 1)[1]: v for k, v in overrides.items()},
+        finetune_cfg=cfg.finetune,
+        tracking=not args.no_tracking,
+        argv=["ratio-search", *sys.argv[1:]],
+    )
+    _emit(args, s, _search_human(s))
+
+
+def cmd_resume(args: argparse.Namespace) -> None:
+    from .home import Home
+    from .search import resume_search
+
+    s = resume_search(Home.resolve(args.home), args.name, progress=not args.json)
+    _emit(args, s, _search_human(s))
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .home import Home
+    from .search import list_runs, run_status
+
+    home = Home.resolve(args.home)
+    console = Console()
+    if args.name is None:
+        rows = list_runs(home)
+        if args.json:
+            print(json.dumps({"runs": rows}, default=str))
+            return
+        if not rows:
+            print(f"no searches in {home.runs}")
+            return
+        t = Table(title=f"searches in {home.runs}")
+        for col in ("name", "state", "trials", "best", "created"):
+            t.add_column(col)
+        for r in rows:
+            best = "" if r["best_metric"] is None else f"{r['metric']} {r['best_metric']:.4f}"
+            t.add_row(r["name"], str(r["state"]), f"{r['done']}/{r['n_trials']}", best, str(r["created"]))
+        console.print(t)
+        return
+    s = run_status(home, args.name)
+    if args.json:
+        print(json.dumps(s, default=str))
+        return
+    metric = s["metric"]
+    t = Table(title=f"{s['name']}: {s['state']}, {s['done']}/{s['n_trials']} trials done")
+    for col in ("trial", "state", "R", "guidance", "steps", "epoch", metric):
+        t.add_column(col)
+    best_id = (s["best"] or {}).get("trial_id")
+    for r in s["trials"]:
+        v = r.get(metric)
+        style = "bold green" if r["trial_id"] == best_id else None
+        t.add_row(r["trial_id"], r["state"], str(r["r"]), str(r["guidance"]), str(r["steps"]),
+                  str(r["epoch"]), "" if v is None else f"{v:.4f}", style=style)  # fmt: skip
+    console.print(t)
+    if s["best"]:
+        p = s["best"]["params"] or {}
+        console.print(f"best: {metric} {s['best']['metric']:.4f} (trial {best_id}: "
+                      f"R={p.get('r')}, guidance={p.get('guidance')}, steps={p.get('steps')})")  # fmt: skip
+    if s["state"] in ("interrupted", "crashed", "failed"):
+        console.print(f"resume with: ratio-search resume {s['name']}")
 
 
 def main(argv: list[str] | None = None) -> int:

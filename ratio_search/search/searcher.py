@@ -1,0 +1,111 @@
+"""The Optuna searcher of a search: TPE (constant liar), grid or random, stored in ``optuna.db``.
+
+A module of its own (with top-level Ray imports) because Tune pickles the searcher into the
+experiment state: the class must be importable by name when a search is restored.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+from ..space import Space, parse_space
+
+logger = logging.getLogger(__name__)
+
+
+class RatioOptunaSearch(OptunaSearch):
+    """OptunaSearch with three changes.
+
+    - Suggested values are snapped onto the space's grid (no 0.30000000000000004 in pool keys,
+      configs or MLflow params).
+    - A trial that ASHA stopped early is told to Optuna as PRUNED (with its last reported value as
+      an intermediate value), not as COMPLETE at a half-trained score that TPE would trust.
+    - After a restore, Optuna trials that no Tune trial owns any more (suggested just before a
+      crash, after the last experiment checkpoint) are marked FAIL, so that constant-liar TPE does
+      not treat them as running forever.
+    """
+
+    def __init__(self, *args: Any, space_dict: dict[str, Any], **kwargs: Any) -> None:
+        self._space_dict = space_dict
+        super().__init__(*args, **kwargs)
+
+    def suggest(self, trial_id: str):
+        params = super().suggest(trial_id)
+        if params is None:
+            return None
+        sp = parse_space(self._space_dict)
+        return {k: sp.params[k].snap(v) if k in sp.params else v for k, v in params.items()}
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        stopped_early = (
+            result is not None
+            and not error
+            and int(result.get("epoch", 0) or 0) < int(result.get("epochs", 0) or 0)
+            and trial_id in self._ot_trials
+            and trial_id not in self._completed_trials
+        )
+        if stopped_early:
+            try:
+                self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+            except Exception as e:  # never end a search over bookkeeping
+                logger.warning("optuna: %s", e)
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self.fail_orphans()
+
+    def fail_orphans(self) -> int:
+        """Mark RUNNING Optuna trials that no live Tune trial owns as FAIL; return how many."""
+        owned = {
+            t._trial_id for tid, t in self._ot_trials.items() if tid not in self._completed_trials
+        }
+        storage = self._ot_study._storage
+        n = 0
+        running = self._ot_study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
+        )
+        for t in running:
+            if t._trial_id not in owned:
+                storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+                n += 1
+        return n
+
+
+def make_searcher(
+    space: Space, run_dir: Path, name: str, metric: str, mode: str, seed: int
+) -> RatioOptunaSearch:
+    """The searcher for ``space``, its study ``name`` kept in ``run_dir/optuna.db``.
+
+    TPE (seeded, ``n_startup_trials`` from the space, ``constant_liar`` so that parallel trials
+    do not all get the same suggestion), or ``grid`` (every point once) or ``random``. The space's
+    baselines are queued first (``points_to_evaluate``).
+    """
+    sampler_name = space.search["sampler"]
+    if sampler_name == "grid":
+        sampler = optuna.samplers.GridSampler(space.grid(), seed=seed)
+    elif sampler_name == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        sampler = optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=int(space.search["n_startup_trials"]), constant_liar=True
+        )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{Path(run_dir).resolve() / 'optuna.db'}")
+    return RatioOptunaSearch(
+        space.distributions(),
+        metric=metric,
+        mode=mode,
+        points_to_evaluate=space.baselines() or None,
+        sampler=sampler,
+        study_name=name,
+        storage=storage,
+        space_dict=space.to_dict(),
+    )
