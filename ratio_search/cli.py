@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(p)
     p.add_argument("--r", type=float, help="synthetic ratio R in [0, 1]")
     p.add_argument("--pool", help="pool key, pool folder, or any image folder of synthetic images")
+    p.add_argument("--pool-n", type=int, help="use only the pool's first N images")
     p.add_argument("--mode", choices=["replace", "augment"], help="mixing mode")
     p.add_argument("--epochs", type=int, help="training epochs")
     p.add_argument("--batch-size", type=int, help="batch size")
@@ -98,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the resolved config and metrics (default: runs/train-...)")
     p.epilog = (
         "--config YAML: sections data, train, finetune, generate (as in config.py), plus optional "
-        "`pool:` (key or folder; relative to the YAML's folder) and `expected:` (ignored metadata, "
+        "`pool:` (key or folder, relative to the YAML's folder; or {key|path: ..., n: N}) and "
+        "`expected:` (ignored metadata, "
         "as written by export). Command-line flags override the YAML."
     )
     p.set_defaults(handler=cmd_train)
@@ -208,6 +210,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_status)
 
+    # export
+    p = sub.add_parser("export", help="write the best trial of a search as best.yaml (train --config)")
+    p.add_argument("name", help="run name")
+    p.add_argument("--out", default="best.yaml", help="output YAML (default: best.yaml)")
+    p.add_argument("--trial", help="export this trial id instead of the best one")
+    p.add_argument("--home", help="home directory (default: cwd)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_export)
+
+    # ui
+    p = sub.add_parser("ui", help="start the MLflow UI on this home's tracking store")
+    p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--server", action="store_true",
+                   help="start `mlflow server` (artifact proxy, many writers) for a team; "
+                        "searches then pass --tracking-uri http://HOST:PORT")
+    p.add_argument("--home", help="home directory (default: cwd)")
+    p.set_defaults(handler=cmd_ui)
+
     return parser
 
 
@@ -249,7 +270,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     overrides = _overrides(args, {**DATA_FLAGS, **TRAIN_FLAGS})
     if args.data is not None and args.source is None:
         overrides["data.source"] = infer_source(args.data)
-    cfg, yaml_pool = resolve_train_config(args.config, overrides)
+    cfg, yaml_pool, yaml_pool_n = resolve_train_config(args.config, overrides)
     bars: list[tqdm] = []  # opened at the first epoch, so that a bad input prints only its error
 
     def report(epoch: int, metrics: dict[str, Any], state: dict[str, Any]) -> None:
@@ -259,7 +280,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         bars[0].update(1)
 
     try:
-        res = train_from_config(cfg, Home.resolve(args.home), args.pool or yaml_pool, args.out, report)
+        pool, pool_n = (args.pool, args.pool_n) if args.pool else (yaml_pool, args.pool_n or yaml_pool_n)
+        res = train_from_config(cfg, Home.resolve(args.home), pool, args.out, report, pool_n)
     finally:
         for bar in bars:
             bar.close()
@@ -624,6 +646,52 @@ def cmd_status(args: argparse.Namespace) -> None:
                       f"R={p.get('r')}, guidance={p.get('guidance')}, steps={p.get('steps')})")  # fmt: skip
     if s["state"] in ("interrupted", "crashed", "failed"):
         console.print(f"resume with: ratio-search resume {s['name']}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import build_export, write_export
+    from .home import Home
+
+    doc = build_export(Home.resolve(args.home), args.name, trial_id=args.trial)
+    path = write_export(doc, args.out)
+    exp = doc["expected"]
+    value = exp["value"]
+    shown = "n/a" if value is None else f"{value:.4f}"
+    params = exp["params"]
+    gen = " ".join(f"{k}={params[k]}" for k in ("guidance", "steps") if k in params)
+    _emit(
+        args,
+        {"path": str(path), **doc},
+        f"{args.name}: trial {exp['trial_id']} (R={doc['train']['r']:g} {gen}".rstrip()
+        + f") {exp['metric']}={shown}; wrote {path} (reproduce: ratio-search train --config {path})",
+    )
+
+
+def cmd_ui(args: argparse.Namespace) -> None:
+    from .home import Home
+    from .tracking import serve_ui
+
+    home = Home.resolve(args.home)
+    uri = home.tracking_uri()
+    if not uri.startswith("sqlite:"):
+        raise RatioSearchError(
+            f"MLFLOW_TRACKING_URI is {uri}: open that server's own UI, or unset it to use {home.mlruns}"
+        )
+    home.mlruns.mkdir(parents=True, exist_ok=True)
+
+    def ready(url: str) -> None:
+        if args.host in ("0.0.0.0", "::"):  # reachable from other machines by this one's name
+            import socket
+
+            url = f"http://{socket.getfqdn()}:{args.port}"
+        if args.server:
+            print(f"MLflow tracking server at {url} (store {uri})", flush=True)
+            print(f"searches log to it with: ratio-search run --tracking-uri {url} ...", flush=True)
+        else:
+            print(f"MLflow UI at {url} (store {uri}); Ctrl-C stops it", flush=True)
+
+    serve_ui(uri, host=args.host, port=args.port, server=args.server,
+             log_path=home.mlruns / "ui.log", on_ready=ready)
 
 
 def main(argv: list[str] | None = None) -> int:

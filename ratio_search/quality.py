@@ -372,7 +372,9 @@ def c2st(
     """Classifier two-sample test: held-out accuracy of telling ``real`` from ``fake``.
 
     Both sets are subsampled to the same size, so chance is exactly 0.5: 0.5 means a classifier
-    cannot tell them apart, 1.0 that it always can.
+    cannot tell them apart, 1.0 that it always can. Well *below* 0.5 happens when generated images
+    are copies of real ones (the classifier learns the images themselves, and a copy in the
+    held-out half carries the other label); :func:`memorisation_share` flags that case.
 
     - Features ``(N, D)``: standardised logistic regression, ``folds``-fold cross-validated.
     - uint8 images ``(N, C, H, W)``: a small :class:`SimpleCNN` trained on one stratified half and
