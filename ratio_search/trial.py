@@ -92,26 +92,37 @@ def run_trial(
 TRAIN_YAML_EXTRA_KEYS = ("pool", "expected")
 
 
-def read_train_yaml(path: str | os.PathLike) -> tuple[dict[str, Any], str | None]:
+def read_train_yaml(path: str | os.PathLike) -> tuple[dict[str, Any], str | None, int | None]:
     """Read a ``train --config`` YAML: config sections, plus optional ``pool`` and ``expected``.
 
     Accepted top-level keys: the sections of :class:`ratio_search.config.Config` (``data``,
-    ``train``, ``finetune``, ``generate``), ``pool`` (a pool key, a pool folder or an image folder;
-    a relative path is taken relative to the YAML's folder when it exists there) and ``expected``
-    (ignored). Anything else is a ConfigError naming the key. Returns ``(sections, pool)``.
+    ``train``, ``finetune``, ``generate``), ``pool`` and ``expected`` (metadata, ignored).
+    Anything else is a ConfigError naming the key. ``pool`` is a pool key, a pool folder or an
+    image folder (a relative path is taken relative to the YAML's folder when it exists there),
+    or a mapping ``{key: ..., n: N}`` / ``{path: ..., n: N}``: ``n`` = use the pool's first N
+    images, as the search's trial did (a cached pool may since have grown). Returns
+    ``(sections, pool, pool_n)``.
     """
     doc = read_yaml(path)
     if doc is None:
-        return {}, None
+        return {}, None, None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping of sections ({', '.join(SECTIONS)})")
     allowed = (*SECTIONS, *TRAIN_YAML_EXTRA_KEYS)
     for key in doc:
         if key not in allowed:
             raise ConfigError(f"{path}: unknown key {key!r}; allowed: {', '.join(allowed)}")
-    pool = doc.get("pool")
-    if isinstance(pool, dict):  # tolerate {key: ..., path: ...}; the path wins
-        pool = pool.get("path") or pool.get("key")
+    pool, pool_n = doc.get("pool"), None
+    if isinstance(pool, dict):
+        unknown = sorted(set(pool) - {"key", "path", "n"})
+        if unknown:
+            raise ConfigError(f"{path}: unknown key pool.{unknown[0]}; allowed: key, path, n")
+        pool_n = pool.get("n")
+        if pool_n is not None and (
+            isinstance(pool_n, bool) or not isinstance(pool_n, int) or pool_n < 1
+        ):
+            raise ConfigError(f"{path}: pool.n must be a positive integer, got {pool_n!r}")
+        pool = pool.get("path") or pool.get("key")  # the path wins
     if pool is not None:
         if not isinstance(pool, str | int):
             raise ConfigError(f"{path}: pool must be a key or a folder, got {pool!r}")
@@ -120,18 +131,18 @@ def read_train_yaml(path: str | os.PathLike) -> tuple[dict[str, Any], str | None
         if not Path(pool).is_absolute() and beside.exists():
             pool = str(beside)
     sections = {k: v for k, v in doc.items() if k in SECTIONS}
-    return sections, pool
+    return sections, pool, pool_n
 
 
 def resolve_train_config(
     config_path: str | os.PathLike | None, overrides: dict[str, Any]
-) -> tuple[Config, str | None]:
+) -> tuple[Config, str | None, int | None]:
     """Defaults, then the ``--config`` YAML (see :func:`read_train_yaml`), then ``overrides``.
 
     ``overrides`` are ``{"section.key": value}`` from the command line (None values are skipped).
-    Returns the validated config and the pool named in the YAML (or None).
+    Returns the validated config and the pool (and its ``n``) named in the YAML, or None.
     """
-    sections, pool = read_train_yaml(config_path) if config_path else ({}, None)
+    sections, pool, pool_n = read_train_yaml(config_path) if config_path else ({}, None, None)
     merged: dict[str, dict[str, Any]] = {}
     for section, values in sections.items():
         if values is None:
@@ -148,7 +159,7 @@ def resolve_train_config(
             continue
         section, _, name = key.partition(".")
         merged.setdefault(section, {})[name] = value
-    return config_from_dict(merged), pool
+    return config_from_dict(merged), pool, pool_n
 
 
 def load_pool_images(
@@ -157,13 +168,15 @@ def load_pool_images(
     image_size: int,
     channels: int,
     skip_bad: bool = False,
+    n: int | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """The synthetic images named by ``spec``, as uint8 ``(N, C, S, S)``, and where they came from.
 
     ``spec`` is, in this order: a folder holding ``images.npy`` (a pool; opened memory-mapped), a
     folder of image files from any generator (decoded and resized exactly like the real data), or
-    the key of a pool under ``home.pools``. Returns ``(images, info)`` with ``info`` = ``{"path",
-    "key", "kind", "skipped"}``.
+    the key of a pool under ``home.pools``. ``n``: only the first ``n`` images (a PoolError if
+    there are fewer). Returns ``(images, info)`` with ``info`` = ``{"path", "key", "kind",
+    "skipped", "n"}``.
     """
     path = Path(spec).expanduser()
     if not path.exists() and (home.pools / str(spec)).is_dir():
@@ -192,13 +205,18 @@ def load_pool_images(
                 f"{npy}: expected uint8 images of shape (N, {channels}, {image_size}, "
                 f"{image_size}) to match the data, got {images.dtype} {images.shape}"
             )
-        return images, info
-    skipped: list[str] = []
-    try:
-        images = load_image_folder(path, image_size, channels, skip_bad, skipped=skipped)
-    except DataError as e:  # same message, reported as a pool problem
-        raise PoolError(f"pool: {e}") from None
-    info.update(kind="image-folder", skipped=len(skipped))
+    else:
+        skipped: list[str] = []
+        try:
+            images = load_image_folder(path, image_size, channels, skip_bad, skipped=skipped)
+        except DataError as e:  # same message, reported as a pool problem
+            raise PoolError(f"pool: {e}") from None
+        info.update(kind="image-folder", skipped=len(skipped))
+    if n is not None:
+        if len(images) < n:
+            raise PoolError(f"pool {path} holds {len(images)} images, fewer than the {n} asked for")
+        images = images[:n]
+    info["n"] = int(len(images))
     return images, info
 
 
@@ -254,13 +272,15 @@ def train_from_config(
     pool: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     report: ReportFn | None = None,
+    pool_n: int | None = None,
     **model_kwargs: Any,
 ) -> dict[str, Any]:
     """What ``ratio-search train`` does: load data and pool, run one trial, write its outputs.
 
     Writes ``config.yaml`` (the resolved config) and ``metrics.json`` (final and per-epoch
     validation metrics, training-set composition, data and pool provenance) into ``out`` (default
-    :func:`default_train_out`), only once the trial has succeeded. Returns the summary that
+    :func:`default_train_out`), only once the trial has succeeded. ``pool_n``: use only the pool's
+    first ``pool_n`` images. Returns the summary that
     ``metrics.json`` holds, plus ``out``.
     """
     r = cfg.train.r
@@ -269,6 +289,8 @@ def train_from_config(
             f"train.r = {r} needs synthetic images: pass --pool (a pool key, a pool folder or "
             f"a folder of generated images), or use --r 0"
         )
+    if pool_n is not None and pool_n < 1:
+        raise ConfigError(f"pool n (--pool-n) must be a positive integer, got {pool_n}")
     out = Path(out) if out is not None else default_train_out(home)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):  # fail before training
         raise ConfigError(f"output folder already exists and is not empty: {out}")
@@ -276,7 +298,7 @@ def train_from_config(
     pool_images, pool_info = None, None
     if pool is not None:
         pool_images, pool_info = load_pool_images(
-            pool, home, data.image_size, data.channels, cfg.data.skip_bad_images
+            pool, home, data.image_size, data.channels, cfg.data.skip_bad_images, pool_n
         )
     result = run_trial(cfg.train, data, pool_images, report=report, **model_kwargs)
     summary = _jsonable(

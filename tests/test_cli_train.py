@@ -142,7 +142,7 @@ def test_train_config_best_yaml_with_pool_and_expected(env):
             {
                 "data": {"source": "imagefolder", "path": str(env["data"]), "image_size": SIZE},
                 "train": {"r": 0.25, "mode": "augment", "epochs": 3, "seed": 3},
-                "pool": "pool",  # relative to the YAML's folder
+                "pool": {"path": "pool", "n": 6},  # relative to the YAML's folder
                 "expected": {"accuracy": 0.9, "mlflow_run_id": "abc"},
             }
         )
@@ -153,6 +153,7 @@ def test_train_config_best_yaml_with_pool_and_expected(env):
     assert doc["r"] == 0.25 and doc["mode"] == "augment"
     assert len(doc["history"]) == 2
     assert doc["n_synthetic"] > 0 and doc["pool"]["path"] == str(env["pool"])
+    assert doc["pool"]["n"] == 6  # the first 6 of the folder's 8 images
     cfg = load_config(Path(doc["out"]) / "config.yaml")
     assert cfg.train.seed == 3 and cfg.train.mode == "augment"
 
@@ -264,17 +265,23 @@ def test_read_train_yaml_accepts_sections_pool_expected(tmp_path):
     (tmp_path / "p").mkdir()
     f = tmp_path / "best.yaml"
     f.write_text("train:\n  r: 0.5\npool: p\nexpected:\n  accuracy: 0.9\n")
-    sections, pool = read_train_yaml(f)
+    sections, pool, n = read_train_yaml(f)
     assert sections == {"train": {"r": 0.5}}
-    assert pool == str(tmp_path / "p")
-    cfg, pool2 = resolve_train_config(f, {"train.r": 0.25, "train.lr": None})
+    assert pool == str(tmp_path / "p") and n is None
+    cfg, pool2, _ = resolve_train_config(f, {"train.r": 0.25, "train.lr": None})
     assert cfg.train.r == 0.25 and pool2 == pool and cfg.train.lr == 1e-3
 
 
 def test_read_train_yaml_pool_may_be_a_mapping_or_a_key(tmp_path):
     f = tmp_path / "best.yaml"
-    f.write_text("pool:\n  key: abc123\n")
-    assert read_train_yaml(f)[1] == "abc123"  # not a folder beside the YAML: kept as a key
+    f.write_text("pool:\n  key: abc123\n  n: 40\n")
+    assert read_train_yaml(f)[1:] == ("abc123", 40)  # not a folder beside the YAML: a key
+    f.write_text("pool:\n  key: abc123\n  size: 40\n")
+    with pytest.raises(ConfigError, match="pool.size"):
+        read_train_yaml(f)
+    f.write_text("pool:\n  key: abc123\n  n: 0\n")
+    with pytest.raises(ConfigError, match="pool.n"):
+        read_train_yaml(f)
 
 
 def test_resolve_train_config_validates_values(tmp_path):
@@ -298,5 +305,9 @@ def test_load_pool_images_from_a_pool_folder_and_by_key(tmp_path):
     assert info["kind"] == "pool" and info["key"] == "k123"
     by_key, _ = load_pool_images("k123", home, 8, 1)
     assert np.array_equal(by_key, images)
+    first, info = load_pool_images("k123", home, 8, 1, n=2)  # a pool that grew since the trial
+    assert np.array_equal(first, images[:2]) and info["n"] == 2
+    with pytest.raises(PoolError, match="holds 3 images, fewer than the 4"):
+        load_pool_images("k123", home, 8, 1, n=4)
     with pytest.raises(PoolError, match=r"\(N, 3, 8, 8\)"):  # shape must match the data
         load_pool_images(folder, home, 8, 3)
