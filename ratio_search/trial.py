@@ -100,7 +100,8 @@ def read_train_yaml(path: str | os.PathLike) -> tuple[dict[str, Any], str | None
     Anything else is a ConfigError naming the key. ``pool`` is a pool key, a pool folder or an
     image folder (a relative path is taken relative to the YAML's folder when it exists there),
     or a mapping ``{key: ..., n: N}`` / ``{path: ..., n: N}``: ``n`` = use the pool's first N
-    images, as the search's trial did (a cached pool may since have grown). Returns
+    images, as the search's trial did (a cached pool may since have grown; a plain ``pool: KEY``
+    takes ``n`` from ``expected.pool_n``, where ``export`` records it). Returns
     ``(sections, pool, pool_n)``.
     """
     doc = read_yaml(path)
@@ -123,6 +124,11 @@ def read_train_yaml(path: str | os.PathLike) -> tuple[dict[str, Any], str | None
         ):
             raise ConfigError(f"{path}: pool.n must be a positive integer, got {pool_n!r}")
         pool = pool.get("path") or pool.get("key")  # the path wins
+    elif isinstance(doc.get("expected"), dict) and "pool_n" in doc["expected"]:
+        # export writes `pool: KEY` and records the trial's pool size as expected.pool_n
+        pool_n = doc["expected"]["pool_n"]
+        if not isinstance(pool_n, int) or isinstance(pool_n, bool) or pool_n < 1:
+            pool_n = None  # metadata only (e.g. null at R = 0): never an error
     if pool is not None:
         if not isinstance(pool, str | int):
             raise ConfigError(f"{path}: pool must be a key or a folder, got {pool!r}")

@@ -276,6 +276,10 @@ def test_read_train_yaml_pool_may_be_a_mapping_or_a_key(tmp_path):
     f = tmp_path / "best.yaml"
     f.write_text("pool:\n  key: abc123\n  n: 40\n")
     assert read_train_yaml(f)[1:] == ("abc123", 40)  # not a folder beside the YAML: a key
+    f.write_text("pool: abc123\nexpected:\n  pool_n: 30\n")  # as export writes it
+    assert read_train_yaml(f)[1:] == ("abc123", 30)
+    f.write_text("pool: null\nexpected:\n  pool_n: 0\n")
+    assert read_train_yaml(f)[1:] == (None, None)
     f.write_text("pool:\n  key: abc123\n  size: 40\n")
     with pytest.raises(ConfigError, match="pool.size"):
         read_train_yaml(f)
