@@ -212,7 +212,8 @@ def load_dataset(cfg: DataConfig, home: Home) -> Dataset:
 
     arrays, meta, hit = cached_arrays(home.cache, key, build)
     info = dict(meta["info"])
-    info["path"] = str(where)  # the key ignores the location: the same files may have moved
+    # the key ignores the location (the same files may have moved) and phantom vs image folder
+    info.update({"source": source, "path": str(where)})
     info.update(
         {
             "key": key,

@@ -172,8 +172,8 @@ def _render_one(rng: np.random.Generator, cnv: bool, size: int, clean: bool = Fa
         # fibrovascular lesion: hyperreflective under the dome (else a dark, serous detachment)
         dome_share = dome / np.maximum(elev, 1e-6)  # where the dome (not a druse) does the lifting
         if rng.random() < 0.9:
-            lesion = drusen_fill + rng.uniform(0.5, 1.0)
-            fill = drusen_fill + (lesion - drusen_fill) * dome_share
+            # strength 0.5-1.0 above the drusen material: brighter than the choroid around it
+            fill = drusen_fill + rng.uniform(0.5, 1.0) * dome_share
         else:
             fill = drusen_fill + (0.08 - drusen_fill) * dome_share
         img = np.where(sub, fill[None, :], img)
