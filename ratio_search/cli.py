@@ -217,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial", help="export this trial id instead of the best one")
     p.add_argument("--home", help="home directory (default: cwd)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-confirm", action="store_true",
+                   help="skip the multi-seed confirmation and the test split (export the best single trial)")
+    p.add_argument("--confirm-seeds", type=int, default=5, metavar="S", help="seeds per confirmed configuration (default 5)")
+    p.add_argument("--top-k", type=int, default=3, metavar="K", help="configurations to confirm besides R=0 (default 3)")
+    p.add_argument("--tolerance", type=float, default=0.01, metavar="T",
+                   help="usable synthetic ratio: largest R within T of the best (metric units; default 0.01 = 1 point)")
+    p.add_argument("--confirm-r", type=float, nargs="+", metavar="R", help="also confirm these R values (chosen generation settings)")
     p.set_defaults(handler=cmd_export)
 
     # ui
@@ -652,7 +659,16 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export import build_export, write_export
     from .home import Home
 
-    doc = build_export(Home.resolve(args.home), args.name, trial_id=args.trial)
+    if getattr(args, "no_confirm", True):
+        doc = build_export(Home.resolve(args.home), args.name, trial_id=args.trial)
+    else:
+        from .confirm import export_with_confirmation
+
+        doc = export_with_confirmation(
+            Home.resolve(args.home), args.name, trial_id=args.trial, top_k=args.top_k,
+            n_seeds=args.confirm_seeds, tolerance=args.tolerance, confirm_r=args.confirm_r,
+            progress=None if args.json else (lambda m: print(m, file=sys.stderr)),
+        )  # fmt: skip
     path = write_export(doc, args.out)
     exp = doc["expected"]
     value = exp["value"]
@@ -663,8 +679,25 @@ def cmd_export(args: argparse.Namespace) -> None:
         args,
         {"path": str(path), **doc},
         f"{args.name}: trial {exp['trial_id']} (R={doc['train']['r']:g} {gen}".rstrip()
-        + f") {exp['metric']}={shown}; wrote {path} (reproduce: ratio-search train --config {path})",
+        + f") {exp['metric']}={shown}; wrote {path} (reproduce: ratio-search train --config {path})"
+        + _confirm_line(exp.get("confirm")),
     )
+
+
+def _confirm_line(c: dict[str, Any] | None) -> str:
+    """The confirmation's answer in one line (empty without a confirmation)."""
+    if not c:
+        return ""
+    m = c["metric"]
+    ch, base = c["test"]["chosen"], c["test"]["baseline"]
+    tm = "test_" + m.removeprefix("val_")
+    text = f"\nconfirmed over {len(c['seeds'])} seeds: chosen {c['chosen']['label']}"
+    if tm in ch and tm in base:
+        text += f"; test {tm.removeprefix('test_')} {ch[tm]['mean']:.4f} ± {ch[tm]['half_width']:.4f}"
+        text += f" vs {base[tm]['mean']:.4f} ± {base[tm]['half_width']:.4f} at R=0"
+    u = c["usable_ratio"]
+    flag = "" if u["confirmed"] else " (unconfirmed)"
+    return text + f"; usable synthetic ratio {u['r']:g}{flag} (within {u['tolerance']:g} of the best)"
 
 
 def cmd_ui(args: argparse.Namespace) -> None:

@@ -735,3 +735,42 @@ def _track(
         return ids
     except Exception as e:  # noqa: BLE001 - the numbers matter more than their copy in MLflow
         return {"error": f"{type(e).__name__}: {e}"}
+
+
+# ------------------------------------------------------------------------------ for export
+
+
+def export_with_confirmation(
+    home: Home,
+    name: str,
+    trial_id: str | None = None,
+    **confirm_kwargs: Any,
+) -> dict[str, Any]:
+    """``export.build_export`` plus the confirmation, as ``expected.confirm`` in best.yaml.
+
+    Without an explicit ``trial_id``, the exported trial is the *chosen* configuration's trial
+    (the best confirmed mean), which is not always the search's best single trial: a lucky trial
+    that fails its confirmation is not exported. When the chosen configuration has no trial of
+    its own (R = 0 that the search never ran), the best trial stays exported, with a note.
+    """
+    from .export import build_export
+
+    doc = build_export(home, name, trial_id=trial_id)
+    result = confirm(home, name, **confirm_kwargs)
+    chosen = next(c for c in result["configurations"] if c["label"] == result["chosen"]["label"])
+    exported = doc["expected"].get("trial_id")
+    notes = doc["expected"].setdefault("notes", [])
+    if trial_id is None and chosen.get("trial_id") and chosen["trial_id"] != exported:
+        doc = build_export(home, name, trial_id=chosen["trial_id"])
+        notes = doc["expected"].setdefault("notes", [])
+        notes.append(
+            f"exported trial {chosen['trial_id']} ({chosen['label']}), the best after confirmation, "
+            f"instead of the best single trial {exported}"
+        )
+    elif trial_id is None and not chosen.get("trial_id"):
+        notes.append(
+            f"the confirmation chose {chosen['label']}, which the search never ran as a trial; "
+            f"the exported trial is the best single trial {exported}"
+        )
+    doc["expected"]["confirm"] = result
+    return doc

@@ -300,3 +300,21 @@ def test_confirm_through_the_real_trial_and_mlflow(tmp_path):
         assert run.data.tags[tracking.PARENT_TAG] == parent
         assert "val_accuracy_mean" in run.data.metrics
         assert "val_accuracy" not in run.data.metrics  # never mistaken for a trial
+
+
+def test_export_with_confirmation_exports_the_confirmed_choice(tmp_path):
+    from ratio_search.config import Config, save_config
+    from ratio_search.confirm import export_with_confirmation
+
+    home = make_run(tmp_path, TRIALS)
+    save_config(Config(), home.runs / "run1" / "config.yaml")
+    doc = export_with_confirmation(home, "run1", n_seeds=3, context=FakeContext(), track=False)
+    # The search's best single trial (t4, R = 0.8) failed confirmation; t1 (R = 0.2) is exported.
+    assert doc["expected"]["trial_id"] == "t1" and doc["train"]["r"] == 0.2
+    assert any("instead of the best single trial t4" in n for n in doc["expected"]["notes"])
+    assert doc["expected"]["confirm"]["chosen"]["params"]["r"] == 0.2
+    # An explicit --trial is kept as asked.
+    doc = export_with_confirmation(
+        home, "run1", trial_id="t4", n_seeds=3, context=FakeContext(), track=False
+    )
+    assert doc["expected"]["trial_id"] == "t4"
