@@ -31,6 +31,7 @@ def test_image_folder_shapes_labels_and_info(tiny_image_folder, tiny_home):
     assert ds.val_x.shape == (4, 1, 8, 8) and ds.test_x.shape == (4, 1, 8, 8)
     assert ds.train_y.dtype == np.int64 and ds.train_y.tolist() == [0] * 8 + [1] * 8
     assert ds.info["val"]["how"] == "val folder" and ds.info["skipped"] == 0
+    assert ds.info["val_patients_in_train"] == 0 and ds.info["test_patients_in_train"] == 0
     assert ds.info["counts"]["train"] == {"CNV": 8, "NORMAL": 8}
     # class 1 was written 40 grey levels brighter: labels and pixels line up
     assert ds.train_x[ds.train_y == 1].mean() > ds.train_x[ds.train_y == 0].mean() + 20
@@ -142,6 +143,7 @@ def test_tiny_val_is_replaced_by_a_patient_grouped_split(make_image_folder, tiny
     train_p = {patient_of(p) for p, _ in plan.files["train"]}
     val_p = {patient_of(p) for p, _ in plan.files["val"]}
     assert train_p and val_p and not train_p & val_p
+    assert plan.info["val_patients_in_train"] == 0
     for k in (0, 1):
         n_val = sum(1 for _, c in plan.files["val"] if c == k)
         assert 6 <= n_val <= 12  # about 30 % of 30, in whole patients of 3
@@ -383,3 +385,10 @@ def test_cli_data_info(tiny_image_folder, tmp_path, capsys):
         main(["data", "info", "--data", str(tmp_path / "none"), "--home", str(tmp_path / "h")]) == 2
     )
     assert "data path not found" in capsys.readouterr().err
+
+
+def test_patients_shared_between_splits_are_counted(tiny_image_folder, tiny_home):
+    val_file = next((tiny_image_folder / "val" / "CNV").iterdir())
+    val_file.rename(val_file.with_name("CNV-1000-7.png"))  # patient 1000 is in train
+    ds = load_dataset(_cfg(tiny_image_folder), tiny_home)
+    assert ds.info["val_patients_in_train"] == 1 and ds.info["test_patients_in_train"] == 0

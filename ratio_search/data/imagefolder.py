@@ -338,10 +338,14 @@ def plan_image_folder(
         train = {c: cap_per_class(f, max_per_class, seed, c) for c, f in train.items()}
         info["max_per_class"] = max_per_class
 
-    # a patient in both train and test would leak; the official OCT2017 split has none: report it
-    train_patients = {patient_of(p) for f in train.values() for p in f} - {None}
-    test_patients = {patient_of(p) for f in test.values() for p in f} - {None}
-    info["test_patients_in_train"] = len(train_patients & test_patients)
+    # a patient in train and in val or test would leak; the official OCT2017 split has none in
+    # test (a carved val has none by construction): count them so that a user can see it
+    def patients(split: dict[int, list[Path]]) -> set[str]:
+        return {pid for f in split.values() for p in f if (pid := patient_of(p)) is not None}
+
+    train_patients = patients(train)
+    info["val_patients_in_train"] = len(train_patients & patients(val))
+    info["test_patients_in_train"] = len(train_patients & patients(test))
 
     files = {
         "train": [(p, c) for c, f in train.items() for p in f],
