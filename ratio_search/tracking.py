@@ -272,8 +272,9 @@ class SearchTracker:
         _log_artifacts(self.client, self.parent_run_id, artifacts)
         return self.parent_run_id
 
-    def resume_parent(self, run_id: str) -> str:
-        """Take over an existing parent run (after a restore); it is marked RUNNING again."""
+    def resume_parent(self, run_id: str, mark_running: bool = True) -> str:
+        """Take over an existing parent run (after a restore); it is marked RUNNING again
+        (``mark_running=False``: only attach to it, to read its children)."""
         try:
             run = self.client.get_run(run_id)
         except MlflowException:
@@ -282,7 +283,7 @@ class SearchTracker:
             ) from None
         self._experiment_id = run.info.experiment_id
         self.parent_run_id = run_id
-        if run.info.status != "RUNNING":
+        if mark_running and run.info.status != "RUNNING":
             self.client.update_run(run_id, status="RUNNING")
         return run_id
 
@@ -841,7 +842,13 @@ def serve_ui(
     log_file = Path(log_path) if log_path else None
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
     # Its own session: Ctrl-C reaches only us, and we stop the server and its workers together.
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    env = dict(os.environ)
+    # MLflow's job runner (GenAI judges, trace roll-ups) starts about ten worker processes that
+    # viewing runs never uses; off unless the user asked for it.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    proc = subprocess.Popen(
+        cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
     url_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{url_host}:{port}"
 
