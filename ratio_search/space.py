@@ -263,9 +263,11 @@ class Space:
         return [dict(zip(POOL_PARAMS, combo, strict=True)) for combo in itertools.product(*lists)]
 
     def trial_config(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Fixed values + sampled ``params`` (snapped) + defaults for the pool parameters: the
+        """Fixed values, overridden by ``params`` (sampled ones snapped), + config defaults: the
         complete config of one trial (what the trainable receives)."""
         cfg = dict(self.fixed)
+        # values given for non-sampled keys (e.g. a re-run at another seed) override the fixed ones
+        cfg.update({k: v for k, v in params.items() if k in PARAMS or k in FIXED_ONLY})
         for name, p in self.params.items():
             if name in params:
                 cfg[name] = p.snap(params[name])

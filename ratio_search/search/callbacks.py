@@ -8,7 +8,6 @@ parent run (child runs are found by their ``ray_trial_id`` tag, so none is doubl
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -125,8 +124,7 @@ class JsonlCallback(Callback):
         }
         rec.update({k: v for k, v in extra.items() if v is not None})
         self.last[tid] = rec
-        with open(Path(self.run_dir) / runs.TRIALS_JSONL, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        runs.append_trial_line(Path(self.run_dir), rec)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._event(trial, "RUNNING")

@@ -398,6 +398,36 @@ def _summary(home: Home, run_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _forget_lost_trials(run_dir: Path, tracker: Any) -> int:
+    """Trials a killed driver had started after its last experiment snapshot are unknown to the
+    restored experiment (Tune started new trials in their place). Mark their trials.jsonl entry
+    LOST and delete their MLflow child run, so that no trial is counted twice. Returns how many."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        known = {t.trial_id for t in ExperimentAnalysis(str(run_dir / "tune")).trials}
+    except Exception as e:  # the bookkeeping must not fail a finished search
+        logger.warning("could not read the restored experiment: %s", e)
+        return 0
+    if not known:
+        return 0
+    lost = set()
+    for tid, rec in runs.read_trials(run_dir).items():
+        if tid not in known and rec.get("state") != "LOST":
+            lost.add(tid)
+            runs.append_trial_line(run_dir, dict(rec, state="LOST", time=time.time()))
+    if tracker is not None:
+        try:
+            for run in tracker.children():
+                tid = run.data.tags.get("ray_trial_id")
+                if tid is not None and tid not in known:
+                    lost.add(tid)
+                    tracker.client.delete_run(run.info.run_id)
+        except Exception as e:
+            logger.warning("could not remove the MLflow runs of lost trials: %s", e)
+    return len(lost)
+
+
 def _fit(
     home: Home,
     run_dir: Path,
@@ -412,6 +442,9 @@ def _fit(
     import ray
     from ray import tune
 
+    # Tune logs where its results are and how to open TensorBoard at INFO: not our interface.
+    for logger_name in ("ray.tune", "ray.train"):
+        logging.getLogger(logger_name).setLevel(logging.WARNING)
     opts = info["options"]
     res = opts["resources"]
     temp_dir = info["ray"]["temp_dir"]
@@ -462,6 +495,8 @@ def _fit(
         if hasattr(signal, "SIGUSR1"):
             signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
         tuner.fit()
+        if restore:
+            _forget_lost_trials(run_dir, tracker)
         trials = runs.read_trials(run_dir)
         done = sum(1 for t in trials.values() if t.get("state") in ("TERMINATED", "ERROR"))
         status = "finished" if done >= int(info["n_trials"]) else "interrupted"

@@ -104,6 +104,16 @@ def read_trials(folder: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def append_trial_line(folder: Path, record: dict[str, Any]) -> None:
+    """Append one record to trials.jsonl with a single write (a reader never sees half a line)."""
+    data = (json.dumps(record, default=str) + "\n").encode()
+    fd = os.open(folder / TRIALS_JSONL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
 def _value(rec: dict[str, Any], metric: str) -> float | None:
     v = (rec.get("metrics") or {}).get(metric)
     if isinstance(v, int | float) and math.isfinite(v):
@@ -135,6 +145,8 @@ def run_status(home: Home, name: str) -> dict[str, Any]:
     for tid, rec in trials.items():
         state = str(rec.get("state"))
         counts[state] = counts.get(state, 0) + 1
+        if state == "LOST":  # started just before a crash, unknown to the restored experiment
+            continue
         params = rec.get("params") or {}
         rows.append(
             {

@@ -49,6 +49,13 @@ class RatioOptunaSearch(OptunaSearch):
             and trial_id in self._ot_trials
             and trial_id not in self._completed_trials
         )
+        if trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            # A trial that finished just before a crash, restored as unfinished by Tune, finishes
+            # again at once: Optuna already has its value.
+            frozen = self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
+            if frozen.state.is_finished():
+                self._completed_trials.add(trial_id)
+                return
         if stopped_early:
             try:
                 self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)

@@ -1,0 +1,392 @@
+"""The search service without starting Ray: the trial function called directly, resources, the
+searcher's Optuna bookkeeping, run folders and status, leftover-process clean-up, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from ratio_search.config import FinetuneConfig
+from ratio_search.errors import ConfigError, SearchError
+from ratio_search.home import Home
+from ratio_search.search import list_runs, run_status
+from ratio_search.search import runs as runs_mod
+from ratio_search.search.driver import check_address, pool_size, resolve_resources
+from ratio_search.search.procs import find_ray_processes, kill_ray_processes
+from ratio_search.search.trainable import load_state, save_state, trial_body
+from ratio_search.space import parse_space
+
+TINY_DATA = {
+    "image_size": 16,
+    "phantom_n_per_class": 8,
+    "phantom_val_per_class": 8,
+    "phantom_test_per_class": 2,
+    "min_val_per_class": 0,
+}
+
+
+def tiny_space(**search) -> dict:
+    return {
+        "params": {
+            "r": {"type": "categorical", "choices": [0.0, 0.5, 1.0]},
+            "guidance": {"type": "categorical", "choices": [1.0, 3.0]},
+            "steps": {"type": "categorical", "choices": [2]},
+        },
+        "fixed": {"epochs": 2, "batch_size": 8, "widths": [2, 4], "fc": 4, "seed": 0},
+        "search": {"n_startup_trials": 2, **search},
+        "data": dict(TINY_DATA),
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A home with tiny phantom data and a tiny generator (2 fine-tune steps, ~10k parameters)."""
+    from ratio_search.data import load_dataset
+    from ratio_search.diffusion import finetune
+    from ratio_search.diffusion.common import read_meta
+    from ratio_search.diffusion.tiny import TEST_UNET
+
+    home = Home.resolve(tmp_path_factory.mktemp("home"))
+    space = parse_space(tiny_space())
+    data = load_dataset(space.data_config(), home)
+    cfg = FinetuneConfig(max_steps=2, from_scratch=True, batch_size=8)
+    info = finetune(data, cfg, home, progress=False, unet_config=TEST_UNET)
+    ctx = {
+        "home": str(home.root),
+        "space": space.to_dict(),
+        "pool_n": pool_size(space, data),
+        "model_path": str(info.path),
+        "model_meta": read_meta(info.path),
+    }
+    return home, space, data, ctx
+
+
+# ------------------------------------------------------------------------------ the trial
+
+
+def test_trial_reports_contract_metrics_and_uses_a_cached_pool(tiny):
+    home, space, data, ctx = tiny
+    reports = []
+    cfg = dict(space.fixed, r=0.5, guidance=1.0, steps=2)
+    out = trial_body(cfg, ctx, data, report=lambda m, s: reports.append((m, s)), node_id="n1")
+    assert [m["epoch"] for m, _ in reports] == [1, 2]
+    m = reports[-1][0]
+    for key in ("val_accuracy", "val_f1", "val_precision", "val_recall", "val_roc_auc",
+                "val_loss", "train_loss", "pool_key", "model_hash", "n_synthetic", "node_id"):  # fmt: skip
+        assert key in m, key
+    assert m["node_id"] == "n1" and m["model_hash"] == ctx["model_meta"]["model_hash"]
+    assert json.loads(m["confusion_matrix"]) and np.array(
+        json.loads(m["confusion_matrix"])
+    ).sum() == len(data.val_y)
+    # R=0.5 of the 8 synthetic-class images: 4 are generated
+    assert m["n_synthetic"] == 4 == out["n_synthetic"]
+    assert (home.pools / m["pool_key"] / "images.npy").is_file()
+    # the same settings find the same pool (no second generation)
+    mtime = (home.pools / m["pool_key"] / "images.npy").stat().st_mtime_ns
+    reports2 = []
+    trial_body(cfg, ctx, data, report=lambda m, s: reports2.append(m))
+    assert reports2[-1]["pool_key"] == m["pool_key"]
+    assert (home.pools / m["pool_key"] / "images.npy").stat().st_mtime_ns == mtime
+    assert reports2[-1]["val_loss"] == m["val_loss"]  # same config -> same result
+
+
+def test_trial_at_r0_needs_no_model_or_pool(tiny):
+    _, space, data, ctx = tiny
+    ctx0 = dict(ctx, model_path=None, model_meta=None)
+    reports = []
+    trial_body(
+        dict(space.fixed, r=0.0, guidance=1.0, steps=2),
+        ctx0,
+        data,
+        report=lambda m, s: reports.append(m),
+    )
+    assert reports[-1]["pool_key"] == "" and reports[-1]["n_synthetic"] == 0
+
+
+def test_trial_resumes_from_its_checkpoint(tiny, tmp_path):
+    _, space, data, ctx = tiny
+    cfg = dict(space.fixed, r=0.5, guidance=3.0, steps=2, epochs=3)
+    full, states = [], []
+    trial_body(cfg, ctx, data, report=lambda m, s: (full.append(m), states.append(s)))
+    # the epoch-1 state through a checkpoint folder, loaded weights_only
+    save_state(states[0], tmp_path)
+    state = load_state(tmp_path)
+    assert state["epoch"] == 1
+    resumed = []
+    trial_body(cfg, ctx, data, report=lambda m, s: resumed.append(m), state=state)
+    assert [m["epoch"] for m in resumed] == [2, 3]
+    assert resumed[-1]["val_loss"] == pytest.approx(full[-1]["val_loss"], abs=1e-6)
+    assert resumed[-1]["train_loss"] == pytest.approx(full[-1]["train_loss"], abs=1e-6)
+
+
+def test_pool_size_covers_the_largest_r(tiny):
+    _, space, data, _ = tiny
+    assert pool_size(space, data) == 8  # R=1 replace: all 8 synthetic-class images
+    doc = tiny_space()
+    doc["fixed"]["mode"] = "augment"
+    # augment: R=0.5 needs 8, R=1 is impossible and does not count
+    assert pool_size(parse_space(doc), data) == 8
+    doc["fixed"]["pool_size"] = 20
+    assert pool_size(parse_space(doc), data) == 20
+
+
+# ----------------------------------------------------------------------- resources, address
+
+
+def test_resources_defaults_and_gpu_check(monkeypatch):
+    from ratio_search.search import driver
+
+    monkeypatch.setattr(driver, "cuda_device_count", lambda: 0)
+    r = resolve_resources(None, None, None, None, None)
+    assert r["gpus"] == 0 and r["gpus_per_trial"] == 0 and r["cpus_per_trial"] == 1
+    assert 1 <= r["concurrency"] <= 2
+    with pytest.raises(ConfigError, match="--gpus 8 asked for, this machine has 0 CUDA devices"):
+        resolve_resources(8, None, None, None, None)
+    monkeypatch.setattr(driver, "cuda_device_count", lambda: 4)
+    r = resolve_resources(None, 0.25, 1, None, None)
+    assert r["gpus"] == 4 and r["gpus_per_trial"] == 0.25
+    assert r["concurrency"] == min(16, os.cpu_count() or 1)
+    assert resolve_resources(2, None, None, None, None)["concurrency"] <= 2
+    # a cluster's GPUs are not checked here
+    assert resolve_resources(8, 0.5, 1, 3, "10.0.0.1:6379")["gpus"] == 8
+
+
+def test_unreachable_address_fails_fast():
+    t0 = time.time()
+    with pytest.raises(SearchError, match="cannot reach the Ray cluster at 127.0.0.1:9"):
+        check_address("127.0.0.1:9", timeout=1.0)
+    assert time.time() - t0 < 5
+    with pytest.raises(SearchError, match="expected HOST:PORT"):
+        check_address("nonsense")
+
+
+# --------------------------------------------------------------------------- the searcher
+
+
+def test_searcher_queues_baselines_snaps_and_prunes_asha_stops(tmp_path):
+    from ratio_search.search.searcher import make_searcher
+
+    doc = {
+        "params": {
+            "r": {"type": "float", "low": 0.0, "high": 1.0, "step": 0.05},
+            "guidance": {"type": "categorical", "choices": [2.0, 12.5]},
+        },
+        "search": {"n_startup_trials": 2},
+    }
+    space = parse_space(doc)
+    s = make_searcher(space, tmp_path, "t", "val_accuracy", "max", seed=0)
+    assert s.suggest("a") == {"r": 0.0, "guidance": 12.5}
+    assert s.suggest("b") == {"r": 0.5, "guidance": 12.5}
+    for i in range(3):
+        p = s.suggest(f"c{i}")
+        assert p["r"] in space.params["r"].values()
+    # a: complete after all epochs; b: stopped by ASHA after 1 of 3 epochs
+    s.on_trial_result("a", {"val_accuracy": 0.8, "training_iteration": 3})
+    s.on_trial_complete("a", {"val_accuracy": 0.8, "epoch": 3, "epochs": 3})
+    s.on_trial_result("b", {"val_accuracy": 0.6, "training_iteration": 1})
+    s.on_trial_complete("b", {"val_accuracy": 0.6, "epoch": 1, "epochs": 3})
+    import optuna
+
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    states = {t.params["r"]: t.state for t in study.trials if t.state.is_finished()}
+    assert states == {0.0: optuna.trial.TrialState.COMPLETE, 0.5: optuna.trial.TrialState.PRUNED}
+    # c0..c2 are RUNNING; forget c2 (as a crash before the experiment snapshot would) -> FAIL
+    del s._ot_trials["c2"]
+    assert s.fail_orphans() == 1
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert sum(t.state == optuna.trial.TrialState.RUNNING for t in study.trials) == 2
+
+
+def test_grid_searcher_visits_every_point_once(tmp_path):
+    from ratio_search.search.searcher import make_searcher
+    from ratio_search.space import load_space
+
+    space = load_space("reference_grid")
+    s = make_searcher(space, tmp_path, "g", "val_accuracy", "max", seed=0)
+    seen = []
+    for i in range(11):
+        seen.append(s.suggest(str(i))["r"])
+        s.on_trial_result(str(i), {"val_accuracy": 0.5, "training_iteration": 1})
+        s.on_trial_complete(str(i), {"val_accuracy": 0.5, "epoch": 8, "epochs": 8})
+    assert sorted(seen) == [round(0.1 * i, 1) for i in range(11)]
+
+
+# ------------------------------------------------------------------------- run folder, status
+
+
+def _fake_run(home: Home, name: str, state: str, trials: list[dict]) -> Path:
+    folder = home.runs / name
+    folder.mkdir(parents=True)
+    runs_mod.write_run_json(
+        folder,
+        {"name": name, "state": state, "created": runs_mod.now_iso(), "n_trials": 3,
+         "metric": "val_accuracy", "mode": "max", "ray": {"driver_pid": None}},
+    )  # fmt: skip
+    for rec in trials:
+        runs_mod.append_trial_line(folder, rec)
+    return folder
+
+
+def test_status_last_line_wins_and_best(tmp_path):
+    home = Home.resolve(tmp_path)
+    t = lambda tid, state, acc, r: {  # noqa: E731
+        "trial_id": tid, "state": state, "params": {"r": r, "guidance": 2.0, "steps": 10},
+        "metrics": {"val_accuracy": acc}, "epoch": 2,
+    }  # fmt: skip
+    folder = _fake_run(
+        home, "s1", "running",
+        [t("a", "RUNNING", 0.5, 0.0), t("a", "TERMINATED", 0.7, 0.0), t("b", "RUNNING", 0.9, 0.5),
+         t("c", "TERMINATED", 0.8, 1.0), t("d", "ERROR", None, 0.3)],
+    )  # fmt: skip
+    with open(folder / "trials.jsonl", "a") as f:
+        f.write('{"trial_id": "e", "sta')  # a torn last line (driver killed mid-write)
+    s = run_status(home, "s1")
+    assert s["counts"] == {"RUNNING": 1, "TERMINATED": 2, "ERROR": 1}
+    assert s["done"] == 3 and len(s["trials"]) == 4
+    # b is better but still running: the best is the best finished trial
+    assert s["best"]["trial_id"] == "c" and s["best"]["metric"] == 0.8
+    # the driver pid is gone -> "crashed" rather than "running"
+    runs_mod.write_run_json(
+        folder, dict(runs_mod.read_run_json(folder), ray={"driver_pid": 2**22 + 12345})
+    )
+    assert run_status(home, "s1")["state"] == "crashed"
+    _fake_run(home, "s0", "finished", [])
+    listed = list_runs(home)
+    assert [r["name"] for r in listed] == ["s1", "s0"] or {r["name"] for r in listed} == {
+        "s0",
+        "s1",
+    }
+    with pytest.raises(SearchError, match=r"unknown run 'nope' .*s0, s1"):
+        run_status(home, "nope")
+
+
+def test_run_json_is_written_atomically(tmp_path):
+    runs_mod.write_run_json(tmp_path, {"name": "x", "state": "running"})
+    assert json.loads((tmp_path / "run.json").read_text())["state"] == "running"
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temp file left
+    with pytest.raises(ValueError):  # NaN is not JSON: refused, the old file stays
+        runs_mod.write_run_json(tmp_path, {"name": "x", "state": float("nan")})
+    assert json.loads((tmp_path / "run.json").read_text())["state"] == "running"
+
+
+def test_ray_temp_dir_is_short_and_per_run(tmp_path):
+    a = runs_mod.ray_temp_dir(tmp_path / ("x" * 200) / "runs" / "a")
+    b = runs_mod.ray_temp_dir(tmp_path / "runs" / "b")
+    assert a != b and len(a) == len("/tmp/rs-") + 10
+
+
+# ------------------------------------------------------------------- leftover processes
+
+
+def test_leftover_processes_found_and_killed_by_pid(tmp_path):
+    temp_dir = f"/tmp/rs-test{os.getpid()}"
+    os.makedirs(temp_dir, exist_ok=True)
+    log = open(os.path.join(temp_dir, "raylet.out"), "w")  # noqa: SIM115
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    # one names the dir on its command line, one only holds a log file open under it (as Ray's
+    # renamed workers do), one is unrelated
+    by_cmd = subprocess.Popen([sys.executable, "-c", code, f"--temp-dir={temp_dir}"])
+    by_fd = subprocess.Popen([sys.executable, "-c", code], stdout=log)
+    other = subprocess.Popen([sys.executable, "-c", code, "--temp-dir=/tmp/rs-other"])
+    try:
+        time.sleep(0.5)
+        found = find_ray_processes(temp_dir)
+        assert by_cmd.pid in found and by_fd.pid in found and other.pid not in found
+        killed = kill_ray_processes(temp_dir, timeout=1.0)  # they ignore SIGTERM: SIGKILL
+        assert set(killed) == {by_cmd.pid, by_fd.pid}
+        assert by_cmd.wait(5) == -9 and by_fd.wait(5) == -9
+        assert other.poll() is None
+    finally:
+        for p in (by_cmd, by_fd, other):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        log.close()
+        import shutil
+
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- CLI errors
+
+
+def _cli(*args: str, home: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ratio_search.cli", *args, "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _one_line_error(p: subprocess.CompletedProcess, match: str) -> None:
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ratio-search: error:"), p.stderr
+    assert match in lines[0], lines[0]
+    assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize(
+    "mutate, extra, match",
+    [
+        (lambda d: None, ["--gpus", "8"], "--gpus 8 asked for, this machine has 0 CUDA devices"),
+        (lambda d: d["params"]["r"].update(choices=[]), [], "params.r.choices: must be a non-empty list"),
+        (lambda d: d["params"].update(r={"type": "float", "low": 0.0, "high": 1.5, "step": 0.5}), [],
+         "params.r.high: 1.5 is outside"),
+        (lambda d: d["params"].update(r={"type": "float", "low": 0.5, "high": 0.5}), [], "params.r: empty range"),
+        (lambda d: d["search"].update(metric="val_auc"), [], "search.metric: unknown metric 'val_auc'"),
+        (lambda d: None, ["--metric", "accuracy"], "--metric: unknown metric 'accuracy'"),
+        (lambda d: None, ["--address", "127.0.0.1:9"], "cannot reach the Ray cluster at 127.0.0.1:9"),
+    ],
+)  # fmt: skip
+def test_cli_run_bad_input_is_one_line_exit_2(tmp_path, mutate, extra, match):
+    if "--gpus" in extra:
+        import torch
+
+        if torch.cuda.device_count() >= 8:
+            pytest.skip("this machine has 8 GPUs")
+    doc = tiny_space()
+    mutate(doc)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(doc))
+    p = _cli("run", "--space", str(space), "--trials", "1", *extra, home=tmp_path)
+    _one_line_error(p, match)
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_cli_unknown_run_name(tmp_path):
+    _one_line_error(_cli("resume", "nope", home=tmp_path), "unknown run 'nope'")
+    _one_line_error(_cli("status", "nope", home=tmp_path), "unknown run 'nope'")
+
+
+def test_cli_run_refuses_an_existing_unfinished_name(tmp_path):
+    _fake_run(Home.resolve(tmp_path), "old", "interrupted", [])
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(tiny_space()))
+    p = _cli("run", "--space", str(space), "--name", "old", home=tmp_path)
+    _one_line_error(p, "run old exists and is unfinished; resume it with: ratio-search resume old")
+
+
+def test_cli_status_json_and_table(tmp_path):
+    home = Home.resolve(tmp_path)
+    _fake_run(home, "s1", "finished", [
+        {"trial_id": "a", "state": "TERMINATED", "params": {"r": 0.5, "guidance": 2.0, "steps": 10},
+         "metrics": {"val_accuracy": 0.75}, "epoch": 2},
+    ])  # fmt: skip
+    p = _cli("status", "s1", "--json", home=tmp_path)
+    assert p.returncode == 0, p.stderr
+    s = json.loads(p.stdout)
+    assert s["best"]["metric"] == 0.75 and s["done"] == 1 and s["state"] == "finished"
+    p = _cli("status", home=tmp_path)
+    assert p.returncode == 0 and "s1" in p.stdout and "1/3" in p.stdout
+    p = _cli("status", "s1", home=tmp_path)
+    assert p.returncode == 0 and "0.7500" in p.stdout and "TERMINATED" in p.stdout
