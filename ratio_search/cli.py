@@ -236,6 +236,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", help="home directory (default: cwd)")
     p.set_defaults(handler=cmd_ui)
 
+    # report
+    p = sub.add_parser("report", help="write a self-contained HTML report of a search (figures, answer, pool quality)")
+    p.add_argument("name", help="run name")
+    p.add_argument("--out", help="output folder (default: runs/NAME/report)")
+    p.add_argument("--best", help="best.yaml holding the confirmation (default: runs/NAME/best.yaml, ./best.yaml)")
+    p.add_argument("--tolerance", type=float, default=0.01,
+                   help="usable ratio tolerance when there is no confirmation (default 0.01 = 1 point)")
+    p.add_argument("--grid", type=int, default=16, metavar="N", help="images per best/worst grid (0: none; default 16)")
+    p.add_argument("--classifier", metavar="PATH",
+                   help="your own real-trained SimpleCNN weights to rank generated images (default: trained once)")
+    p.add_argument("--home", help="home directory (default: cwd)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_report)
+
     return parser
 
 
@@ -725,6 +739,17 @@ def cmd_ui(args: argparse.Namespace) -> None:
 
     serve_ui(uri, host=args.host, port=args.port, server=args.server,
              log_path=home.mlruns / "ui.log", on_ready=ready)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .home import Home
+    from .report import build_report
+
+    result = build_report(
+        Home.resolve(args.home), args.name, args.out, best_path=args.best, tolerance=args.tolerance,
+        grid_n=args.grid, classifier_path=args.classifier,
+    )  # fmt: skip
+    _emit(args, result, f"{result['summary']}\nreport: {result['html']}")
 
 
 def main(argv: list[str] | None = None) -> int:
