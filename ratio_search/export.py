@@ -7,7 +7,8 @@ the search's MLflow child runs when trials.jsonl is missing) and returns the doc
 - ``data`` and ``train``: the sections ``train --config`` reads. ``data`` is the search's resolved
   data config, ``train`` the trial's r, mode, seed, epochs, batch size, lr (epochs = the epoch the
   trial's reported metric comes from, in case a scheduler stopped it early);
-- ``pool``: the key of the pool of generated images the trial mixed in (None at R = 0);
+- ``pool``: ``{key, n}``: the pool of generated images the trial mixed in and how many of its
+  first images the trial drew from (a cached pool can grow later); None at R = 0;
 - ``expected``: metadata that ``train`` ignores: the trial's validation metrics, its full config,
   pool key, model hash and path, data key, MLflow ids, package versions. Later stages (the
   multi-seed confirmation, the test split) add their blocks inside ``expected`` too, because
@@ -251,7 +252,7 @@ def build_export(home: Home, name: str, trial_id: str | None = None) -> dict[str
         "n_synthetic": metrics.get("n_synthetic"),
         "params": full,
         "pool_key": pool_key,
-        "pool_n": info.get("pool_n"),
+        "pool_n": info.get("pool_n") if pool_key else None,
         "model_hash": rec.get("model_hash") or info.get("model_hash"),
         "model_path": info.get("model_path"),
         "data_key": info.get("data_key"),
@@ -267,10 +268,15 @@ def build_export(home: Home, name: str, trial_id: str | None = None) -> dict[str
         "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "notes": notes,
     }
+    pool: Any = pool_key
+    pool_n = info.get("pool_n")
+    if pool_key and isinstance(pool_n, int) and not isinstance(pool_n, bool) and pool_n > 0:
+        # The trial mixed from the pool's first pool_n images; a cached pool may since have grown.
+        pool = {"key": pool_key, "n": pool_n}
     return {
         "data": _data_section(folder),
         "train": train,
-        "pool": pool_key,
+        "pool": pool,
         "expected": expected,
     }
 
