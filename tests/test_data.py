@@ -392,3 +392,34 @@ def test_patients_shared_between_splits_are_counted(tiny_image_folder, tiny_home
     val_file.rename(val_file.with_name("CNV-1000-7.png"))  # patient 1000 is in train
     ds = load_dataset(_cfg(tiny_image_folder), tiny_home)
     assert ds.info["val_patients_in_train"] == 1 and ds.info["test_patients_in_train"] == 0
+
+
+def test_concurrent_loads_decode_once(tiny_image_folder, tiny_home, monkeypatch):
+    """Two loaders at once (as two trials starting together): one decodes, the other waits and reads."""
+    import threading
+    import time
+
+    real_decode = imagefolder.decode_image
+    calls: list[str] = []
+
+    def slow_decode(path, image_size, channels):
+        calls.append(str(path))
+        time.sleep(0.005)  # widen the race window
+        return real_decode(path, image_size, channels)
+
+    monkeypatch.setattr(imagefolder, "decode_image", slow_decode)
+    results: list = []
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(load_dataset(_cfg(tiny_image_folder), tiny_home))
+        )
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 2
+    assert len(calls) == 24  # 12 files per class decoded once, not twice
+    assert sorted(r.info["cache"] for r in results) == ["hit", "miss"]
+    np.testing.assert_array_equal(results[0].train_x, results[1].train_x)
