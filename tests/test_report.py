@@ -114,8 +114,21 @@ def test_report_end_to_end_with_a_confirmation(tmp_path):
         yaml.safe_dump({"expected": {"run": "tiny", "confirm": result}})
     )
 
-    out = build_report(home, "tiny", grid_n=4, classifier_kwargs=TINY, track=False)
+    # The search's MLflow parent run, where the report's files go as artifacts.
+    from ratio_search import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    tracker = tracking.SearchTracker(uri, run_dir=folder)
+    parent = tracker.start_parent("tiny")
+    tracker.finish_parent()
+    info = json.loads((folder / "run.json").read_text())
+    info["mlflow"] = {"tracking_uri": uri, "parent_run_id": parent}
+    (folder / "run.json").write_text(json.dumps(info))
+
+    out = build_report(home, "tiny", grid_n=4, classifier_kwargs=TINY)
     page = open(out["html"]).read()
+    logged = {a.path for a in tracker.client.list_artifacts(parent, "report")}
+    assert {"report/report.html", "report/metric_vs_r.png", "report/best_generated.png"} <= logged
     best_r = result["chosen"]["params"]["r"]
     assert out["best_r"] == best_r and out["confirmed"]
     named = "Best R = 0 (real images only)" if best_r == 0 else f"Best R = {best_r:.2f}"
