@@ -378,12 +378,23 @@ class SearchTracker:
         self.client.delete_run(run_id)
         return new_id
 
-    def log_epoch(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
-        """Log one epoch's numeric metrics at ``step``."""
+    def log_epoch(
+        self,
+        run_id: str,
+        step: int,
+        metrics: Mapping[str, float],
+        tags: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Log one epoch's numeric metrics at ``step`` (and ``tags``) in one store write."""
         ts = _now_ms()
         ms = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items() if _is_number(v)]
+        ts_ = [RunTag(k, str(v)) for k, v in (tags or {}).items() if v is not None and v != ""]
+        if len(ms) <= _MAX_METRICS and len(ts_) <= _MAX_TAGS:
+            self.client.log_batch(run_id, metrics=ms, tags=ts_)
+            return
         for chunk in _chunks(ms, _MAX_METRICS):
             self.client.log_batch(run_id, metrics=chunk)
+        self.set_tags(run_id, tags or {})
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         """Set string tags on a run (values stringified, None skipped)."""
@@ -628,10 +639,9 @@ class MLflowTrialCallback(Callback):
             if last is not None and epoch <= int(last):
                 run_id = self.tracker.replace_child(run_id, keep_below_step=epoch)
                 self._runs[tid] = run_id
-        self.tracker.log_epoch(run_id, epoch, metrics)
         tags = {k: result.get(k) for k in _RESULT_TAGS}
         tags["last_epoch"] = epoch
-        self.tracker.set_tags(run_id, tags)
+        self.tracker.log_epoch(run_id, epoch, metrics, tags)
         if result.get("confusion_matrix"):
             # Kept until the trial ends: drawing a PNG every epoch would slow the driver down.
             self._cm[tid] = (result["confusion_matrix"], result.get("class_names"))
