@@ -12,6 +12,7 @@ exactly the number of trials it was asked for.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -494,7 +495,10 @@ def _fit(
         # SIGTERM (kill PID) stops like Ctrl-C: Tune saves its state and returns.
         if hasattr(signal, "SIGUSR1"):
             signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
-        tuner.fit()
+        # Tune prints an experiment box on stdout whatever its verbosity; stdout is for our one
+        # JSON object (--json), so everything Ray prints goes to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            tuner.fit()
         if restore:
             _forget_lost_trials(run_dir, tracker)
         trials = runs.read_trials(run_dir)

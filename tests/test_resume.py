@@ -1,0 +1,163 @@
+"""Kill -9 a running search's driver, then resume it: leftovers cleaned, exactly N trials, no doubles."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ratio_search.home import Home
+from ratio_search.search import run_status
+from ratio_search.search.procs import find_ray_processes
+from ratio_search.search.runs import pid_alive
+
+pytestmark = pytest.mark.slow
+
+TINY_DATA = {
+    "image_size": 16,
+    "phantom_n_per_class": 8,
+    "phantom_val_per_class": 8,
+    "phantom_test_per_class": 2,
+    "min_val_per_class": 0,
+}
+N_TRIALS = 4
+
+
+def _tiny_model(home: Home) -> Path:
+    from ratio_search.config import FinetuneConfig
+    from ratio_search.data import load_dataset
+    from ratio_search.diffusion import finetune
+    from ratio_search.diffusion.tiny import TEST_UNET
+    from ratio_search.space import parse_space
+
+    data = load_dataset(parse_space({"data": TINY_DATA}).data_config(), home)
+    cfg = FinetuneConfig(max_steps=2, from_scratch=True, batch_size=8)
+    return finetune(data, cfg, home, progress=False, unet_config=TEST_UNET).path
+
+
+def _cli(home: Home, *args: str) -> list[str]:
+    return [sys.executable, "-m", "ratio_search.cli", *args, "--home", str(home.root)]
+
+
+def _finished_trials(run_dir: Path) -> int:
+    path = run_dir / "trials.jsonl"
+    if not path.is_file():
+        return 0
+    done = set()
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("state") == "TERMINATED":
+            done.add(rec["trial_id"])
+    return len(done)
+
+
+def test_kill_driver_then_resume(tmp_path):
+    home = Home.resolve(tmp_path / "home")
+    model = _tiny_model(home)
+    space = {
+        "params": {
+            "r": {"type": "float", "low": 0.0, "high": 1.0, "step": 0.25},
+            "guidance": {"type": "categorical", "choices": [1.0, 3.0]},
+        },
+        "fixed": {"steps": 2, "epochs": 3, "batch_size": 8, "widths": [2, 4], "fc": 4},
+        "search": {"n_startup_trials": 2},
+        "data": TINY_DATA,
+    }
+    space_path = tmp_path / "space.yaml"
+    space_path.write_text(yaml.safe_dump(space))
+    run_dir = home.runs / "rz"
+    log = open(tmp_path / "run.log", "w")  # noqa: SIM115
+    driver = subprocess.Popen(
+        _cli(
+            home,
+            "run",
+            "--space",
+            str(space_path),
+            "--trials",
+            str(N_TRIALS),
+            "--concurrency",
+            "1",
+            "--model",
+            str(model),
+            "--name",
+            "rz",
+        ),  # fmt: skip
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.time() + 400
+        while _finished_trials(run_dir) < 1:
+            assert driver.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+            assert time.time() < deadline, "no trial finished in time"
+            time.sleep(0.1)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(10)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        log.close()
+
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["state"] == "running"  # nobody recorded the end
+    temp_dir = info["ray"]["temp_dir"]
+    leftovers = find_ray_processes(temp_dir)
+    assert leftovers, "the killed driver left no Ray process behind (nothing to test)"
+    assert run_status(home, "rz")["state"] == "crashed"
+    assert _finished_trials(run_dir) < N_TRIALS
+
+    p = subprocess.run(
+        _cli(home, "resume", "rz", "--json"), capture_output=True, text=True, timeout=600
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout)
+    assert out["state"] == "finished" and out["n_trials"] == N_TRIALS
+
+    # the old cluster's processes are gone, and the new one's too
+    assert not any(pid_alive(pid) for pid in leftovers)
+    assert find_ray_processes(temp_dir) == []
+
+    st = run_status(home, "rz")
+    assert st["state"] == "finished"
+    assert st["done"] == N_TRIALS and len(st["trials"]) == N_TRIALS
+    assert all(t["state"] == "TERMINATED" for t in st["trials"])
+    trial_ids = {t["trial_id"] for t in st["trials"]}
+
+    # MLflow: exactly one child per trial, none RUNNING, no epoch logged twice
+    from mlflow.tracking import MlflowClient
+
+    info = json.loads((run_dir / "run.json").read_text())
+    client = MlflowClient(info["mlflow"]["tracking_uri"])
+    parent = info["mlflow"]["parent_run_id"]
+    children = client.search_runs(
+        [info["mlflow"]["experiment_id"]], f"tags.`mlflow.parentRunId` = '{parent}'"
+    )
+    assert sorted(c.data.tags["ray_trial_id"] for c in children) == sorted(trial_ids)
+    assert all(c.info.status == "FINISHED" for c in children)
+    for c in children:
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_accuracy")]
+        assert steps == sorted(set(steps)) and steps[-1] == 3, steps
+    assert client.get_run(parent).info.status == "FINISHED"
+
+    # Optuna kept what it learnt: one COMPLETE trial per Tune trial
+    import optuna
+
+    study = optuna.load_study(study_name="rz", storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == N_TRIALS
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+    # a finished run is not resumed again
+    p = subprocess.run(_cli(home, "resume", "rz"), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "run rz is finished" in p.stderr

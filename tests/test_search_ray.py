@@ -1,0 +1,102 @@
+"""One real search through the CLI: Ray Tune + Optuna + MLflow on a tiny budget."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ratio_search.config import FinetuneConfig
+from ratio_search.home import Home
+from ratio_search.search.procs import find_ray_processes
+
+pytestmark = pytest.mark.slow
+
+TINY_DATA = {
+    "image_size": 16,
+    "phantom_n_per_class": 8,
+    "phantom_val_per_class": 8,
+    "phantom_test_per_class": 2,
+    "min_val_per_class": 0,
+}
+
+
+def make_tiny_model(home: Home, data_cfg: dict) -> Path:
+    """A generator of about ten thousand parameters, fine-tuned for 2 steps on the tiny data."""
+    from ratio_search.data import load_dataset
+    from ratio_search.diffusion import finetune
+    from ratio_search.diffusion.tiny import TEST_UNET
+    from ratio_search.space import parse_space
+
+    data = load_dataset(parse_space({"data": data_cfg}).data_config(), home)
+    cfg = FinetuneConfig(max_steps=2, from_scratch=True, batch_size=8)
+    return finetune(data, cfg, home, progress=False, unet_config=TEST_UNET).path
+
+
+def test_search_end_to_end_with_a_failing_trial(tmp_path):
+    home = Home.resolve(tmp_path / "home")
+    model = make_tiny_model(home, TINY_DATA)
+    # augment mode: R=1 is impossible, so that grid point's trial fails and the search goes on
+    space = {
+        "params": {"r": {"type": "categorical", "choices": [0.0, 0.5, 1.0]}},
+        "fixed": {"mode": "augment", "guidance": 2.0, "steps": 2, "epochs": 2, "batch_size": 8,
+                  "widths": [2, 4], "fc": 4},
+        "search": {"sampler": "grid"},
+        "data": TINY_DATA,
+    }  # fmt: skip
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    cmd = [sys.executable, "-m", "ratio_search.cli", "run", "--home", str(home.root), "--space",
+           str(path), "--model", str(model), "--name", "it", "--concurrency", "2", "--json"]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout)  # one JSON object on stdout, progress on stderr
+    assert out["name"] == "it" and out["state"] == "finished"
+    assert out["n_trials"] == 3 and out["n_errors"] == 1
+    assert out["best"]["params"]["r"] in (0.0, 0.5) and 0.0 <= out["best"]["metric"] <= 1.0
+    run_dir = Path(out["run_dir"])
+
+    # trials.jsonl: every grid point once, R=1 recorded as ERROR with its reason
+    from ratio_search.search import run_status
+
+    st = run_status(home, "it")
+    assert sorted(t["r"] for t in st["trials"]) == [0.0, 0.5, 1.0]
+    states = {t["r"]: t["state"] for t in st["trials"]}
+    assert states == {0.0: "TERMINATED", 0.5: "TERMINATED", 1.0: "ERROR"}
+    recs = [json.loads(ln) for ln in (run_dir / "trials.jsonl").read_text().splitlines()]
+    err = [r for r in recs if r["state"] == "ERROR"][-1]
+    assert "augment" in (err.get("error") or "")
+    r05 = [r for r in recs if r["state"] == "TERMINATED" and r["params"]["r"] == 0.5][-1]
+    assert r05["pool_key"] and (home.pools / r05["pool_key"] / "images.npy").is_file()
+    assert r05["epoch"] == 2
+
+    # run.json, Optuna storage, Tune checkpoints
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["state"] == "finished" and info["n_trials"] == 3
+    import optuna
+
+    study = optuna.load_study(study_name="it", storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    assert len(study.trials) == 3
+    assert list((run_dir / "tune").glob("*/checkpoint_*"))
+
+    # MLflow: one child per trial, none left RUNNING, the parent finished
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(info["mlflow"]["tracking_uri"])
+    parent = out["mlflow_parent_run_id"]
+    assert client.get_run(parent).info.status == "FINISHED"
+    children = client.search_runs(
+        [info["mlflow"]["experiment_id"]], f"tags.`mlflow.parentRunId` = '{parent}'"
+    )
+    assert len(children) == 3
+    assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED", "FINISHED"]
+    ok = [c for c in children if c.info.status == "FINISHED"][0]
+    assert len(client.get_metric_history(ok.info.run_id, "val_accuracy")) == 2
+
+    # the run's Ray is gone, and its temp dir with it
+    assert find_ray_processes(info["ray"]["temp_dir"]) == []
+    assert not Path(info["ray"]["temp_dir"]).exists()
