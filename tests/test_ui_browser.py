@@ -157,3 +157,71 @@ def test_ui_shows_parent_and_nested_trials(tmp_path: Path) -> None:
     # Nothing is left listening on the port.
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_ui_server_takes_remote_writers(tmp_path: Path) -> None:
+    """`ui --server`: a tracker pointed at http://HOST:PORT writes runs and artifacts into the home."""
+    home = Home(tmp_path / "home")
+    port = _free_port()
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RATIO_SEARCH_HOME")
+    }
+    log = open(tmp_path / "server.out", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ratio_search.cli",
+            "ui",
+            "--server",
+            "--home",
+            str(home.root),
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_for_http(f"{url}/health", timeout=90, proc=proc), (
+            tmp_path / "server.out"
+        ).read_text()
+        deadline = time.monotonic() + 10
+        while (
+            "--tracking-uri" not in (tmp_path / "server.out").read_text()
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.2)
+        assert f"--tracking-uri {url}" in (tmp_path / "server.out").read_text()
+
+        run_dir = tmp_path / "client-run"  # a client's run folder, elsewhere
+        run_dir.mkdir()
+        tracker = SearchTracker(url, "ratio-search", run_dir, metric="val_accuracy")
+        parent = tracker.start_parent("remote-search", {"n_trials": 1})
+        cb = MLflowTrialCallback(tracker, strict=True)
+        trial = FakeTrial("remote_00000", {"r": 0.5, "seed": 0})
+        cb.on_trial_start(0, [], trial)
+        cb.on_trial_result(
+            0, [], trial, {"epoch": 1, "val_accuracy": 0.75, "confusion_matrix": "[[2, 0], [1, 1]]"}
+        )
+        cb.on_trial_complete(0, [], trial)
+        tracker.finish_parent()
+        (child,) = tracker.children(parent)
+        assert child.data.metrics["val_accuracy"] == 0.75
+        assert tracker.client.get_run(parent).data.tags["best_trial_id"] == "remote_00000"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+    # The server kept the runs in the home's sqlite store and the artifacts under mlruns/artifacts.
+    assert (home.mlruns / "mlflow.db").is_file()
+    local = SearchTracker(home.tracking_uri(), "ratio-search", None)
+    assert [c.data.tags["ray_trial_id"] for c in local.children(parent)] == ["remote_00000"]
+    pngs = list((home.mlruns / "artifacts").rglob("confusion_matrix.png"))
+    assert len(pngs) == 1 and child.info.run_id in str(pngs[0])
