@@ -257,7 +257,7 @@ class RunContext:
         """The generated images a trial with ``config`` mixes in (None at R = 0)."""
         if float(config.get("r", 0.0)) == 0.0:
             return None
-        n = config.get("pool_size")
+        n = self.pool_n(config)
         from . import pools
 
         if pool_key:
@@ -270,6 +270,12 @@ class RunContext:
             if cache_key in self._pools:
                 return self._pools[cache_key]
         return self._generate(config)
+
+    def pool_n(self, config: Mapping[str, Any]) -> int | None:
+        """Images per pool as the search's trials used them: run.json's ``pool_n`` (the first n
+        images of a pool), else the space's ``pool_size``."""
+        n = self.info.get("pool_n") or config.get("pool_size")
+        return int(n) if n else None
 
     def _generate(self, config: Mapping[str, Any]) -> np.ndarray:
         from . import pools
@@ -291,14 +297,18 @@ class RunContext:
         )
         if config.get("pool_seed") is not None:
             gen.seed = int(config["pool_seed"])
-        n = int(config.get("pool_size") or gen.n)
+        n = self.pool_n(config) or gen.n
+        # As the search's trainable asks for it, so that the key (and the images) are the same.
+        reference = (
+            pools.class_reference(self.data) if gen.postprocess == "histogram-match" else None
+        )
         pool = pools.get_pool(
             self.home,
             self._model,
             gen,
             n,
-            reference=pools.class_reference(self.data),
-            synthetic_class_index=pools.model_class_index(self._model, self.data),
+            reference=reference,
+            synthetic_class_index=int(self.data.synthetic_label),
             progress=False,
         )
         return pool.images
