@@ -250,6 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_report)
 
+    # demo
+    p = sub.add_parser("demo", help="the whole pipeline on the embedded phantom data (what `make demo` runs)")
+    p.add_argument("--home", help="home directory (default: cwd)")
+    p.add_argument("--name", help="search name (default: demo-<timestamp>)")
+    p.add_argument("--trials", type=int, help="trials (default: the quick space's budget, 12)")
+    p.add_argument("--concurrency", type=int, default=2, help="trials at a time (default 2)")
+    p.add_argument("--confirm-seeds", type=int, default=3, help="seeds per confirmed configuration (default 3)")
+    p.add_argument("--top-k", type=int, default=2, help="configurations confirmed besides R=0 (default 2)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_demo)
+
     return parser
 
 
@@ -750,6 +761,22 @@ def cmd_report(args: argparse.Namespace) -> None:
         grid_n=args.grid, classifier_path=args.classifier,
     )  # fmt: skip
     _emit(args, result, f"{result['summary']}\nreport: {result['html']}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo, where_to_look
+    from .home import Home
+
+    out = run_demo(
+        Home.resolve(args.home),
+        name=args.name,
+        trials=args.trials,
+        concurrency=args.concurrency,
+        confirm_seeds=args.confirm_seeds,
+        top_k=args.top_k,
+        progress=not args.json,
+    )
+    _emit(args, out, where_to_look(out))
 
 
 def main(argv: list[str] | None = None) -> int:

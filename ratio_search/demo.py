@@ -1,0 +1,154 @@
+"""The whole pipeline on the embedded phantom data, as `make demo` runs it.
+
+data -> finetune (tiny, from the bundled base) -> generate (the quick space's pools) -> run
+(a dozen trials, two at a time) -> export (multi-seed confirmation, test split) -> report.
+
+Every stage is cached by content: a second demo reuses the data, the model and the pools and only
+runs a new search (named ``demo-<timestamp>``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .config import DataConfig, FinetuneConfig, GenerateConfig
+from .home import Home
+
+STAGES = ("data", "finetune", "generate", "search", "export", "report")
+
+
+def _stage_printer(progress: bool) -> Callable[[int, str], None]:
+    def say(i: int, text: str) -> None:
+        if progress:
+            print(f"\n[{i}/{len(STAGES)}] {text}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def run_demo(
+    home: Home,
+    *,
+    name: str | None = None,
+    trials: int | None = None,
+    concurrency: int = 2,
+    confirm_seeds: int = 3,
+    top_k: int = 2,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the demo pipeline under ``home``; return what it made (paths, the answer, timings)."""
+    from .data import load_dataset
+    from .diffusion import finetune
+    from .pools import generate
+    from .search import run_search
+    from .space import load_space
+
+    say = _stage_printer(progress)
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    say(1, "data: the phantom OCT scans (CNV vs NORMAL), written once as an image folder")
+    t = time.perf_counter()
+    space = load_space("quick")
+    data_cfg = space.data_config(DataConfig())
+    data = load_dataset(data_cfg, home)
+    timings["data"] = time.perf_counter() - t
+
+    say(2, "finetune: adapting the bundled tiny diffusion base model to the training split")
+    t = time.perf_counter()
+    model = finetune(data, FinetuneConfig(), home, progress=progress)
+    timings["finetune"] = time.perf_counter() - t
+
+    say(3, "generate: the pools of generated CNV images the quick space can ask for")
+    t = time.perf_counter()
+    pools = generate(home, GenerateConfig(), model=str(model.path), space=space, progress=progress)
+    timings["generate"] = time.perf_counter() - t
+
+    say(4, "search: Ray Tune + Optuna over R, guidance and steps, tracked in MLflow")
+    t = time.perf_counter()
+    name = name or time.strftime("demo-%Y%m%d-%H%M%S")
+    result = run_search(
+        home,
+        name=name,
+        space=space,
+        n_trials=trials,
+        concurrency=concurrency,
+        data_cfg=data_cfg,
+        model=str(model.path),
+        progress=progress,
+        argv=["ratio-search", "demo"],
+    )
+    timings["search"] = time.perf_counter() - t
+
+    say(
+        5,
+        f"export: confirming the best configurations over {confirm_seeds} seeds, then the test split",
+    )
+    t = time.perf_counter()
+    from .confirm import export_with_confirmation
+    from .export import write_export
+
+    doc = export_with_confirmation(
+        home,
+        name,
+        top_k=top_k,
+        n_seeds=confirm_seeds,
+        progress=(lambda m: print(m, file=sys.stderr)) if progress else None,
+    )
+    best = write_export(doc, home.runs / name / "best.yaml")
+    timings["export"] = time.perf_counter() - t
+
+    say(6, "report: the HTML page with the metric-vs-R plot, the maps and the image grids")
+    t = time.perf_counter()
+    from .report import build_report
+
+    rep = build_report(home, name, best_path=best)
+    timings["report"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_all
+
+    return {
+        "name": name,
+        "home": str(home.root),
+        "data_key": data.key,
+        "model": str(model.path),
+        "pools": [p.get("key") for p in pools],
+        "search": result,
+        "best_yaml": str(best),
+        "report": str(rep["html"]),
+        "summary": rep.get("summary"),
+        "confirm": doc.get("expected", {}).get("confirm"),
+        "timings": timings,
+    }
+
+
+def where_to_look(out: dict[str, Any]) -> str:
+    """The lines printed at the end of the demo: the answer and where to look next."""
+    home = Path(out["home"])
+
+    def rel(p: str) -> str:
+        try:
+            return str(Path(p).relative_to(Path.cwd()))
+        except ValueError:
+            return p
+
+    lines = [
+        "",
+        "=" * 72,
+        f"ratio-search demo finished in {out['timings']['total'] / 60:.1f} min",
+        "",
+    ]
+    if out.get("summary"):
+        lines += [out["summary"], ""]
+    lines += [
+        f"best configuration : {rel(out['best_yaml'])}",
+        f"                     (reproduce: ratio-search train --config {rel(out['best_yaml'])})",
+        f"report             : {rel(out['report'])}",
+        f"search status      : ratio-search status {out['name']}",
+        f"MLflow UI          : ratio-search ui{'' if home == Path.cwd() else f' --home {home}'}"
+        "   (then open http://127.0.0.1:5000)",
+        "=" * 72,
+    ]
+    return "\n".join(lines)
