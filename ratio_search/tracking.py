@@ -222,6 +222,8 @@ class SearchTracker:
         self.mode = mode or run_json.get("mode") or "max"
         if self.mode not in ("max", "min"):
             raise SearchError(f"mode: {self.mode!r} is not one of: max, min")
+        self._space_doc = run_json.get("space")
+        self._space: Any = None
         root = artifact_root_for(self.tracking_uri)
         if root is not None:
             # sqlite cannot create the folder of its database file.
@@ -237,6 +239,21 @@ class SearchTracker:
             return json.loads((self.run_dir / "run.json").read_text())
         except (OSError, json.JSONDecodeError):
             return {}
+
+    def full_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """A trial's complete config: its Tune config plus the space's fixed values and defaults
+        (what the trainable runs), when run.json holds the space; else the config as given."""
+        if isinstance(self._space_doc, dict) and self._space is None:
+            from .space import parse_space
+
+            try:
+                self._space = parse_space(self._space_doc, origin="run.json space")
+            except Exception as e:  # noqa: BLE001 - the params are logged either way
+                logger.warning("run.json space unreadable (%s); logging trial configs as given", e)
+                self._space_doc = None
+        if self._space is None:
+            return dict(config)
+        return self._space.trial_config(dict(config))
 
     @property
     def trials_jsonl(self) -> Path | None:
@@ -529,7 +546,8 @@ def _log_artifacts(
 class MLflowTrialCallback(Callback):
     """A Ray Tune callback (driver side) writing each trial to a nested MLflow run and trials.jsonl.
 
-    Params: the trial's config (r, guidance, steps, mode, seed, ...). Metrics: every numeric value
+    Params: the trial's complete config (r, guidance, steps, mode, seed, ...: its Tune config plus
+    the space's fixed values and defaults, from run.json). Metrics: every numeric value
     of a result, at ``step = result["epoch"]``. Tags: ``ray_trial_id``, ``pool_key``,
     ``model_hash``, ``node_id``. A ``confusion_matrix`` (JSON string) in a result becomes the
     artifacts ``confusion_matrix.json`` and ``.png``. Finished trials end FINISHED, errors FAILED.
@@ -623,9 +641,8 @@ class MLflowTrialCallback(Callback):
     def _ensure_run(self, trial: Any) -> str:
         tid = str(trial.trial_id)
         if tid not in self._runs:
-            self._runs[tid] = self.tracker.start_child(
-                tid, dict(getattr(trial, "config", {}) or {})
-            )
+            config = self.tracker.full_config(getattr(trial, "config", {}) or {})
+            self._runs[tid] = self.tracker.start_child(tid, config)
         return self._runs[tid]
 
     def _log_result(self, trial: Any, epoch: int, metrics: dict, result: dict) -> None:

@@ -263,3 +263,29 @@ def test_ui_command_binds_loopback_and_uses_home_store(home: Home) -> None:
     srv = ui_command(uri, port=5123, server=True)
     assert srv[3] == "server" and "--serve-artifacts" in srv
     assert srv[srv.index("--artifacts-destination") + 1] == (home.mlruns / "artifacts").as_uri()
+
+
+def test_child_params_are_the_full_trial_config(home: Home) -> None:
+    """Tune's trial.config holds the sampled values; the child run gets the space's rest too."""
+    run_dir = home.runs / "s4"
+    run_dir.mkdir(parents=True)
+    space = {
+        "params": {"r": {"type": "categorical", "choices": [0.0, 0.5]}},
+        "fixed": {"epochs": 2, "guidance": 3.0, "steps": 5},
+        "search": {"metric": "val_f1", "mode": "max"},
+    }
+    (run_dir / "run.json").write_text(
+        json.dumps({"name": "s4", "metric": "val_f1", "mode": "max", "space": space})
+    )
+    tracker = SearchTracker(f"sqlite:///{home.mlruns / 'mlflow.db'}", "ratio-search", run_dir)
+    assert (tracker.metric, tracker.mode) == ("val_f1", "max")  # from run.json
+    parent = tracker.start_parent("s4", {})
+    cb = MLflowTrialCallback(tracker, strict=True)
+    _run_trial(cb, FakeTrial("p_1", {"r": 0.5}), [0.5])
+    (child,) = tracker.children(parent)
+    params = child.data.params
+    assert params["r"] == "0.5" and params["guidance"] == "3.0" and params["steps"] == "5"
+    assert params["mode"] == "replace" and params["seed"] == "0" and params["epochs"] == "2"
+    # trials.jsonl keeps Tune's own config (what status and export read back)
+    assert read_trials_jsonl(run_dir / "trials.jsonl")["p_1"]["params"] == {"r": 0.5}
+    assert tracker.client.get_run(parent).data.metrics["best_val_f1"] == pytest.approx(0.4)
