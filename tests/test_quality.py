@@ -309,3 +309,37 @@ def test_pools_quality_over_the_store(tmp_path):
     assert again[0]["status"] == "cached" and again[0]["quality"]["fd"] == q["fd"]
     with pytest.raises(DataError, match="not found"):
         pools_quality(home, ["zz"], track=False)
+
+
+@pytest.mark.slow  # the CLI's default extractor (300 steps) and an MLflow store: tens of seconds
+def test_pools_quality_cli(tmp_path, capsys):
+    """`ratio-search pools --quality --json`: figures per pool, logged as a pool job in MLflow."""
+    import json
+
+    from ratio_search.cli import main
+    from ratio_search.config import DataConfig
+    from ratio_search.data import load_dataset
+    from ratio_search.home import Home
+
+    home = Home(tmp_path)
+    data = load_dataset(
+        DataConfig(image_size=16, phantom_n_per_class=8, phantom_val_per_class=2,
+                   phantom_test_per_class=2, min_val_per_class=1),
+        home,
+    )  # fmt: skip
+    model = tmp_path / "models" / "m1"
+    model.mkdir(parents=True)
+    (model / "meta.json").write_text(
+        json.dumps({"data_key": data.key, "class_names": data.class_names, "synthetic_label": 0})
+    )
+    (home.pools / "pa").mkdir(parents=True)
+    np.save(home.pools / "pa" / "images.npy", np.asarray(data.train_x[data.train_y == 1]))
+    (home.pools / "pa" / "manifest.json").write_text(
+        json.dumps({"n": 8, "key": "pa", "model_path": str(model), "quality": {}})
+    )
+    assert main(["pools", "--quality", "--home", str(tmp_path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["pools"]
+    q = rows[0]["quality"]
+    assert rows[0]["status"] == "computed" and 0.0 <= q["c2st"] <= 1.0 and q["fd"] > 0
+    assert q["mlflow_run_id"]  # logged as a pool job
+    assert main(["pools", "--quality", "--keys", "nope", "--home", str(tmp_path)]) == 2
