@@ -576,8 +576,6 @@ def _search_human(s: dict[str, Any]) -> str:
         params = ", ".join(f"{k}={best['params'][k]}" for k in ("r", "guidance", "steps") if k in best["params"])
         line += f"; best {s['metric']} {best['metric']:.4f} at {params}"
     line += f"; run folder {s['run_dir']}"
-    if s.get("resume_command"):
-        line += f"\nresume with: {s['resume_command']}"
     return line
 
 
@@ -592,6 +590,8 @@ def cmd_run(args: argparse.Namespace) -> None:
             raise RatioSearchError("run --resume needs --name NAME")
         s = resume_search(home, args.name, progress=not args.json)
         _emit(args, s, _search_human(s))
+        if s["state"] == "interrupted":
+            sys.exit(130)
         return
     overrides = _overrides(args, DATA_FLAGS)
     if args.data is not None and args.source is None:
@@ -622,6 +622,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         argv=["ratio-search", *sys.argv[1:]],
     )
     _emit(args, s, _search_human(s))
+    if s["state"] == "interrupted":  # Ctrl-C: the summary is out, the exit code says so
+        sys.exit(130)
 
 
 def cmd_resume(args: argparse.Namespace) -> None:
@@ -630,6 +632,8 @@ def cmd_resume(args: argparse.Namespace) -> None:
 
     s = resume_search(Home.resolve(args.home), args.name, progress=not args.json)
     _emit(args, s, _search_human(s))
+    if s["state"] == "interrupted":
+        sys.exit(130)
 
 
 def cmd_status(args: argparse.Namespace) -> None:

@@ -43,6 +43,9 @@ SCHEDULERS = ("fifo", "asha")
 # so that a crash never leaves the experiment state pointing at a deleted checkpoint. That is what
 # we want; Tune's warning about frequent snapshots would only be noise on every small search.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# Tune's new console output prints an experiment box and result paths even at verbose=0; our
+# progress lines (callbacks.ProgressCallback) replace it, and the legacy reporter honours verbose=0.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
 # ----------------------------------------------------------------------------- small helpers
