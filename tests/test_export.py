@@ -267,3 +267,75 @@ def test_write_export_is_atomic_yaml(tmp_path: Path) -> None:
         "expected": {"x": 1},
     }
     assert [p.name for p in out.parent.iterdir()] == ["best.yaml"]  # no temp file left
+
+
+@pytest.mark.slow
+def test_real_search_export_train_chain(tmp_path: Path) -> None:
+    """A real (tiny) Ray Tune search, tracked by the callback; every trial exported and re-trained."""
+    from ratio_search.config import FinetuneConfig
+    from ratio_search.diffusion import finetune
+    from ratio_search.diffusion.tiny import TEST_UNET
+    from ratio_search.search.driver import run_search
+
+    home = Home(tmp_path / "home")
+    tiny = {"image_size": 16, "phantom_n_per_class": 8, "phantom_val_per_class": 8}
+    tiny.update(phantom_test_per_class=2, min_val_per_class=0)
+    space = parse_space(
+        {
+            "params": {
+                "r": {"type": "categorical", "choices": [0.0, 0.5]},
+                "guidance": {"type": "categorical", "choices": [1.0]},
+                "steps": {"type": "categorical", "choices": [2]},
+            },
+            "fixed": {"epochs": 2, "batch_size": 8, "seed": 0},
+            "search": {"n_startup_trials": 2},
+            "data": tiny,
+        }
+    )
+    data = load_dataset(space.data_config(), home)
+    cfg = FinetuneConfig(max_steps=2, from_scratch=True, batch_size=8)
+    finetune(data, cfg, home, progress=False, unet_config=TEST_UNET)
+    out = run_search(
+        home, name="chain", space=space, n_trials=2, progress=False, cpus_per_trial=1, concurrency=1
+    )
+    assert out["state"] == "finished"
+
+    records = {}
+    for line in (home.runs / "chain" / "trials.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        records[rec["trial_id"]] = rec
+    assert len(records) == 2 and all(r["state"] == "TERMINATED" for r in records.values())
+    # The space's baselines run first: R = 0 and R = 0.5 (with a generated pool).
+    assert sorted(r["params"]["r"] for r in records.values()) == [0.0, 0.5]
+    for tid, rec in records.items():
+        out_yaml = tmp_path / f"{tid}.yaml"
+        res = _cli(
+            "export",
+            "chain",
+            "--home",
+            str(home.root),
+            "--out",
+            str(out_yaml),
+            "--trial",
+            tid,
+            "--no-confirm",
+        )
+        assert res.returncode == 0, res.stderr
+        doc = yaml.safe_load(out_yaml.read_text())
+        assert doc["expected"]["mlflow"]["child_run_id"] == rec["mlflow_run_id"]
+        if rec["params"]["r"] > 0:
+            assert doc["pool"]["key"] == rec["pool_key"] and (home.pools / rec["pool_key"]).is_dir()
+        res = _cli(
+            "train",
+            "--config",
+            str(out_yaml),
+            "--home",
+            str(home.root),
+            "--out",
+            str(tmp_path / f"t-{tid}"),
+        )
+        assert res.returncode == 0, res.stderr
+        got = json.loads((tmp_path / f"t-{tid}" / "metrics.json").read_text())["metrics"]
+        for k in ("accuracy", "f1", "roc_auc", "val_loss"):
+            want = rec["metrics"][k if k == "val_loss" else f"val_{k}"]
+            assert got[k] == want, (tid, k, got[k], want)
