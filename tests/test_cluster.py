@@ -1,0 +1,364 @@
+"""A search on a real two-node Ray cluster, on one machine (docs/cluster.md, tested).
+
+A head and a second node are started the way a team starts them on a GPU cluster, with
+``ray start`` (``--block``, each in its own session so that every process it spawns is ours to
+find and stop by PID); then a search joins the cluster, once with ``ratio-search run --address``
+and once submitted as a Ray Job (``ray job submit --working-dir``). Each node has one CPU, each
+trial asks for one and two run at once, so the two trials can only run on different nodes: the
+``node_id`` each trial reports must be the head's and the second node's (read independently
+from each node's raylet log). On one machine the home folder (run folder, model, pools) is
+shared storage anyway; on a real cluster it lives on NFS or similar.
+
+Nothing here runs ``ray stop`` (it would stop every Ray on the machine): both nodes are stopped
+by PID, and the test checks that no process of their sessions is left.
+
+Ray 2.60 turns token authentication on for a head that finds ``~/.ray/auth_token``, but a
+``ray start --address`` node reads a token only when ``RAY_AUTH_MODE=token``; so the cluster
+gets its own token (``RAY_AUTH_MODE=token`` + ``RAY_AUTH_TOKEN``) in every process, independent
+of whatever ``~/.ray`` holds, as docs/cluster.md recommends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ratio_search.home import Home
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv's bin: `ray` and `ratio-search` live there
+RAY = str(BIN / "ray")
+START_TIMEOUT = 120.0  # seconds for one `ray start` on a loaded 2-core machine (measured: 15-25)
+
+# Tiny phantom data, as in the search tests: 8 training images per class, 16 px.
+TINY_DATA = {
+    "image_size": 16,
+    "phantom_n_per_class": 8,
+    "phantom_val_per_class": 8,
+    "phantom_test_per_class": 2,
+    "min_val_per_class": 0,
+}
+
+
+# ------------------------------------------------------------------------------ the cluster
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def session_pids(sids: set[int]) -> list[int]:
+    """Every live process whose session id is one of ``sids`` (our ``ray start`` processes are
+    session leaders, and Ray's GCS, raylets, agents and workers stay in their sessions)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp session ...": comm may hold spaces, so split after ')'
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[3]) in sids:
+            found.append(int(proc.name))
+    return found
+
+
+@dataclass
+class Node:
+    """One ``ray start --block`` process, its own temp dir and log."""
+
+    proc: subprocess.Popen
+    temp_dir: Path
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.is_file() else ""
+
+    def wait_started(self, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while "Ray runtime started" not in self.log_text():
+            if self.proc.poll() is not None:
+                pytest.fail(
+                    f"ray start exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}"
+                )
+            if time.monotonic() > deadline:
+                pytest.fail(f"ray start not up after {timeout:.0f} s:\n{self.log_text()[-3000:]}")
+            time.sleep(0.25)
+
+    def node_id(self) -> str:
+        """The node id this node's raylet logged at start-up (``Setting node ID node_id=...``)."""
+        log = self.temp_dir / "session_latest" / "logs" / "raylet.out"
+        m = re.search(r"node_id=([0-9a-f]{56})", log.read_text(errors="replace"))
+        assert m, f"no node id in {log}"
+        return m.group(1)
+
+
+def start_node(args: list[str], temp_dir: Path, env: dict[str, str]) -> Node:
+    """``ray start ARGS --block`` as a session leader, logging to ``temp_dir/start.log``."""
+    temp_dir.mkdir(parents=True)
+    log = temp_dir / "start.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(
+            [
+                RAY,
+                "start",
+                *args,
+                f"--temp-dir={temp_dir}",
+                "--object-store-memory=100000000",
+                "--disable-usage-stats",
+                "--block",
+            ],  # fmt: skip
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+    return Node(proc, temp_dir, log)
+
+
+def stop_nodes(nodes: list[Node], timeout: float = 30.0) -> list[int]:
+    """SIGTERM each ``ray start --block`` (it stops its GCS, raylet, agents and workers), then
+    SIGKILL, by PID, whatever of their sessions is still alive. Returns the PIDs left alive."""
+    sids = {n.proc.pid for n in nodes}
+    for n in nodes:
+        if n.proc.poll() is None:
+            n.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for n in nodes:
+        try:
+            n.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            n.proc.kill()
+            n.proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while (left := session_pids(sids)) and time.monotonic() < deadline:
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+    return session_pids(sids)
+
+
+def make_tiny(tmp: Path) -> tuple[Home, Path, Path]:
+    """A home (the shared storage) with a tiny fine-tuned generator, and a two-trial space:
+    R = 0.25 and 0.5 on a grid, one pool (guidance 2, 2 steps) that both trials read."""
+    import torch
+
+    from ratio_search.config import FinetuneConfig
+    from ratio_search.data import load_dataset
+    from ratio_search.diffusion import finetune
+    from ratio_search.diffusion.tiny import TEST_UNET
+    from ratio_search.space import parse_space
+
+    torch.set_num_threads(1)
+    home = Home.resolve(tmp / "home")
+    data = load_dataset(parse_space({"data": TINY_DATA}).data_config(), home)
+    cfg = FinetuneConfig(max_steps=2, from_scratch=True, batch_size=8)
+    model = finetune(data, cfg, home, progress=False, unet_config=TEST_UNET).path
+    space = {
+        "params": {"r": {"type": "categorical", "choices": [0.25, 0.5]}},
+        "fixed": {"mode": "replace", "guidance": 2.0, "steps": 2, "epochs": 2, "batch_size": 8,
+                  "widths": [2], "fc": 4},
+        "search": {"sampler": "grid"},
+        "data": TINY_DATA,
+    }  # fmt: skip
+    path = tmp / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return home, Path(model), path
+
+
+@dataclass
+class Cluster:
+    head: Node
+    worker: Node
+    address: str  # 127.0.0.1:GCS_PORT, for `run --address`
+    dashboard: str  # http://127.0.0.1:PORT, for `ray job submit --address`
+    env: dict[str, str]
+    home: Home  # the shared storage: run folders, the model, pools
+    model: Path
+    space: Path
+
+
+def cluster_env() -> dict[str, str]:
+    """The environment of every process of the test cluster (nodes, driver, job client)."""
+    env = dict(os.environ)
+    for k in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RATIO_SEARCH_HOME", "CUDA_VISIBLE_DEVICES"):
+        env.pop(k, None)
+    env.update(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(32),
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # `ratio-search` for the Job's entrypoint
+        OMP_NUM_THREADS="1",
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A head (1 CPU, dashboard for Ray Jobs) and a second node (1 CPU), each with its own short
+    temp dir (unix socket paths must stay under 107 characters; and two nodes sharing one temp
+    dir would share, and delete, each other's Ray Jobs working dirs). The tiny model is built
+    while the head starts."""
+    root = Path(tempfile.mkdtemp(prefix="rsc-", dir="/tmp"))
+    env = cluster_env()
+    gcs, dash = free_port(), free_port()
+    nodes: list[Node] = []
+    t0 = time.monotonic()
+    try:
+        head = start_node(
+            [
+                "--head",
+                f"--port={gcs}",
+                "--num-cpus=1",
+                "--num-gpus=0",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dash}",
+                f"--ray-client-server-port={free_port()}",
+                f"--dashboard-agent-listen-port={free_port()}",
+            ],
+            root / "h",
+            env,
+        )
+        nodes.append(head)
+        home, model, space = make_tiny(tmp_path_factory.mktemp("cluster"))
+        head.wait_started()
+        worker = start_node(
+            [
+                f"--address=127.0.0.1:{gcs}",
+                "--num-cpus=1",
+                "--num-gpus=0",
+                f"--dashboard-agent-listen-port={free_port()}",
+            ],
+            root / "w",
+            env,
+        )
+        nodes.append(worker)
+        worker.wait_started()
+        print(f"\ncluster up in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+        yield Cluster(
+            head, worker, f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", env, home, model, space
+        )
+    finally:
+        t1 = time.monotonic()
+        left = stop_nodes(nodes)
+        print(f"cluster stopped in {time.monotonic() - t1:.1f} s", file=sys.stderr)
+        shutil.rmtree(root, ignore_errors=True)
+        assert not left, f"Ray processes left running after stopping the nodes: {left}"
+
+
+# ------------------------------------------------------------------------------ the search
+
+
+def search_args(home: Home, model: Path, space: Path, name: str, address: str) -> list[str]:
+    return ["ratio-search", "run", "--address", address, "--trials", "2", "--concurrency", "2",
+            "--cpus-per-trial", "1", "--space", str(space), "--model", str(model),
+            "--home", str(home.root), "--name", name, "--json"]  # fmt: skip
+
+
+def last_json(text: str) -> dict:
+    """The last line of ``text`` that is a JSON object (Ray Jobs wrap the output in log lines)."""
+    for line in reversed(text.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise AssertionError(f"no JSON object in the output:\n{text[-3000:]}")
+
+
+def check_spread(home: Home, name: str, out: dict, cluster: Cluster) -> None:
+    """Both trials finished, one on each node, both read the one pool from the shared home."""
+    assert out["name"] == name and out["state"] == "finished", out
+    assert out["n_trials"] == 2 and out["n_errors"] == 0, out
+    run_dir = home.runs / name
+    last: dict[str, dict] = {}
+    for line in (run_dir / "trials.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        last[rec["trial_id"]] = rec
+    assert len(last) == 2 and {r["state"] for r in last.values()} == {"TERMINATED"}, last
+    assert sorted(r["params"]["r"] for r in last.values()) == [0.25, 0.5]
+    nodes = {r["node_id"] for r in last.values()}
+    assert nodes == {cluster.head.node_id(), cluster.worker.node_id()}, (
+        f"trials ran on {nodes}; head {cluster.head.node_id()}, worker {cluster.worker.node_id()}"
+    )
+    keys = {r["pool_key"] for r in last.values()}
+    assert len(keys) == 1 and (home.pools / keys.pop() / "images.npy").is_file()
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["state"] == "finished" and info["ray"]["address"]
+
+
+def test_run_with_address_spreads_trials_over_both_nodes(cluster):
+    home, model, space = cluster.home, cluster.model, cluster.space
+    t0 = time.monotonic()
+    p = subprocess.run(
+        search_args(home, model, space, "spread", cluster.address),
+        capture_output=True,
+        text=True,
+        env=cluster.env,
+        timeout=300,
+    )
+    print(f"search on the cluster: {time.monotonic() - t0:.1f} s", file=sys.stderr)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout)  # stdout is the one JSON object
+    check_spread(home, "spread", out, cluster)
+    # MLflow got one child run per trial, tagged with the node it ran on
+    from ratio_search.tracking import SearchTracker
+
+    tracker = SearchTracker(out["tracking_uri"], run_dir=out["run_dir"])
+    children = tracker.children(out["mlflow_parent_run_id"])
+    assert len(children) == 2
+    assert {r.data.tags["node_id"] for r in children} == {
+        cluster.head.node_id(),
+        cluster.worker.node_id(),
+    }
+
+
+def test_ray_job_submit_runs_the_search_on_the_cluster(cluster):
+    """``ray job submit --working-dir REPO -- ratio-search run --address auto ...``: the code is
+    uploaded to the cluster, the driver runs on the head, the trials on both nodes."""
+    home, model, space = cluster.home, cluster.model, cluster.space
+    args = search_args(home, model, space, "job", "auto") + ["--no-tracking"]
+    t0 = time.monotonic()
+    p = subprocess.run(
+        [
+            RAY,
+            "job",
+            "submit",
+            "--address",
+            cluster.dashboard,
+            "--working-dir",
+            str(REPO),
+            "--",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=cluster.env,
+        timeout=300,
+    )
+    print(f"search as a Ray Job: {time.monotonic() - t0:.1f} s", file=sys.stderr)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    assert re.search(r"Job 'raysubmit_\w+' succeeded", p.stdout + p.stderr)
+    check_spread(home, "job", last_json(p.stdout), cluster)
