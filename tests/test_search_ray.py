@@ -12,7 +12,7 @@ import yaml
 
 from ratio_search.config import FinetuneConfig
 from ratio_search.home import Home
-from ratio_search.search.procs import find_ray_processes
+from ratio_search.search.procs import find_ray_processes, kill_ray_processes
 
 pytestmark = pytest.mark.slow
 
@@ -100,3 +100,48 @@ def test_search_end_to_end_with_a_failing_trial(tmp_path):
     # the run's Ray is gone, and its temp dir with it
     assert find_ray_processes(info["ray"]["temp_dir"]) == []
     assert not Path(info["ray"]["temp_dir"]).exists()
+
+
+def test_pools_prebuilt_as_one_ray_task_per_gpu(tmp_path):
+    """With GPUs, the space's pools are built as ``@ray.remote(num_gpus=1)`` tasks before the
+    trials. Ray's logical GPUs stand in for real ones here (the tasks then sample on the CPU)."""
+    import ray
+
+    from ratio_search.data import load_dataset
+    from ratio_search.diffusion.common import read_meta
+    from ratio_search.search.driver import build_pools, init_ray
+    from ratio_search.space import parse_space
+
+    home = Home.resolve(tmp_path / "home")
+    model = make_tiny_model(home, TINY_DATA)
+    space = parse_space(
+        {
+            "params": {
+                "r": {"type": "categorical", "choices": [0.0, 1.0]},
+                "guidance": {"type": "categorical", "choices": [1.0, 3.0]},
+            },
+            "fixed": {"steps": 2},
+            "data": TINY_DATA,
+        }
+    )
+    data = load_dataset(space.data_config(), home)
+    temp_dir = f"/tmp/rs-test-{tmp_path.name[-8:]}"
+    init_ray(temp_dir, None, num_cpus=2, num_gpus=2)
+    try:
+        built = build_pools(
+            home, space, data, str(model), read_meta(model), 8, gpus=2, progress=False
+        )
+    finally:
+        ray.shutdown()
+        kill_ray_processes(temp_dir)  # as the driver does: Ray's agents outlive shutdown() a while
+    assert sorted(r["guidance"] for r in built) == [1.0, 3.0]
+    assert all(r["generated"] and r["n"] == 8 for r in built)
+    assert all((home.pools / r["key"] / "images.npy").is_file() for r in built)
+    # the same grid again, serially here: every pool is a cache hit with the same key
+    again = build_pools(home, space, data, str(model), read_meta(model), 8, gpus=0, progress=False)
+    assert sorted(r["key"] for r in again) == sorted(r["key"] for r in built)
+    assert not any(r["generated"] for r in again)
+    assert find_ray_processes(temp_dir) == []
+    import shutil
+
+    shutil.rmtree(temp_dir, ignore_errors=True)
