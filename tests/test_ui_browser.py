@@ -225,3 +225,26 @@ def test_ui_server_takes_remote_writers(tmp_path: Path) -> None:
     assert [c.data.tags["ray_trial_id"] for c in local.children(parent)] == ["remote_00000"]
     pngs = list((home.mlruns / "artifacts").rglob("confusion_matrix.png"))
     assert len(pngs) == 1 and child.info.run_id in str(pngs[0])
+
+
+def test_ui_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RATIO_SEARCH_HOME")
+    }
+    base = [sys.executable, "-m", "ratio_search.cli", "ui", "--home", str(tmp_path / "home")]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = subprocess.run(
+            [*base, "--port", str(port)], capture_output=True, text=True, env=env, timeout=120
+        )
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert f"port {port} on 127.0.0.1 is already in use" in res.stderr
+
+    env["MLFLOW_TRACKING_URI"] = "http://tracking.example:5000"
+    res = subprocess.run(
+        [*base, "--port", str(_free_port())], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "MLFLOW_TRACKING_URI is http://tracking.example:5000" in res.stderr
