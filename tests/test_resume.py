@@ -61,9 +61,13 @@ def _finished_trials(run_dir: Path) -> int:
     return len(done)
 
 
-def test_kill_driver_then_resume(tmp_path):
-    home = Home.resolve(tmp_path / "home")
-    model = _tiny_model(home)
+@pytest.fixture(scope="module")
+def tiny_home(tmp_path_factory):
+    home = Home.resolve(tmp_path_factory.mktemp("home"))
+    return home, _tiny_model(home)
+
+
+def _space_file(tmp_path: Path) -> Path:
     space = {
         "params": {
             "r": {"type": "float", "low": 0.0, "high": 1.0, "step": 0.25},
@@ -73,8 +77,22 @@ def test_kill_driver_then_resume(tmp_path):
         "search": {"n_startup_trials": 2},
         "data": TINY_DATA,
     }
-    space_path = tmp_path / "space.yaml"
-    space_path.write_text(yaml.safe_dump(space))
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def _wait_for_a_finished_trial(driver: subprocess.Popen, run_dir: Path, log: Path) -> None:
+    deadline = time.time() + 400
+    while _finished_trials(run_dir) < 1:
+        assert driver.poll() is None, log.read_text()[-3000:]
+        assert time.time() < deadline, "no trial finished in time"
+        time.sleep(0.1)
+
+
+def test_kill_driver_then_resume(tmp_path, tiny_home):
+    home, model = tiny_home
+    space_path = _space_file(tmp_path)
     run_dir = home.runs / "rz"
     log = open(tmp_path / "run.log", "w")  # noqa: SIM115
     driver = subprocess.Popen(
@@ -96,11 +114,7 @@ def test_kill_driver_then_resume(tmp_path):
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.time() + 400
-        while _finished_trials(run_dir) < 1:
-            assert driver.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-            assert time.time() < deadline, "no trial finished in time"
-            time.sleep(0.1)
+        _wait_for_a_finished_trial(driver, run_dir, tmp_path / "run.log")
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(10)
     finally:
@@ -161,3 +175,53 @@ def test_kill_driver_then_resume(tmp_path):
     # a finished run is not resumed again
     p = subprocess.run(_cli(home, "resume", "rz"), capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "run rz is finished" in p.stderr
+
+
+def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(tmp_path, tiny_home):
+    home, model = tiny_home
+    run_dir = home.runs / "ri"
+    log_path = tmp_path / "run.log"
+    with open(log_path, "w") as log:
+        driver = subprocess.Popen(
+            _cli(
+                home,
+                "run",
+                "--space",
+                str(_space_file(tmp_path)),
+                "--trials",
+                str(N_TRIALS),
+                "--concurrency",
+                "1",
+                "--model",
+                str(model),
+                "--name",
+                "ri",
+                "--no-tracking",
+            ),  # fmt: skip
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_for_a_finished_trial(driver, run_dir, log_path)
+            os.kill(driver.pid, signal.SIGINT)  # what Ctrl-C sends
+            rc = driver.wait(120)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait()
+    text = log_path.read_text()
+    assert rc == 130, text[-3000:]
+    assert f"resume it with: ratio-search resume ri --home {home.root}" in text
+    assert "Traceback" not in text
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["state"] == "interrupted"
+    assert find_ray_processes(info["ray"]["temp_dir"]) == []
+    assert run_status(home, "ri")["done"] < N_TRIALS
+
+    p = subprocess.run(
+        _cli(home, "resume", "ri", "--json"), capture_output=True, text=True, timeout=600
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(p.stdout)["n_trials"] == N_TRIALS
+    st = run_status(home, "ri")
+    assert st["state"] == "finished" and st["done"] == N_TRIALS == len(st["trials"])

@@ -492,8 +492,11 @@ def _fit(
                 str(tune_dir), trainable=trainable, resume_errored=True, restart_errored=False
             )
         else:
-            if tune_dir.exists():  # a Tuner that never wrote its state: start it over
+            # A Tuner that never saved its state (stopped during the pool prebuild): start it
+            # over, and its Optuna study too (else the baselines would be queued twice).
+            if tune_dir.exists():
                 shutil.rmtree(tune_dir)
+            (run_dir / "optuna.db").unlink(missing_ok=True)
             tuner = _make_tuner(run_dir, info, space, trainable, callbacks)
         # SIGTERM (kill PID) stops like Ctrl-C: Tune saves its state and returns.
         if hasattr(signal, "SIGUSR1"):
@@ -580,6 +583,9 @@ def run_search(
     n_trials = int(n_trials or sp.default_trials())
     if n_trials < 1:
         raise ConfigError(f"--trials: must be >= 1, got {n_trials}")
+    # Inside a Ray Job (`ray job submit`) Ray sets RAY_ADDRESS: join that cluster, as ray.init()
+    # does (a private Ray with num_cpus would fail there: ray.init refuses both at once).
+    address = address or os.environ.get("RAY_ADDRESS") or None
     resources = resolve_resources(gpus, gpus_per_trial, cpus_per_trial, concurrency, address)
     if address:
         check_address(address, address_timeout)
