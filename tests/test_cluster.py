@@ -274,8 +274,8 @@ def cluster(tmp_path_factory):
 # ------------------------------------------------------------------------------ the search
 
 
-def search_args(home: Home, model: Path, space: Path, name: str, address: str) -> list[str]:
-    return ["ratio-search", "run", "--address", address, "--trials", "2", "--concurrency", "2",
+def search_args(home: Home, model: Path, space: Path, name: str, *extra: str) -> list[str]:
+    return ["ratio-search", "run", *extra, "--trials", "2", "--concurrency", "2",
             "--cpus-per-trial", "1", "--space", str(space), "--model", str(model),
             "--home", str(home.root), "--name", name, "--json"]  # fmt: skip
 
@@ -313,7 +313,7 @@ def test_run_with_address_spreads_trials_over_both_nodes(cluster):
     home, model, space = cluster.home, cluster.model, cluster.space
     t0 = time.monotonic()
     p = subprocess.run(
-        search_args(home, model, space, "spread", cluster.address),
+        search_args(home, model, space, "spread", "--address", cluster.address),
         capture_output=True,
         text=True,
         env=cluster.env,
@@ -336,10 +336,11 @@ def test_run_with_address_spreads_trials_over_both_nodes(cluster):
 
 
 def test_ray_job_submit_runs_the_search_on_the_cluster(cluster):
-    """``ray job submit --working-dir REPO -- ratio-search run --address auto ...``: the code is
-    uploaded to the cluster, the driver runs on the head, the trials on both nodes."""
+    """``ray job submit --working-dir REPO -- ratio-search run ...``: the code is uploaded to the
+    cluster, the driver runs on the head and joins the cluster through the RAY_ADDRESS that Ray
+    sets for a Job (no --address needed), the trials run on both nodes."""
     home, model, space = cluster.home, cluster.model, cluster.space
-    args = search_args(home, model, space, "job", "auto") + ["--no-tracking"]
+    args = search_args(home, model, space, "job", "--no-tracking")
     t0 = time.monotonic()
     p = subprocess.run(
         [
