@@ -269,6 +269,17 @@ class SearchTracker:
             self._experiment_id = get_or_create_experiment(
                 self.client, self.experiment_name, self.tracking_uri
             )
+            if self.tracking_uri.startswith(("http://", "https://")):
+                loc = self.client.get_experiment(self._experiment_id).artifact_location or ""
+                if loc.startswith(("file:", "/")):
+                    # Made by local runs before the store was served: MLflow clients write such
+                    # artifacts straight to that path, i.e. onto this machine's own disk.
+                    warnings.warn(
+                        f"experiment {self.experiment_name!r} keeps artifacts at {loc}, a local "
+                        "path: artifacts logged from other machines stay on their own disks "
+                        "(serve a fresh home, or one whose experiment the server created)",
+                        stacklevel=2,
+                    )
         return self._experiment_id
 
     def start_parent(
