@@ -721,8 +721,9 @@ def _confirm_line(c: dict[str, Any] | None) -> str:
     ch, base = c["test"]["chosen"], c["test"]["baseline"]
     tm = "test_" + m.removeprefix("val_")
     text = f"\nconfirmed over {len(c['seeds'])} seeds: chosen {c['chosen']['label']}"
-    if tm in ch and tm in base:
+    if tm in ch:
         text += f"; test {tm.removeprefix('test_')} {ch[tm]['mean']:.4f} ± {ch[tm]['half_width']:.4f}"
+    if tm in ch and tm in base and not c["chosen"].get("is_baseline"):
         text += f" vs {base[tm]['mean']:.4f} ± {base[tm]['half_width']:.4f} at R=0"
     u = c["usable_ratio"]
     flag = "" if u["confirmed"] else " (unconfirmed)"

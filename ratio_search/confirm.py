@@ -146,27 +146,33 @@ def select_candidates(
     mode: str,
     top_k: int,
 ) -> tuple[list[Candidate], Candidate]:
-    """The ``top_k`` best distinct configurations of the finished trials, and the R = 0 baseline.
+    """The ``top_k`` best distinct configurations with R > 0 of the finished trials, and R = 0.
 
     ``trials`` are trials.jsonl records (the last per trial id); ``full_config(params)`` turns a
     trial's params into its complete config. Configurations are compared by
     :func:`config_signature`; a configuration tried twice counts once, with its best trial. The
-    baseline is the best configuration's config with R = 0 (so it differs from it in R alone).
+    baseline is the best trial's config with R = 0 (so it differs from the best in R alone); it
+    is always confirmed, and never takes one of the ``top_k`` places.
     """
     sign = 1.0 if mode == "max" else -1.0
     done = []
     for tid, rec in trials.items():
         value = _metric_value(rec, metric)
         if rec.get("state") == "TERMINATED" and value is not None:
-            done.append((sign * value, str(tid), rec, value))
+            cfg = full_config(rec.get("params") or {})
+            done.append((sign * value, str(tid), rec, value, cfg))
     if not done:
         raise SearchError(f"no finished trial with a finite {metric}: nothing to confirm")
     done.sort(key=lambda t: (-t[0], t[1]))
-    seen: set[tuple] = set()
+    base_cfg = dict(done[0][4], r=0.0)
+    base = Candidate(label_of(base_cfg), base_cfg, "baseline")
+    base_sig = config_signature(base_cfg)
+    seen: set[tuple] = {base_sig}
     top: list[Candidate] = []
-    for _, tid, rec, value in done:
-        cfg = full_config(rec.get("params") or {})
+    for _, tid, rec, value, cfg in done:
         sig = config_signature(cfg)
+        if sig == base_sig and base.trial_id is None:  # the search's own R = 0 trial
+            base.trial_id, base.trial_value = tid, value
         if sig in seen:
             continue
         seen.add(sig)
@@ -174,14 +180,6 @@ def select_candidates(
             top.append(
                 Candidate(label_of(cfg), cfg, "top", tid, value, rec.get("pool_key") or None)
             )
-    base_cfg = dict(top[0].config, r=0.0)
-    base = Candidate(label_of(base_cfg), base_cfg, "baseline")
-    base_sig = config_signature(base_cfg)
-    for _, tid, rec, value in done:  # the search's own R = 0 trial, if it ran one
-        if config_signature(full_config(rec.get("params") or {})) == base_sig:
-            base.trial_id, base.trial_value = tid, value
-            break
-    top = [c for c in top if config_signature(c.config) != base_sig]
     return top, base
 
 
@@ -750,6 +748,15 @@ def _track(
 # ------------------------------------------------------------------------------ for export
 
 
+def read_trial_params(home: Home, name: str) -> dict[str, dict[str, Any]]:
+    """``{trial_id: params}`` of run ``name`` (from trials.jsonl)."""
+    from .search.runs import find_run, read_trials
+
+    return {
+        tid: dict(rec.get("params") or {}) for tid, rec in read_trials(find_run(home, name)).items()
+    }
+
+
 def export_with_confirmation(
     home: Home,
     name: str,
@@ -770,14 +777,23 @@ def export_with_confirmation(
     chosen = next(c for c in result["configurations"] if c["label"] == result["chosen"]["label"])
     exported = doc["expected"].get("trial_id")
     notes = doc["expected"].setdefault("notes", [])
-    if trial_id is None and chosen.get("trial_id") and chosen["trial_id"] != exported:
+    ctx = confirm_kwargs.get("context")
+    if ctx is None:
+        from .search.runs import find_run, read_run_json
+
+        folder = find_run(home, name)
+        ctx = RunContext(home, folder, read_run_json(folder))
+    trials = read_trial_params(home, name)
+    exported_cfg = ctx.full_config(trials.get(str(exported), {}))
+    same = config_signature(exported_cfg) == config_signature(result["chosen"]["config"])
+    if trial_id is None and chosen.get("trial_id") and not same:
         doc = build_export(home, name, trial_id=chosen["trial_id"])
         notes = doc["expected"].setdefault("notes", [])
         notes.append(
             f"exported trial {chosen['trial_id']} ({chosen['label']}), the best after confirmation, "
             f"instead of the best single trial {exported}"
         )
-    elif trial_id is None and not chosen.get("trial_id"):
+    elif trial_id is None and not chosen.get("trial_id") and not same:
         notes.append(
             f"the confirmation chose {chosen['label']}, which the search never ran as a trial; "
             f"the exported trial is the best single trial {exported}"

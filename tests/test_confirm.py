@@ -318,3 +318,38 @@ def test_export_with_confirmation_exports_the_confirmed_choice(tmp_path):
         home, "run1", trial_id="t4", n_seeds=3, context=FakeContext(), track=False
     )
     assert doc["expected"]["trial_id"] == "t4"
+
+
+def test_best_trial_at_r0_still_confirms_k_synthetic_configurations(tmp_path):
+    from ratio_search.config import Config, save_config
+    from ratio_search.confirm import export_with_confirmation
+
+    # R = 0 ran three times (the baselines) and is the best; k = 1 must still confirm an R > 0.
+    trials = [({"r": 0.0}, 0.86, "TERMINATED")] * 3 + [({"r": 0.5}, 0.80, "TERMINATED")]
+    home = make_run(tmp_path, trials)
+    save_config(Config(), home.runs / "run1" / "config.yaml")
+    doc = export_with_confirmation(
+        home, "run1", top_k=1, n_seeds=2, context=FakeContext(), track=False
+    )
+    roles = [(c["role"], c["params"]["r"]) for c in doc["expected"]["confirm"]["configurations"]]
+    assert ("top", 0.5) in roles and ("baseline", 0.0) in roles
+    # TRUE[0.5] = 0.853 > TRUE[0] = 0.85: R = 0.5 is chosen after all, and exported.
+    assert doc["expected"]["confirm"]["chosen"]["params"]["r"] == 0.5
+    assert doc["train"]["r"] == 0.5
+
+
+def test_export_keeps_the_trial_when_the_choice_is_the_same_configuration(tmp_path):
+    from ratio_search.config import Config, save_config
+    from ratio_search.confirm import export_with_confirmation
+
+    trials = [
+        ({"r": 0.0}, 0.90, "TERMINATED"),
+        ({"r": 0.0}, 0.90, "TERMINATED"),
+        ({"r": 1.0}, 0.5, "TERMINATED"),
+    ]
+    home = make_run(tmp_path, trials)
+    save_config(Config(), home.runs / "run1" / "config.yaml")
+    doc = export_with_confirmation(home, "run1", n_seeds=2, context=FakeContext(), track=False)
+    assert doc["expected"]["confirm"]["chosen"]["is_baseline"]
+    assert doc["expected"]["trial_id"] == "t0"  # the earliest of the two identical R = 0 trials
+    assert not any("instead of" in n for n in doc["expected"]["notes"])
