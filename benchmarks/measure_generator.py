@@ -86,6 +86,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200, help="generated CNV images per guidance")
     ap.add_argument("--steps", type=int, default=25, help="DDIM steps")
     ap.add_argument("--scheduler", default="ddim")
+    ap.add_argument(
+        "--eta", type=float, nargs="+", help="DDIM eta values to compare (default: the model's)"
+    )
     ap.add_argument("--from-scratch", action="store_true", help="fine-tune without the base model")
     ap.add_argument("--base-model", help="another tiny base model folder")
     ap.add_argument("--max-steps", type=int, help="fine-tune steps (default: FinetuneConfig's)")
@@ -123,7 +126,9 @@ def main() -> None:
 
     model = load_model(info.path, home)
     rows = []
-    for g in args.guidance:
+    settings = [(g, eta) for eta in (args.eta or [model.ddim_eta]) for g in args.guidance]
+    for g, eta in settings:
+        model.ddim_eta = eta
         t0 = time.time()
         x = model.sample(args.n, 0, guidance=g, steps=args.steps, scheduler=args.scheduler, seed=0)
         secs = time.time() - t0
@@ -131,6 +136,7 @@ def main() -> None:
         st = intensity(x)
         row = {
             "guidance": g,
+            "ddim_eta": eta,
             "called_cnv": round(called, 4),
             **st,
             "mean_rel_err": round(abs(st["mean"] - real["mean"]) / real["mean"], 4),
@@ -138,7 +144,7 @@ def main() -> None:
             "seconds_per_image": round(secs / args.n, 4),
         }
         rows.append(row)
-        print(f"guidance {g:>4}: called CNV {called:.3f}  mean {st['mean']:.3f} "
+        print(f"guidance {g:>4} eta {eta:g}: called CNV {called:.3f}  mean {st['mean']:.3f} "
               f"({100 * row['mean_rel_err']:.1f} % off)  sd {st['sd']:.3f} ({100 * row['sd_rel_err']:.1f} % off)  "
               f"pixel-var {st['pixel_var_across_images']:.4f}  {row['seconds_per_image']:.3f} s/image")  # fmt: skip
     result = {

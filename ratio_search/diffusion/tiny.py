@@ -32,10 +32,10 @@ from .common import (
     ModelInfo,
     file_hash,
     hashed_config,
+    image_seed,
     load_checkpoint,
     model_hash,
     package_versions,
-    per_image_noise,
     read_meta,
     save_checkpoint,
     save_grid,
@@ -57,6 +57,12 @@ SCHEDULER_CONFIG = {
     "clip_sample": True,
     "timestep_spacing": "trailing",
 }
+
+# DDIM's eta: 0 is the deterministic ODE sampler, 1 adds fresh noise at every step (DDPM-like).
+# Measured on the phantom (base_model/TRAINING.md): with 25 steps the deterministic sampler leaves
+# some images as pure noise and more of them flat and too bright; the stochastic one does not.
+# The noise of image i still comes only from its own generator seeded by (seed, i).
+DDIM_ETA = 1.0
 
 # A UNet of about ten thousand parameters, for tests (pass as ``unet_config=TEST_UNET``).
 TEST_UNET: dict[str, Any] = {
@@ -113,6 +119,7 @@ def resolve(
     resolved["unet"] = tiny_unet_config(len(data.class_names), resolution, channels, unet_overrides)
     resolved["scheduler"] = dict(SCHEDULER_CONFIG)
     resolved["hflip"] = True  # B-scans of left and right eyes are mirror images of each other
+    resolved["ddim_eta"] = DDIM_ETA  # sampling behaviour is part of the model (and its pools)
     if cfg.from_scratch:
         return resolved, None
     base = _base_dir(cfg)
@@ -369,6 +376,7 @@ class TinyModel(GenerativeModel):
         self.image_size = int(meta.get("image_size") or unet.config.sample_size)
         self.channels = int(unet.config.in_channels)
         self.class_names = [str(c) for c in meta["class_names"]]
+        self.ddim_eta = float(meta.get("config", {}).get("ddim_eta", DDIM_ETA))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TinyModel:
@@ -421,10 +429,18 @@ class TinyModel(GenerativeModel):
             stop = min(n, start + batch_size)
             sched = _scheduler(scheduler, self.scheduler_config)  # fresh: multistep state
             sched.set_timesteps(steps)
-            x = per_image_noise(seed, start, stop, shape).to(device) * sched.init_noise_sigma
+            # one generator per image, seeded by (seed, i): its initial noise, then its step noise
+            gens = [torch.Generator().manual_seed(image_seed(seed, i)) for i in range(start, stop)]
+            x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
+            x = x * sched.init_noise_sigma
+            stochastic = scheduler == "ddim" and self.ddim_eta > 0
             for t in sched.timesteps:
                 eps = self._eps(sched.scale_model_input(x, t), t, class_index, guidance)
-                x = sched.step(eps, t, x).prev_sample
+                if stochastic:
+                    z = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
+                    x = sched.step(eps, t, x, eta=self.ddim_eta, variance_noise=z).prev_sample
+                else:
+                    x = sched.step(eps, t, x).prev_sample
             out[start:stop] = to_uint8(x)
             bar.update(stop - start)
         bar.close()
