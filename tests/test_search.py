@@ -272,9 +272,11 @@ def test_run_json_is_written_atomically(tmp_path):
     runs_mod.write_run_json(tmp_path, {"name": "x", "state": "running"})
     assert json.loads((tmp_path / "run.json").read_text())["state"] == "running"
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temp file left
-    with pytest.raises(ValueError):  # NaN is not JSON: refused, the old file stays
-        runs_mod.write_run_json(tmp_path, {"name": "x", "state": float("nan")})
-    assert json.loads((tmp_path / "run.json").read_text())["state"] == "running"
+    # NaN is not JSON: written as null, so that every reader can parse the file
+    runs_mod.write_run_json(
+        tmp_path, {"name": "x", "state": "running", "stats": [float("nan"), 1.0]}
+    )
+    assert json.loads((tmp_path / "run.json").read_text())["stats"] == [None, 1.0]
 
 
 def test_ray_temp_dir_is_short_and_per_run(tmp_path):

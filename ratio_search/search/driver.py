@@ -157,6 +157,20 @@ def init_ray(
     )
 
 
+def cluster_shortfall(res: dict[str, Any], nodes: list[dict[str, Any]]) -> str | None:
+    """What a joined cluster lacks for this search, or None: more ``--gpus`` than it has, or one
+    trial (``--cpus-per-trial`` + ``--gpus-per-trial``) bigger than every node. ``nodes``: the
+    ``Resources`` dicts of its live nodes (``ray.nodes()``)."""
+    total = sum(float(n.get("GPU", 0)) for n in nodes)
+    if res["gpus"] > total + 1e-9:
+        return f"--gpus {res['gpus']} asked for, the Ray cluster has {total:g} GPUs"
+    cpu, gpu = res["cpus_per_trial"], res["gpus_per_trial"]
+    if not any(float(n.get("CPU", 0)) >= cpu and float(n.get("GPU", 0)) >= gpu for n in nodes):
+        sizes = ", ".join(f"{n.get('CPU', 0):g} CPU + {n.get('GPU', 0):g} GPU" for n in nodes)
+        return f"one trial needs {cpu:g} CPU + {gpu:g} GPU and no node has that ({sizes})"
+    return None
+
+
 def pool_size(space: Space, data: Any) -> int:
     """Images per pool: enough for the largest R the space asks for (``fixed.pool_size`` if larger).
 
@@ -462,6 +476,12 @@ def _fit(
             res["gpus"],
             opts.get("address_timeout", 5.0),
         )
+        if opts.get("address"):
+            # Ray waits, silently, for resources a cluster lacks; say so. A warning, not an
+            # error: an autoscaling cluster adds the nodes a pending request asks for.
+            short = cluster_shortfall(res, [n["Resources"] for n in ray.nodes() if n["Alive"]])
+            if short:
+                _say(True, f"warning: {short}; the search waits until the cluster has them")
         if info.get("model_path") and not info.get("pools_built"):
             build_pools(
                 home,

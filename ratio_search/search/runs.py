@@ -56,11 +56,22 @@ def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def _finite(obj: Any) -> Any:
+    """NaN / inf (e.g. in a model's training stats) become None: run.json stays strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_run_json(folder: Path, info: dict[str, Any]) -> None:
     """Write run.json atomically (temp file + rename), stamping ``updated``."""
     info["updated"] = now_iso()
     tmp = folder / f".{RUN_JSON}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(info, indent=2, default=str, allow_nan=False) + "\n")
+    tmp.write_text(json.dumps(_finite(info), indent=2, default=str, allow_nan=False) + "\n")
     os.replace(tmp, folder / RUN_JSON)
 
 
