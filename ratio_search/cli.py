@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, help="number of trials (default: the space's n_trials)")
     p.add_argument("--name", help="run name (default: search-YYYYmmdd-HHMMSS); its folder is runs/NAME")
     p.add_argument("--resume", action="store_true", help="resume run --name NAME instead (same as: resume NAME)")
-    p.add_argument("--gpus", type=int, help="GPUs to use (default: all CUDA devices here); checked to exist")
+    p.add_argument("--gpus", type=int,
+                   help="GPUs to use (default: all CUDA devices here, checked to exist; with --address: 0 unless given)")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (default 1 with GPUs)")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default 1)")
     p.add_argument("--concurrency", type=int, help="trials at once (default: what fits; at most 2 without GPUs)")
