@@ -39,8 +39,6 @@ import yaml
 
 from ratio_search.home import Home
 
-pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: `ray` and `ratio-search` live there
 RAY = str(BIN / "ray")
@@ -309,6 +307,7 @@ def check_spread(home: Home, name: str, out: dict, cluster: Cluster) -> None:
     assert info["state"] == "finished" and info["ray"]["address"]
 
 
+@pytest.mark.slow
 def test_run_with_address_spreads_trials_over_both_nodes(cluster):
     home, model, space = cluster.home, cluster.model, cluster.space
     t0 = time.monotonic()
@@ -335,6 +334,7 @@ def test_run_with_address_spreads_trials_over_both_nodes(cluster):
     }
 
 
+@pytest.mark.slow
 def test_ray_job_submit_runs_the_search_on_the_cluster(cluster):
     """``ray job submit --working-dir REPO -- ratio-search run ...``: the code is uploaded to the
     cluster, the driver runs on the head and joins the cluster through the RAY_ADDRESS that Ray
@@ -363,3 +363,47 @@ def test_ray_job_submit_runs_the_search_on_the_cluster(cluster):
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     assert re.search(r"Job 'raysubmit_\w+' succeeded", p.stdout + p.stderr)
     check_spread(home, "job", last_json(p.stdout), cluster)
+
+
+@pytest.mark.slow
+def test_asking_for_gpus_the_cluster_lacks_is_said_not_silent(cluster):
+    """Ray would wait, without a word, for GPUs the cluster does not have: the driver says so
+    (a warning: an autoscaling cluster would add them), and stops on SIGTERM."""
+    home, model, space = cluster.home, cluster.model, cluster.space
+    args = search_args(home, model, space, "no-gpus", "--address", cluster.address)
+    args += ["--gpus", "1", "--gpus-per-trial", "0.5", "--no-tracking"]
+    p = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                         env=cluster.env)  # fmt: skip
+    seen = []
+    try:
+        deadline = time.monotonic() + 120
+        for line in p.stderr:
+            seen.append(line)
+            if "warning:" in line or time.monotonic() > deadline:
+                break
+    finally:
+        p.terminate()
+        p.wait(timeout=30)
+    warning = [ln for ln in seen if "warning:" in ln]
+    assert warning, "".join(seen)[-3000:]
+    assert "--gpus 1 asked for, the Ray cluster has 0 GPUs" in warning[0]
+    assert "waits until the cluster has them" in warning[0]
+
+
+def test_cluster_shortfall_names_what_is_missing():
+    from ratio_search.search.driver import cluster_shortfall
+
+    res = {"gpus": 0, "cpus_per_trial": 1.0, "gpus_per_trial": 0.0}
+    two = [{"CPU": 1.0}, {"CPU": 1.0, "GPU": 0.0}]
+    assert cluster_shortfall(res, two) is None
+    assert cluster_shortfall(dict(res, gpus=1), two) == (
+        "--gpus 1 asked for, the Ray cluster has 0 GPUs"
+    )
+    gpu_nodes = [{"CPU": 8.0, "GPU": 4.0}, {"CPU": 2.0, "GPU": 8.0}]
+    assert cluster_shortfall(dict(res, gpus=12, gpus_per_trial=0.25), gpu_nodes) is None
+    assert cluster_shortfall(dict(res, gpus=13), gpu_nodes).endswith("has 12 GPUs")
+    # 4 CPUs and 8 GPUs for one trial: each is on some node, but not both on one
+    msg = cluster_shortfall(dict(res, gpus=8, cpus_per_trial=4.0, gpus_per_trial=8.0), gpu_nodes)
+    assert msg == (
+        "one trial needs 4 CPU + 8 GPU and no node has that (8 CPU + 4 GPU, 2 CPU + 8 GPU)"
+    )
