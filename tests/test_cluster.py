@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -374,16 +375,22 @@ def test_asking_for_gpus_the_cluster_lacks_is_said_not_silent(cluster):
     args += ["--gpus", "1", "--gpus-per-trial", "0.5", "--no-tracking"]
     p = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                          env=cluster.env)  # fmt: skip
-    seen = []
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(p.stderr), daemon=True)
+    reader.start()
     try:
-        deadline = time.monotonic() + 120
-        for line in p.stderr:
-            seen.append(line)
-            if "warning:" in line or time.monotonic() > deadline:
-                break
+        deadline = time.monotonic() + 120  # the driver prints it within about 20 s here
+        while not any("warning:" in ln for ln in seen) and time.monotonic() < deadline:
+            assert p.poll() is None, "".join(seen)[-3000:]
+            time.sleep(0.2)
     finally:
         p.terminate()
-        p.wait(timeout=30)
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=10)
+    reader.join(timeout=10)
     warning = [ln for ln in seen if "warning:" in ln]
     assert warning, "".join(seen)[-3000:]
     assert "--gpus 1 asked for, the Ray cluster has 0 GPUs" in warning[0]
