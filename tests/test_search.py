@@ -392,3 +392,28 @@ def test_cli_status_json_and_table(tmp_path):
     assert p.returncode == 0 and "s1" in p.stdout and "1/3" in p.stdout
     p = _cli("status", "s1", home=tmp_path)
     assert p.returncode == 0 and "0.7500" in p.stdout and "TERMINATED" in p.stdout
+
+
+def test_trials_lost_in_a_crash_are_marked_and_not_counted(tmp_path, monkeypatch):
+    """A trial the killed driver started after its last experiment snapshot is unknown to the
+    restored experiment: marked LOST in trials.jsonl, not shown or counted by status."""
+    import types
+
+    import ray.tune
+
+    from ratio_search.search.driver import _forget_lost_trials
+
+    home = Home.resolve(tmp_path)
+    rec = lambda tid, state: {"trial_id": tid, "state": state, "params": {"r": 0.5}, "metrics": {}}  # noqa: E731
+    folder = _fake_run(
+        home, "c", "running", [rec("a", "TERMINATED"), rec("b", "RUNNING"), rec("x", "RUNNING")]
+    )
+    trials = [types.SimpleNamespace(trial_id=t) for t in ("a", "b")]
+    monkeypatch.setattr(
+        ray.tune, "ExperimentAnalysis", lambda path: types.SimpleNamespace(trials=trials)
+    )
+    assert _forget_lost_trials(folder, tracker=None) == 1
+    st = run_status(home, "c")
+    assert [t["trial_id"] for t in st["trials"]] == ["a", "b"]
+    assert st["counts"]["LOST"] == 1 and st["done"] == 1
+    assert _forget_lost_trials(folder, tracker=None) == 0  # idempotent
