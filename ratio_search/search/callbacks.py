@@ -169,6 +169,9 @@ class ProgressCallback(Callback):
             )
         self.done += 1
         v = self.last.get(trial.trial_id, {}).get(self.metric)
+        if v is None:  # restored after its last epoch: no new result, its metric is on file
+            rec = runs.read_trials(Path(self.run_dir)).get(str(trial.trial_id), {})
+            v = (rec.get("metrics") or {}).get(self.metric)
         if what == "done" and isinstance(v, float) and math.isfinite(v):
             if self.best is None or (v > self.best if self.mode == "max" else v < self.best):
                 self.best = v
