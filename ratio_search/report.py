@@ -340,6 +340,11 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return html.escape(str(v))
 
 
+def _g(v: Any) -> Any:
+    """Settings (R, guidance) as written, not padded to 4 decimals."""
+    return f"{v:g}" if isinstance(v, int | float) and not isinstance(v, bool) else v
+
+
 def _table(header: list[str], rows: list[list[Any]], left: int = 1) -> str:
     th = "".join(
         f'<th class="{"l" if i < left else ""}">{html.escape(h)}</th>' for i, h in enumerate(header)
@@ -593,7 +598,7 @@ def _pool_table(home: Home, rows: list[dict[str, Any]], metric: str, mode: str) 
             m = {}
         q = m.get("quality") or {}
         out.append([
-            key, m.get("guidance"), m.get("steps"), m.get("n"), len(values), max(values, key=lambda v: sign * v),
+            key, _g(m.get("guidance")), m.get("steps"), m.get("n"), len(values), max(values, key=lambda v: sign * v),
             q.get("fd"), q.get("kid"), q.get("precision"), q.get("recall"), q.get("c2st"),
             q.get("memorisation"), q.get("label_agreement"),
         ])  # fmt: skip
@@ -676,7 +681,7 @@ def _page(
         )
         parts.append(_table(
             ["R", "value", "runs", "confirmed", "95 % CI low", "95 % CI high", "generation"],
-            [[p["r"], p["value"], p["n"], p["confirmed"], (p.get("interval") or {}).get("low"),
+            [[_g(p["r"]), p["value"], p["n"], p["confirmed"], (p.get("interval") or {}).get("low"),
               (p.get("interval") or {}).get("high"), p.get("group")] for p in usable["points"]],
             left=0,
         ))  # fmt: skip
@@ -741,7 +746,7 @@ def _page(
     parts.append("<h2>Trials</h2>")
     parts.append(_table(
         ["trial", "R", "guidance", "steps", metric, "pool"],
-        [[r["trial_id"], r["r"], r["guidance"], r["steps"], r["value"], r["pool_key"]] for r in rows],
+        [[r["trial_id"], _g(r["r"]), _g(r["guidance"]), r["steps"], r["value"], r["pool_key"]] for r in rows],
     ))  # fmt: skip
     parts.append("</body></html>")
     return "\n".join(parts)
