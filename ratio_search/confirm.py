@@ -657,13 +657,16 @@ def _trial_config_at(
 
 
 def _plain(obj: Any) -> Any:
-    """YAML-safe: tuples to lists, numpy scalars to Python, NaN kept as float('nan')."""
+    """YAML- and strict-JSON-safe: tuples to lists, numpy scalars to Python, NaN/inf to None
+    (an interval of one run has no bounds; ``null`` says so in best.yaml and in ``--json``)."""
     if isinstance(obj, Mapping):
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [_plain(v) for v in obj]
     if isinstance(obj, np.generic):
-        return obj.item()
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
     return obj
 
 

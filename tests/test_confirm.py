@@ -353,3 +353,11 @@ def test_export_keeps_the_trial_when_the_choice_is_the_same_configuration(tmp_pa
     assert doc["expected"]["confirm"]["chosen"]["is_baseline"]
     assert doc["expected"]["trial_id"] == "t0"  # the earliest of the two identical R = 0 trials
     assert not any("instead of" in n for n in doc["expected"]["notes"])
+
+
+def test_confirm_result_is_strict_json(tmp_path):
+    # A trial-only R (one run, no interval) must not put NaN into best.yaml / --json output.
+    home = make_run(tmp_path, TRIALS)
+    out = confirm(home, "run1", n_seeds=2, usable_rounds=0, context=FakeContext(), track=False)
+    text = json.dumps(out, allow_nan=False)  # raises on NaN
+    assert '"low": null' in text  # the unconfirmed single-trial points have no interval bounds
