@@ -179,3 +179,20 @@ def test_report_unknown_run_is_one_line(tmp_path, capsys):
     assert main(["report", "nope", "--home", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "unknown run 'nope'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_report_of_a_search_without_finished_trials(tmp_path):
+    home = Home(tmp_path)
+    folder = home.runs / "empty"
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(
+        json.dumps({"name": "empty", "state": "running", "metric": "val_accuracy"})
+    )
+    rec = {"trial_id": "a", "state": "RUNNING", "params": {"r": 0.3}, "metrics": {}}
+    (folder / "trials.jsonl").write_text(json.dumps(rec) + "\n")
+    out = build_report(
+        home, "empty", context=type("Ctx", (), {"full_config": staticmethod(dict)})(), track=False
+    )
+    page = open(out["html"]).read()
+    assert out["best_r"] is None and out["n_trials"] == 0 and out["pngs"] == []
+    assert "No finished trial" in page
