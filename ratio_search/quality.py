@@ -127,7 +127,8 @@ def train_feature_extractor(
     widths: Sequence[int] = (16, 32, 64),
     fc: int = 128,
     holdout: float = 0.1,
-    device: str = "cpu",
+    max_per_class: int | None = 2000,
+    device: str = "auto",
 ) -> FeatureExtractor:
     """Train a SimpleCNN on the **real** training images only and wrap it as a feature extractor.
 
@@ -135,8 +136,13 @@ def train_feature_extractor(
     Epochs are raised until at least ``min_steps`` optimisation steps are taken (a few hundred
     real images make few batches per epoch). A stratified ``holdout`` share of the training
     images is kept out to report the extractor's accuracy (``info["holdout_accuracy"]``), so that a
-    useless feature space is visible.
+    useless feature space is visible. At most ``max_per_class`` images per class are used (a
+    seeded subset), which bounds the one-off cost on a large dataset such as OCT2017.
+    ``device``: ``auto`` means CUDA when available; the extractor then computes features there.
     """
+    from .home import resolve_device
+
+    device = resolve_device(device)
     train_x = np.asarray(train_x)
     train_y = np.asarray(train_y).astype(np.int64)
     if len(train_x) < 4:
@@ -144,6 +150,16 @@ def train_feature_extractor(
             f"feature extractor: need at least 4 real training images, got {len(train_x)}"
         )
     rng = np.random.default_rng(seed)
+    if max_per_class is not None:
+        keep = []
+        for c in np.unique(train_y):
+            idx = np.flatnonzero(train_y == c)
+            if len(idx) > max_per_class:
+                idx = np.sort(rng.choice(idx, size=max_per_class, replace=False))
+            keep.append(idx)
+        keep_idx = np.sort(np.concatenate(keep))
+        if len(keep_idx) < len(train_x):
+            train_x, train_y = train_x[keep_idx], train_y[keep_idx]
     val_idx: list[int] = []
     for c in np.unique(train_y):
         idx = np.flatnonzero(train_y == c)

@@ -343,3 +343,9 @@ def test_pools_quality_cli(tmp_path, capsys):
     assert rows[0]["status"] == "computed" and 0.0 <= q["c2st"] <= 1.0 and q["fd"] > 0
     assert q["mlflow_run_id"]  # logged as a pool job
     assert main(["pools", "--quality", "--keys", "nope", "--home", str(tmp_path)]) == 2
+
+
+def test_extractor_caps_images_per_class():
+    x, y = two_class_images(n=48)
+    fe = train_feature_extractor(x, y, 2, max_per_class=10, device="cpu", **TINY)
+    assert fe.info["n_train"] == 18  # 10 per class, 1 per class held out
