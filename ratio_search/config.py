@@ -64,6 +64,10 @@ class TrainConfig:
     lr: float = _f(1e-3, "Adam learning rate (the study's)", lo=0.0)
     seed: int = _f(0, "seed for mixing, initialisation and shuffling")
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+    # CPU kernels sum in a thread-count-dependent order, so bit-exact repeats need the same count.
+    threads: int = _f(
+        0, "torch CPU threads (0: torch's default); a search trial uses its CPU share", lo=0
+    )
 
 
 @dataclass

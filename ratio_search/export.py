@@ -220,6 +220,9 @@ def build_export(home: Home, name: str, trial_id: str | None = None) -> dict[str
         # A scheduler (ASHA) stopped the trial: its metric is the one after `epoch` epochs.
         train["epochs"] = epoch
     train["device"] = "auto"
+    # The trial trained with torch threads = its CPU share; the same count repeats it bit for bit.
+    resources = (info.get("options") or {}).get("resources") or {}
+    train["threads"] = max(1, int(float(resources.get("cpus_per_trial") or 1)))
     config_from_dict({"train": train})  # fail here, not in `train`, if a value is invalid
 
     pool_key = rec.get("pool_key") or None

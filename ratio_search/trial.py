@@ -59,19 +59,27 @@ def run_trial(
         cfg.seed,
     )
     device = resolve_device(cfg.device)
-    result = train_classifier(
-        mixed.x,
-        mixed.y,
-        data.val_x,
-        data.val_y,
-        cfg,
-        n_classes=len(data.class_names),
-        device=device,
-        report=report,
-        state=state,
-        positive_label=data.synthetic_label,
-        **model_kwargs,
-    )
+    import torch
+
+    threads_before = torch.get_num_threads()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    try:
+        result = train_classifier(
+            mixed.x,
+            mixed.y,
+            data.val_x,
+            data.val_y,
+            cfg,
+            n_classes=len(data.class_names),
+            device=device,
+            report=report,
+            state=state,
+            positive_label=data.synthetic_label,
+            **model_kwargs,
+        )
+    finally:
+        torch.set_num_threads(threads_before)
     # Counted from the per-image flags, so they mean the same whatever mix() reports per class.
     n_train = int(len(mixed.y))
     n_synthetic = int(np.asarray(mixed.is_synthetic).sum())

@@ -330,3 +330,20 @@ def test_resume_state_survives_a_weights_only_torch_save(tmp_path):
     state = torch.load(tmp_path / "state.pt", weights_only=True)
     resumed = train_classifier(x, y, x, y, cfg, n_classes=2, state=state, **TINY)
     assert resumed.metrics == straight.metrics
+
+
+def test_trial_threads_are_fixed_for_training_then_restored():
+    # CPU kernels reduce in a thread-count-dependent order; `threads` pins it so that an exported
+    # trial (trained with its CPU share) repeats bit for bit from the command line.
+    data = toy_dataset()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        a = run_trial(tiny_cfg(epochs=2, threads=1), data, None, **TINY)
+        assert torch.get_num_threads() == 2  # the caller's setting comes back
+        torch.set_num_threads(1)
+        b = run_trial(tiny_cfg(epochs=2, threads=1), data, None, **TINY)
+    finally:
+        torch.set_num_threads(before)
+    assert a["metrics"]["val_loss"] == b["metrics"]["val_loss"]
+    assert a["history"] == b["history"]

@@ -52,7 +52,7 @@ class LazyModel:
 
 def train_config(cfg: dict[str, Any], device: str) -> TrainConfig:
     """The TrainConfig of one trial config (sampled + fixed values)."""
-    fields = ("r", "mode", "arch", "epochs", "batch_size", "lr", "seed")
+    fields = ("r", "mode", "arch", "epochs", "batch_size", "lr", "seed", "threads")
     return TrainConfig(**{k: cfg[k] for k in fields if k in cfg}, device=device)
 
 
