@@ -47,13 +47,15 @@ BASE_DIR = Path(__file__).resolve().parent.parent / "base_model"
 BASE_CLASSES = ["CNV", "NORMAL"]
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
-# The noise schedule of every tiny model. Cosine betas reach (almost) zero signal at t = T, and
-# "trailing" timestep spacing makes sampling start there; with the default "leading" spacing a
-# 25-step sampler starts at t = 961, where images with a dark mean still leak a bright, flat bias.
+# The noise schedule of every tiny model. Cosine betas reach (almost) zero signal at t = T and
+# "trailing" timestep spacing makes sampling start there. At (near) zero signal an epsilon-model
+# cannot estimate an image's mean brightness (x0 = (x_t - sqrt(1-abar) eps) / sqrt(abar) divides by
+# ~0): measured, its per-image brightness followed the initial noise's, too bright and too varied.
+# v-prediction (Salimans & Ho 2022; Lin et al. 2023) predicts about -x0 there, which it can learn.
 SCHEDULER_CONFIG = {
     "num_train_timesteps": 1000,
     "beta_schedule": "squaredcos_cap_v2",
-    "prediction_type": "epsilon",
+    "prediction_type": "v_prediction",
     "clip_sample": True,
     "timestep_spacing": "trailing",
 }
@@ -253,6 +255,7 @@ def train(
     noise_sched = _scheduler("ddpm", resolved["scheduler"])
     alphas = noise_sched.alphas_cumprod.to(device)
     n_timesteps = noise_sched.config.num_train_timesteps
+    v_target = noise_sched.config.prediction_type == "v_prediction"
 
     # The training split only, as [-1, 1] floats on the device (small: thousands of small images).
     train_x = np.array(data.train_x)  # a writable copy of the (memory-mapped) cache
@@ -321,7 +324,10 @@ def train(
         a = alphas[t][:, None, None, None]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         pred = unet(xt, t, class_labels=labels).sample
-        loss = F.mse_loss(pred, noise)
+        if v_target:  # v = sqrt(abar) * noise - sqrt(1 - abar) * x0
+            loss = F.mse_loss(pred, a.sqrt() * noise - (1 - a).sqrt() * x0)
+        else:
+            loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
