@@ -9,7 +9,9 @@ from pathlib import Path
 from .errors import RatioSearchError
 from .home import Home
 
-KINDS = ("runs", "pools", "models", "cache")
+KINDS = ("runs", "pools", "models", "cache", "data")
+# Shown by `clean` without arguments but not removed entry by entry: the MLflow store is one db.
+SHOWN = (*KINDS, "mlruns")
 
 
 @dataclass
@@ -43,7 +45,7 @@ def human_size(n: float) -> str:
 
 def store_sizes(home: Home) -> dict[str, int]:
     """Size in bytes of each store under the home (missing stores count 0)."""
-    return {k: dir_size(getattr(home, k)) if getattr(home, k).exists() else 0 for k in KINDS}
+    return {k: dir_size(getattr(home, k)) if getattr(home, k).exists() else 0 for k in SHOWN}
 
 
 def find_targets(home: Home, kinds: list[str], names: list[str] | None = None) -> list[Target]:

@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("clean", help="remove run folders, pools, models or the data cache")
     p.add_argument("--home", help="home directory (default: cwd)")
     p.add_argument("what", nargs="*", default=[], metavar="STORE",
-                   help="stores to clean: runs, pools, models, cache (none: show sizes)")
+                   help="stores to clean: runs, pools, models, cache, data (none: show sizes)")
     p.add_argument("--name", nargs="+", help="only these run names / pool keys / model hashes")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     p.add_argument("--json", action="store_true", help="print one JSON object")

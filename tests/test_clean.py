@@ -25,7 +25,14 @@ def _populate(root):
 
 def test_sizes_and_selective_removal(tmp_path):
     home = _populate(tmp_path)
-    assert store_sizes(home) == {"runs": 2000, "pools": 1000, "models": 1000, "cache": 0}
+    assert store_sizes(home) == {
+        "runs": 2000,
+        "pools": 1000,
+        "models": 1000,
+        "cache": 0,
+        "data": 0,
+        "mlruns": 0,
+    }
     targets = find_targets(home, ["runs"], ["a"])
     assert [t.name for t in targets] == ["a"]
     assert remove(targets) == 1000
