@@ -226,3 +226,22 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
     rc = main(["finetune", "--home", str(tmp_path), "--export-base"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "--from-scratch" in err and len(err.splitlines()) == 1
+
+
+def test_cli_finetune_trains_then_hits_the_cache(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    arrays = {}
+    for split, n in (("train", 8), ("val", 40), ("test", 4)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 16, 16), dtype=np.uint8)
+        arrays[f"{split}_labels"] = np.arange(n) % 2
+    np.savez(tmp_path / "d.npz", class_names=np.array(["CNV", "NORMAL"]), **arrays)
+    argv = ["finetune", "--home", str(tmp_path), "--data", str(tmp_path / "d.npz"),
+            "--image-size", "16", "--from-scratch", "--max-steps", "1", "--batch-size", "2",
+            "--json"]  # fmt: skip
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["cached"] is False and first["training"]["steps"] == 1
+    assert (tmp_path / "models" / first["hash"] / "meta.json").is_file()
+    assert main(argv) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["cached"] is True and second["hash"] == first["hash"]
