@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import DataConfig, FinetuneConfig, GenerateConfig
+from .config import Config, DataConfig, FinetuneConfig
 from .home import Home
 
 STAGES = ("data", "finetune", "generate", "search", "export", "report")
@@ -44,6 +44,7 @@ def run_demo(
     from .diffusion import finetune
     from .pools import generate
     from .search import run_search
+    from .search.driver import pool_size
     from .space import load_space
 
     say = _stage_printer(progress)
@@ -64,7 +65,11 @@ def run_demo(
 
     say(3, "generate: the pools of generated CNV images the quick space can ask for")
     t = time.perf_counter()
-    pools = generate(home, GenerateConfig(), model=str(model.path), space=space, progress=progress)
+    # The same pool size the search computes, so that the search finds every pool cached.
+    n = pool_size(space, data)
+    pools = generate(
+        home, Config(data=data_cfg), model=str(model.path), space=space, n=n, progress=progress
+    )
     timings["generate"] = time.perf_counter() - t
 
     say(4, "search: Ray Tune + Optuna over R, guidance and steps, tracked in MLflow")
