@@ -30,7 +30,11 @@ def _emit(args: argparse.Namespace, obj: dict[str, Any], human: str) -> None:
 
 def _overrides(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, Any]:
     """Collect CLI flags into config overrides: ``{"dest": "section.key"}``."""
-    return {key: getattr(args, dest) for dest, key in mapping.items() if getattr(args, dest, None) is not None}
+    return {
+        key: getattr(args, dest)
+        for dest, key in mapping.items()
+        if getattr(args, dest, None) is not None
+    }
 
 
 # Flags shared by every command that reads a dataset.
@@ -46,17 +50,29 @@ DATA_FLAGS = {
 
 
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="image folder (train/val/test/CLASS/*) or .npz file; default: phantom")
-    p.add_argument("--source", choices=["imagefolder", "npz", "phantom"], help="data source (default: from --data)")
+    p.add_argument(
+        "--data", help="image folder (train/val/test/CLASS/*) or .npz file; default: phantom"
+    )
+    p.add_argument(
+        "--source",
+        choices=["imagefolder", "npz", "phantom"],
+        help="data source (default: from --data)",
+    )
     p.add_argument("--classes", nargs="+", help="class folders to use, in label order")
-    p.add_argument("--synthetic-class", help="class that receives synthetic images (default: first)")
+    p.add_argument(
+        "--synthetic-class", help="class that receives synthetic images (default: first)"
+    )
     p.add_argument("--image-size", type=int, help="resize to S x S (default 32)")
     p.add_argument("--max-per-class", type=int, help="cap on real training images per class")
-    p.add_argument("--skip-bad-images", action="store_true", default=None, help="skip unreadable images")
+    p.add_argument(
+        "--skip-bad-images", action="store_true", default=None, help="skip unreadable images"
+    )
 
 
 def _common(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
-    p.add_argument("--home", help="home directory for mlruns/, runs/, models/, pools/ (default: cwd)")
+    p.add_argument(
+        "--home", help="home directory for mlruns/, runs/, models/, pools/ (default: cwd)"
+    )
     p.add_argument("--config", help="YAML config (sections data, train, finetune, generate)")
     if json_flag:
         p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -96,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--seed", type=int, help="seed")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--out", help="folder for the resolved config and metrics (default: runs/train-...)")
+    p.add_argument(
+        "--out", help="folder for the resolved config and metrics (default: runs/train-...)"
+    )
     p.epilog = (
         "--config YAML: sections data, train, finetune, generate (as in config.py), plus optional "
         "`pool:` (key or folder, relative to the YAML's folder; or {key|path: ..., n: N}) and "
@@ -108,8 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     # clean
     p = sub.add_parser("clean", help="remove run folders, pools, models or the data cache")
     p.add_argument("--home", help="home directory (default: cwd)")
-    p.add_argument("what", nargs="*", default=[], metavar="STORE",
-                   help="stores to clean: runs, pools, models, cache, data (none: show sizes)")
+    p.add_argument(
+        "what",
+        nargs="*",
+        default=[],
+        metavar="STORE",
+        help="stores to clean: runs, pools, models, cache, data (none: show sizes)",
+    )
     p.add_argument("--name", nargs="+", help="only these run names / pool keys / model hashes")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -119,84 +142,177 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="fine-tune the diffusion generator once (the upfront job)")
     _common(p)
     _add_data_flags(p)
-    p.add_argument("--backend", choices=["tiny", "stable-diffusion"], help="diffusion backend (default tiny)")
-    p.add_argument("--base-model", help="stable-diffusion: local diffusers pipeline; tiny: another base model folder")
+    p.add_argument(
+        "--backend", choices=["tiny", "stable-diffusion"], help="diffusion backend (default tiny)"
+    )
+    p.add_argument(
+        "--base-model",
+        help="stable-diffusion: local diffusers pipeline; tiny: another base model folder",
+    )
     p.add_argument("--max-steps", type=int, help="optimisation steps")
     p.add_argument("--batch-size", type=int, help="batch size")
     p.add_argument("--lr", type=float, help="AdamW learning rate")
-    p.add_argument("--resolution", type=int, help="training resolution (default: tiny = image size, stable-diffusion = 512)")
+    p.add_argument(
+        "--resolution",
+        type=int,
+        help="training resolution (default: tiny = image size, stable-diffusion = 512)",
+    )
     p.add_argument("--ema-decay", type=float, help="EMA decay of the saved weights")
     p.add_argument("--seed", type=int, help="seed of the fine-tune")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted fine-tune from its last checkpoint")
-    p.add_argument("--from-scratch", action="store_true", default=None, help="tiny: do not start from the bundled base model")
-    p.add_argument("--export-base", action="store_true",
-                   help="tiny: train the bundled base model on the phantom 'base' set (with --from-scratch)")
-    p.add_argument("--n-per-class", type=int, default=4000, help="--export-base: phantom images per class")
-    p.add_argument("--max-minutes", type=float, help="--export-base: stop (and save) after this many minutes")
-    p.add_argument("--out", help="--export-base: output folder (default: the package's base_model/)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted fine-tune from its last checkpoint",
+    )
+    p.add_argument(
+        "--from-scratch",
+        action="store_true",
+        default=None,
+        help="tiny: do not start from the bundled base model",
+    )
+    p.add_argument(
+        "--export-base",
+        action="store_true",
+        help="tiny: train the bundled base model on the phantom 'base' set (with --from-scratch)",
+    )
+    p.add_argument(
+        "--n-per-class", type=int, default=4000, help="--export-base: phantom images per class"
+    )
+    p.add_argument(
+        "--max-minutes", type=float, help="--export-base: stop (and save) after this many minutes"
+    )
+    p.add_argument(
+        "--out", help="--export-base: output folder (default: the package's base_model/)"
+    )
     p.set_defaults(handler=cmd_finetune)
 
     # generate / pools
-    p = sub.add_parser("generate", help="build cached pools of generated images (one, or a space's grid)")
+    p = sub.add_parser(
+        "generate", help="build cached pools of generated images (one, or a space's grid)"
+    )
     _common(p)
     _add_data_flags(p)
-    p.add_argument("--model", default="latest",
-                   help="model folder, model hash, or 'latest' (newest fine-tuned on this data; default)")
+    p.add_argument(
+        "--model",
+        default="latest",
+        help="model folder, model hash, or 'latest' (newest fine-tuned on this data; default)",
+    )
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (>= 0)")
     p.add_argument("--steps", type=int, help="sampling steps (>= 1)")
-    p.add_argument("--n", type=int, help="images per pool (default: the space's pool_size, else 200)")
+    p.add_argument(
+        "--n", type=int, help="images per pool (default: the space's pool_size, else 200)"
+    )
     p.add_argument("--seed", type=int, help="seed of the pool")
     p.add_argument("--scheduler", choices=["ddim", "dpm-solver++"], help="sampler (default ddim)")
-    p.add_argument("--postprocess", choices=["none", "histogram-match"],
-                   help="histogram-match: match each image's intensities to the real class's")
+    p.add_argument(
+        "--postprocess",
+        choices=["none", "histogram-match"],
+        help="histogram-match: match each image's intensities to the real class's",
+    )
     p.add_argument("--batch-size", type=int, help="images per forward pass")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--space", help="search space YAML (path or bundled name): build its whole pool grid")
-    p.add_argument("--from-folder", metavar="DIR", help="import a folder of images from another generator as a pool")
+    p.add_argument(
+        "--space", help="search space YAML (path or bundled name): build its whole pool grid"
+    )
+    p.add_argument(
+        "--from-folder",
+        metavar="DIR",
+        help="import a folder of images from another generator as a pool",
+    )
     p.add_argument("--name", help="--from-folder: a label for the imported pool")
     p.set_defaults(handler=cmd_generate)
 
     p = sub.add_parser("pools", help="list the cached pools of generated images and their size")
     p.add_argument("--home", help="home directory (default: cwd)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--quality", action="store_true",
-                   help="measure each pool against the real images: FD, KID, precision/recall, C2ST, memorisation")
-    p.add_argument("--keys", nargs="+", metavar="KEY", help="--quality: only these pools (keys or names)")
-    p.add_argument("--feature-extractor", metavar="PATH",
-                   help="--quality: your own SimpleCNN weights (.safetensors or torch) as the feature space")
-    p.add_argument("--force", action="store_true", help="--quality: measure again even if figures exist")
+    p.add_argument(
+        "--quality",
+        action="store_true",
+        help="measure each pool against the real images: FD, KID, precision/recall, C2ST, memorisation",
+    )
+    p.add_argument(
+        "--keys", nargs="+", metavar="KEY", help="--quality: only these pools (keys or names)"
+    )
+    p.add_argument(
+        "--feature-extractor",
+        metavar="PATH",
+        help="--quality: your own SimpleCNN weights (.safetensors or torch) as the feature space",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="--quality: measure again even if figures exist"
+    )
     p.set_defaults(handler=cmd_pools)
 
     # data info: decode + cache a dataset and show its splits (shares `dsub` with `data phantom`)
-    q = dsub.add_parser("info", help="load a dataset (decoding and caching it once) and show its splits")
+    q = dsub.add_parser(
+        "info", help="load a dataset (decoding and caching it once) and show its splits"
+    )
     _common(q)
     _add_data_flags(q)
     q.set_defaults(handler=cmd_data_info)
 
     # run / resume / status: the search service
-    p = sub.add_parser("run", help="search R, guidance and steps (Ray Tune + Optuna, tracked in MLflow)")
+    p = sub.add_parser(
+        "run", help="search R, guidance and steps (Ray Tune + Optuna, tracked in MLflow)"
+    )
     _common(p)
     _add_data_flags(p)
-    p.add_argument("--space", default="default",
-                   help="search space YAML: a path or a bundled name (default, reference_grid, quick)")
+    p.add_argument(
+        "--space",
+        default="default",
+        help="search space YAML: a path or a bundled name (default, reference_grid, quick)",
+    )
     p.add_argument("--trials", type=int, help="number of trials (default: the space's n_trials)")
-    p.add_argument("--name", help="run name (default: search-YYYYmmdd-HHMMSS); its folder is runs/NAME")
-    p.add_argument("--resume", action="store_true", help="resume run --name NAME instead (same as: resume NAME)")
-    p.add_argument("--gpus", type=int,
-                   help="GPUs to use (default: all CUDA devices here, checked to exist; with --address: 0 unless given)")
-    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (default 1 with GPUs)")
+    p.add_argument(
+        "--name", help="run name (default: search-YYYYmmdd-HHMMSS); its folder is runs/NAME"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="resume run --name NAME instead (same as: resume NAME)",
+    )
+    p.add_argument(
+        "--gpus",
+        type=int,
+        help="GPUs to use (default: all CUDA devices here, checked to exist; with --address: 0 unless given)",
+    )
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        help="GPUs per trial, fractions allowed (default 1 with GPUs)",
+    )
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default 1)")
-    p.add_argument("--concurrency", type=int, help="trials at once (default: what fits; at most 2 without GPUs)")
-    p.add_argument("--scheduler", choices=["fifo", "asha"], default="fifo",
-                   help="asha stops poor trials early (by epoch); fifo runs every trial to the end")
-    p.add_argument("--metric", help="objective (default: the space's; val_accuracy, val_f1, val_loss, ...)")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        help="trials at once (default: what fits; at most 2 without GPUs)",
+    )
+    p.add_argument(
+        "--scheduler",
+        choices=["fifo", "asha"],
+        default="fifo",
+        help="asha stops poor trials early (by epoch); fifo runs every trial to the end",
+    )
+    p.add_argument(
+        "--metric", help="objective (default: the space's; val_accuracy, val_f1, val_loss, ...)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
-    p.add_argument("--address", help="join a running Ray cluster (HOST:PORT or auto) instead of starting one")
-    p.add_argument("--model", default="latest",
-                   help="generator folder or 'latest' (newest fine-tuned on this data; fine-tuned now if none)")
-    p.add_argument("--tracking-uri", help="MLflow store (default: sqlite in HOME/mlruns, or $MLFLOW_TRACKING_URI)")
-    p.add_argument("--no-tracking", action="store_true", help="do not write MLflow runs (trials.jsonl only)")
+    p.add_argument(
+        "--address", help="join a running Ray cluster (HOST:PORT or auto) instead of starting one"
+    )
+    p.add_argument(
+        "--model",
+        default="latest",
+        help="generator folder or 'latest' (newest fine-tuned on this data; fine-tuned now if none)",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow store (default: sqlite in HOME/mlruns, or $MLFLOW_TRACKING_URI)",
+    )
+    p.add_argument(
+        "--no-tracking", action="store_true", help="do not write MLflow runs (trials.jsonl only)"
+    )
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("resume", help="continue an interrupted or crashed search where it stopped")
@@ -205,60 +321,122 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_resume)
 
-    p = sub.add_parser("status", help="trials of a search and the best so far; without NAME: all searches")
+    p = sub.add_parser(
+        "status", help="trials of a search and the best so far; without NAME: all searches"
+    )
     p.add_argument("name", nargs="?", help="run name (default: list every search)")
     p.add_argument("--home", help="home directory (default: cwd)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_status)
 
     # export
-    p = sub.add_parser("export", help="write the best trial of a search as best.yaml (train --config)")
+    p = sub.add_parser(
+        "export", help="write the best trial of a search as best.yaml (train --config)"
+    )
     p.add_argument("name", help="run name")
     p.add_argument("--out", default="best.yaml", help="output YAML (default: best.yaml)")
     p.add_argument("--trial", help="export this trial id instead of the best one")
     p.add_argument("--home", help="home directory (default: cwd)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--no-confirm", action="store_true",
-                   help="skip the multi-seed confirmation and the test split (export the best single trial)")
-    p.add_argument("--confirm-seeds", type=int, default=5, metavar="S", help="seeds per confirmed configuration (default 5)")
-    p.add_argument("--top-k", type=int, default=3, metavar="K", help="configurations to confirm besides R=0 (default 3)")
-    p.add_argument("--tolerance", type=float, default=0.01, metavar="T",
-                   help="usable synthetic ratio: largest R within T of the best (metric units; default 0.01 = 1 point)")
-    p.add_argument("--confirm-r", type=float, nargs="+", metavar="R", help="also confirm these R values (chosen generation settings)")
+    p.add_argument(
+        "--no-confirm",
+        action="store_true",
+        help="skip the multi-seed confirmation and the test split (export the best single trial)",
+    )
+    p.add_argument(
+        "--confirm-seeds",
+        type=int,
+        default=5,
+        metavar="S",
+        help="seeds per confirmed configuration (default 5)",
+    )
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=3,
+        metavar="K",
+        help="configurations to confirm besides R=0 (default 3)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        metavar="T",
+        help="usable synthetic ratio: largest R within T of the best (metric units; default 0.01 = 1 point)",
+    )
+    p.add_argument(
+        "--confirm-r",
+        type=float,
+        nargs="+",
+        metavar="R",
+        help="also confirm these R values (chosen generation settings)",
+    )
     p.set_defaults(handler=cmd_export)
 
     # ui
     p = sub.add_parser("ui", help="start the MLflow UI on this home's tracking store")
     p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--server", action="store_true",
-                   help="start `mlflow server` (artifact proxy, many writers) for a team; "
-                        "searches then pass --tracking-uri http://HOST:PORT")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to bind (default: 127.0.0.1, this machine only)",
+    )
+    p.add_argument(
+        "--server",
+        action="store_true",
+        help="start `mlflow server` (artifact proxy, many writers) for a team; "
+        "searches then pass --tracking-uri http://HOST:PORT",
+    )
     p.add_argument("--home", help="home directory (default: cwd)")
     p.set_defaults(handler=cmd_ui)
 
     # report
-    p = sub.add_parser("report", help="write a self-contained HTML report of a search (figures, answer, pool quality)")
+    p = sub.add_parser(
+        "report",
+        help="write a self-contained HTML report of a search (figures, answer, pool quality)",
+    )
     p.add_argument("name", help="run name")
     p.add_argument("--out", help="output folder (default: runs/NAME/report)")
-    p.add_argument("--best", help="best.yaml holding the confirmation (default: runs/NAME/best.yaml, ./best.yaml)")
-    p.add_argument("--tolerance", type=float, default=0.01,
-                   help="usable ratio tolerance when there is no confirmation (default 0.01 = 1 point)")
-    p.add_argument("--grid", type=int, default=16, metavar="N", help="images per best/worst grid (0: none; default 16)")
-    p.add_argument("--classifier", metavar="PATH",
-                   help="your own real-trained SimpleCNN weights to rank generated images (default: trained once)")
+    p.add_argument(
+        "--best",
+        help="best.yaml holding the confirmation (default: runs/NAME/best.yaml, ./best.yaml)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        help="usable ratio tolerance when there is no confirmation (default 0.01 = 1 point)",
+    )
+    p.add_argument(
+        "--grid",
+        type=int,
+        default=16,
+        metavar="N",
+        help="images per best/worst grid (0: none; default 16)",
+    )
+    p.add_argument(
+        "--classifier",
+        metavar="PATH",
+        help="your own real-trained SimpleCNN weights to rank generated images (default: trained once)",
+    )
     p.add_argument("--home", help="home directory (default: cwd)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_report)
 
     # demo
-    p = sub.add_parser("demo", help="the whole pipeline on the embedded phantom data (what `make demo` runs)")
+    p = sub.add_parser(
+        "demo", help="the whole pipeline on the embedded phantom data (what `make demo` runs)"
+    )
     p.add_argument("--home", help="home directory (default: cwd)")
     p.add_argument("--name", help="search name (default: demo-<timestamp>)")
     p.add_argument("--trials", type=int, help="trials (default: the quick space's budget, 12)")
     p.add_argument("--concurrency", type=int, default=2, help="trials at a time (default 2)")
-    p.add_argument("--confirm-seeds", type=int, default=3, help="seeds per confirmed configuration (default 3)")
-    p.add_argument("--top-k", type=int, default=2, help="configurations confirmed besides R=0 (default 2)")
+    p.add_argument(
+        "--confirm-seeds", type=int, default=3, help="seeds per confirmed configuration (default 3)"
+    )
+    p.add_argument(
+        "--top-k", type=int, default=2, help="configurations confirmed besides R=0 (default 2)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_demo)
 
@@ -309,18 +487,24 @@ def cmd_train(args: argparse.Namespace) -> None:
     def report(epoch: int, metrics: dict[str, Any], state: dict[str, Any]) -> None:
         if not bars:
             bars.append(tqdm(total=cfg.train.epochs, desc="train", unit="epoch", disable=args.json))
-        bars[0].set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['accuracy']:.3f}", refresh=False)
+        bars[0].set_postfix(
+            loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['accuracy']:.3f}", refresh=False
+        )
         bars[0].update(1)
 
     try:
-        pool, pool_n = (args.pool, args.pool_n) if args.pool else (yaml_pool, args.pool_n or yaml_pool_n)
+        pool, pool_n = (
+            (args.pool, args.pool_n) if args.pool else (yaml_pool, args.pool_n or yaml_pool_n)
+        )
         res = train_from_config(cfg, Home.resolve(args.home), pool, args.out, report, pool_n)
     finally:
         for bar in bars:
             bar.close()
     m = res["metrics"]
     auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
-    skipped = f"; skipped {res['skipped_images']} unreadable image(s)" if res["skipped_images"] else ""
+    skipped = (
+        f"; skipped {res['skipped_images']} unreadable image(s)" if res["skipped_images"] else ""
+    )
     if res["pool"] and res["pool"]["skipped"]:
         skipped += f"; skipped {res['pool']['skipped']} unreadable pool image(s)"
     _emit(
@@ -403,7 +587,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         cached = False
     else:
         if args.max_minutes is not None:
-            raise RatioSearchError("--max-minutes is only for --export-base (a fine-tune is cached by its steps)")
+            raise RatioSearchError(
+                "--max-minutes is only for --export-base (a fine-tune is cached by its steps)"
+            )
         from .data import load_dataset
 
         data = load_dataset(cfg.data, home)
@@ -503,7 +689,9 @@ def cmd_pools_quality(args: argparse.Namespace, home: Any) -> None:
         if not args.json:
             print(msg, file=sys.stderr)
 
-    rows = pools_quality(home, args.keys, extractor_path=args.feature_extractor, force=args.force, progress=say)
+    rows = pools_quality(
+        home, args.keys, extractor_path=args.feature_extractor, force=args.force, progress=say
+    )
     if args.json:
         _emit(args, {"pools": rows}, "")
         return
@@ -563,7 +751,9 @@ def cmd_data_info(args: argparse.Namespace) -> None:
     notes.append(f"cache {ds.info['cache']}: {ds.info['cache_dir']}")
     human = (
         f"{ds.info['source']} {ds.info['path']}: {ds.image_size} px, {ds.channels} channel(s), key {ds.key}\n"
-        + "\n".join(lines) + "\n" + "\n".join(notes)
+        + "\n".join(lines)
+        + "\n"
+        + "\n".join(notes)
     )
     _emit(args, obj, human)
 
@@ -574,7 +764,9 @@ def _search_human(s: dict[str, Any]) -> str:
     if s.get("n_errors"):
         line += f" ({s['n_errors']} failed)"
     if best:
-        params = ", ".join(f"{k}={best['params'][k]}" for k in ("r", "guidance", "steps") if k in best["params"])
+        params = ", ".join(
+            f"{k}={best['params'][k]}" for k in ("r", "guidance", "steps") if k in best["params"]
+        )
         line += f"; best {s['metric']} {best['metric']:.4f} at {params}"
     line += f"; run folder {s['run_dir']}"
     return line
@@ -659,7 +851,9 @@ def cmd_status(args: argparse.Namespace) -> None:
             t.add_column(col)
         for r in rows:
             best = "" if r["best_metric"] is None else f"{r['metric']} {r['best_metric']:.4f}"
-            t.add_row(r["name"], str(r["state"]), f"{r['done']}/{r['n_trials']}", best, str(r["created"]))
+            t.add_row(
+                r["name"], str(r["state"]), f"{r['done']}/{r['n_trials']}", best, str(r["created"])
+            )
         console.print(t)
         return
     s = run_status(home, args.name)
@@ -723,12 +917,16 @@ def _confirm_line(c: dict[str, Any] | None) -> str:
     tm = "test_" + m.removeprefix("val_")
     text = f"\nconfirmed over {len(c['seeds'])} seeds: chosen {c['chosen']['label']}"
     if tm in ch:
-        text += f"; test {tm.removeprefix('test_')} {ch[tm]['mean']:.4f} ± {ch[tm]['half_width']:.4f}"
+        text += (
+            f"; test {tm.removeprefix('test_')} {ch[tm]['mean']:.4f} ± {ch[tm]['half_width']:.4f}"
+        )
     if tm in ch and tm in base and not c["chosen"].get("is_baseline"):
         text += f" vs {base[tm]['mean']:.4f} ± {base[tm]['half_width']:.4f} at R=0"
     u = c["usable_ratio"]
     flag = "" if u["confirmed"] else " (unconfirmed)"
-    return text + f"; usable synthetic ratio {u['r']:g}{flag} (within {u['tolerance']:g} of the best)"
+    return (
+        text + f"; usable synthetic ratio {u['r']:g}{flag} (within {u['tolerance']:g} of the best)"
+    )
 
 
 def cmd_ui(args: argparse.Namespace) -> None:
@@ -754,8 +952,14 @@ def cmd_ui(args: argparse.Namespace) -> None:
         else:
             print(f"MLflow UI at {url} (store {uri}); Ctrl-C stops it", flush=True)
 
-    serve_ui(uri, host=args.host, port=args.port, server=args.server,
-             log_path=home.mlruns / "ui.log", on_ready=ready)
+    serve_ui(
+        uri,
+        host=args.host,
+        port=args.port,
+        server=args.server,
+        log_path=home.mlruns / "ui.log",
+        on_ready=ready,
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> None:
