@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RatioSearchError
-from .home import Home
+from .home import Home, dir_size
 
 KINDS = ("runs", "pools", "models", "cache", "data")
 # Shown by `clean` without arguments but not removed entry by entry: the MLflow store is one db.
@@ -22,17 +22,6 @@ class Target:
     name: str
     path: Path
     size: int
-
-
-def dir_size(path: Path) -> int:
-    """Bytes on disk below ``path`` (files only; links are not followed)."""
-    if path.is_file():
-        return path.stat().st_size
-    total = 0
-    for p in path.rglob("*"):
-        if p.is_file() and not p.is_symlink():
-            total += p.stat().st_size
-    return total
 
 
 def human_size(n: float) -> str:

@@ -48,6 +48,22 @@ class Home:
         return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlruns / 'mlflow.db'}"
 
 
+def dir_size(path: Path) -> int:
+    """Bytes on disk below ``path`` (or of the file itself); links are not followed or counted."""
+    if path.is_file() and not path.is_symlink():
+        return path.stat().st_size
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            full = os.path.join(root, f)
+            try:
+                if not os.path.islink(full):
+                    total += os.lstat(full).st_size
+            except OSError:
+                pass  # removed while we looked
+    return total
+
+
 def resolve_device(device: str = "auto") -> str:
     """``auto`` means CUDA when available, else CPU."""
     if device != "auto":

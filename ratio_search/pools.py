@@ -46,7 +46,7 @@ from filelock import FileLock
 
 from .config import GenerateConfig
 from .errors import ConfigError, PoolError
-from .home import Home
+from .home import Home, dir_size
 
 POOL_FORMAT = 1
 SCHEDULERS = ("ddim", "dpm-solver++")
@@ -608,17 +608,6 @@ def import_folder_pool(
 # ------------------------------------------------------------------------- listing the store
 
 
-def _dir_size(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(root, f)).st_size
-            except OSError:
-                pass  # removed while we looked
-    return total
-
-
 def list_pools(home: Home) -> list[dict[str, Any]]:
     """Every complete pool in the store, oldest first, with its size on disk in bytes."""
     if not home.pools.is_dir():
@@ -647,7 +636,7 @@ def list_pools(home: Home) -> list[dict[str, Any]]:
                 "seed": m.get("seed"),
                 "image_size": m.get("image_size"),
                 "created": m.get("created_at"),
-                "size_bytes": _dir_size(p),
+                "size_bytes": dir_size(p),
                 "path": str(p),
             }
         )
@@ -657,7 +646,7 @@ def list_pools(home: Home) -> list[dict[str, Any]]:
 
 def pool_store_size(home: Home) -> int:
     """Bytes under ``<home>/pools`` (pools, plus any temp directories being written)."""
-    return _dir_size(home.pools) if home.pools.is_dir() else 0
+    return dir_size(home.pools) if home.pools.is_dir() else 0
 
 
 # ------------------------------------------------------------ prebuilding a search space's grid
