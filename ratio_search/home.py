@@ -64,6 +64,21 @@ def dir_size(path: Path) -> int:
     return total
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (and is not a zombie)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def resolve_device(device: str = "auto") -> str:
     """``auto`` means CUDA when available, else CPU."""
     if device != "auto":

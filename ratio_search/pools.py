@@ -46,7 +46,7 @@ from filelock import FileLock
 
 from .config import GenerateConfig
 from .errors import ConfigError, PoolError
-from .home import Home, dir_size
+from .home import Home, dir_size, pid_alive
 
 POOL_FORMAT = 1
 SCHEDULERS = ("ddim", "dpm-solver++")
@@ -256,16 +256,6 @@ def load_pool(home: Home, key_or_path: str | os.PathLike, n: int | None = None) 
 # --------------------------------------------------------------------------- writing a pool
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
-
-
 def _clean_stale(pools_dir: Path, key: str | None = None) -> list[Path]:
     """Remove temp/old directories left by dead builders; returns what was removed.
 
@@ -286,7 +276,7 @@ def _clean_stale(pools_dir: Path, key: str | None = None) -> list[Path]:
             age = now - p.stat().st_mtime
         except (IndexError, ValueError, OSError):
             continue
-        dead = p_key == key and not _pid_alive(pid)
+        dead = p_key == key and not pid_alive(pid)
         if dead or age > STALE_TMP_SECONDS:
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)

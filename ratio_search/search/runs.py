@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SearchError
-from ..home import Home
+from ..home import Home, pid_alive
 
 RUN_JSON = "run.json"
 TRIALS_JSONL = "trials.jsonl"
@@ -221,18 +221,3 @@ def list_runs(home: Home) -> list[dict[str, Any]]:
             }
         )
     return sorted(out, key=lambda r: str(r["created"]))
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (and is not a zombie)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
