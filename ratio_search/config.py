@@ -68,6 +68,9 @@ class TrainConfig:
     threads: int = _f(
         0, "torch CPU threads (0: torch's default); a search trial uses its CPU share", lo=0
     )
+    # The study's CNN is 16/32/64 conv channels + 128 hidden units; tests shrink it to stay fast.
+    widths: list[int] = _f([16, 32, 64], "classifier conv channels per block", lo=1)
+    fc: int = _f(128, "classifier hidden units", lo=1)
 
 
 @dataclass
@@ -111,6 +114,61 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
 
+# The GenerateConfig fields that pick a trial's pool of generated images.
+POOL_FIELDS = ("guidance", "steps", "scheduler", "postprocess")
+# Flat trial-config names that are not the field's own name.
+_FLAT_ALIASES = {"pool_size": ("generate", "n"), "pool_seed": ("generate", "seed")}
+
+
+@dataclass
+class TrialConfig:
+    """One trial's whole configuration: how its classifier trains and which pool it draws from.
+
+    Search trials, confirmation runs and ``best.yaml`` all describe a trial with this record.
+    Its flat form (:meth:`to_flat`, :meth:`from_flat`) is what ``trials.jsonl`` stores.
+    """
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any], base: Config | None = None) -> TrialConfig:
+        """Validate a flat ``{"r": .., "guidance": .., "widths": .., "pool_size": ..}`` dict.
+
+        Keys are TrainConfig fields, the pool fields (:data:`POOL_FIELDS`), ``pool_size`` and
+        ``pool_seed``; unknown keys raise ConfigError. Missing keys come from ``base``.
+        """
+        base = base or Config()
+        out = cls(
+            train=dataclasses.replace(base.train), generate=dataclasses.replace(base.generate)
+        )
+        train_fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+        gen_fields = {f.name: f for f in dataclasses.fields(GenerateConfig)}
+        for key, value in flat.items():
+            if key in train_fields:
+                section, name, fields = "train", key, train_fields
+            elif key in POOL_FIELDS:
+                section, name, fields = "generate", key, gen_fields
+            elif key in _FLAT_ALIASES:
+                section, name = _FLAT_ALIASES[key]
+                fields = gen_fields
+            else:
+                allowed = ", ".join([*train_fields, *POOL_FIELDS, *_FLAT_ALIASES])
+                raise ConfigError(f"trial config: unknown key {key!r}; allowed: {allowed}")
+            if value is None and key in ("widths", "fc"):
+                continue  # "not given": the default CNN
+            setattr(getattr(out, section), name, _check_value(section, fields[name], value))
+        return out
+
+    def to_flat(self) -> dict[str, Any]:
+        """The flat dict of this trial (inverse of :meth:`from_flat`)."""
+        flat = dataclasses.asdict(self.train)
+        flat.update({k: getattr(self.generate, k) for k in POOL_FIELDS})
+        flat["pool_size"] = self.generate.n
+        flat["pool_seed"] = self.generate.seed
+        return flat
+
+
 SECTIONS = {
     "data": DataConfig,
     "train": TrainConfig,
@@ -142,6 +200,16 @@ def _check_value(section: str, f: dataclasses.Field, value: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             value = float(value)
+        elif typ.startswith("list[int]"):
+            if not isinstance(value, list | tuple) or not value:
+                raise ValueError
+            if any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+                raise ValueError
+            value = [int(v) for v in value]
+            lo, hi = meta.get("lo"), meta.get("hi")
+            if any(lo is not None and v < lo or hi is not None and v > hi for v in value):
+                raise ConfigError(f"{key}: every value must be in [{lo}, {hi or 'inf'}]")
+            return value
         elif typ.startswith("list"):
             if isinstance(value, str):
                 value = [value]
