@@ -1,0 +1,365 @@
+"""Search spaces: a YAML file -> Optuna distributions, fixed values and the pools a search needs.
+
+A space file (read with ``yaml.safe_load``) has up to five top-level keys::
+
+    description: "what this space is for"           # optional, free text
+    params:                                          # what the search samples
+      r: {type: float, low: 0.0, high: 1.0, step: 0.05}
+      guidance: {type: float, low: 1.0, high: 12.5, step: 0.5}   # quantised so pools are reused
+      steps: {type: categorical, choices: [10, 25, 50]}          # or {type: int, low, high, step, log}
+      postprocess: {type: categorical, choices: [none, histogram-match]}
+    fixed: {mode: replace, epochs: 30, batch_size: 64, scheduler: ddim, seed: 0}
+    search: {n_startup_trials: 4, metric: val_accuracy, mode: max, baselines: true, objective: single}
+    data: {image_size: 32}                           # optional DataConfig overrides
+
+``params`` entries have a ``type``:
+
+- ``float``: ``low``, ``high`` and either ``step`` (a grid; ``high - low`` a multiple of it) or
+  ``log: true``; with neither it is continuous.
+- ``int``: ``low``, ``high``, optional ``step`` (default 1) or ``log: true``.
+- ``categorical``: ``choices``, a non-empty list.
+
+Parameter names (in ``params`` or ``fixed``): ``r``, ``guidance``, ``steps``, ``scheduler``,
+``postprocess``, ``mode``, ``lr``, ``batch_size``, ``epochs``, ``seed``. ``fixed`` also takes
+``arch``, ``pool_size`` (images per pool), ``pool_seed`` and the CNN's size, ``widths`` (list of
+conv channels) and ``fc`` (hidden units), which tests use to make trials tiny. Anything neither
+sampled nor fixed takes the defaults of :mod:`ratio_search.config`.
+
+``search`` keys: ``metric`` (``val_accuracy`` [default], ``val_f1``, ``val_precision``,
+``val_recall``, ``val_roc_auc``, ``val_loss``), ``mode`` (``max``/``min``, default from the
+metric), ``n_startup_trials`` (random trials before TPE models, default 4), ``baselines``
+(queue R=0 and the reference study's R=0.5 at guidance 12.5 first, default true), ``sampler``
+(``tpe`` [default], ``random``, or ``grid``: every combination once, all params discrete),
+``n_trials`` (the default budget of ``ratio-search run``), ``grace_period`` (ASHA's minimum epochs,
+default 1) and ``objective`` (``single``, the only one so far).
+
+Rules, each a :class:`ConfigError` naming the key: no unknown keys; ``low < high`` and non-empty
+``choices``; R within [0, 1]; values valid for their config field (e.g. ``scheduler`` in ddim,
+dpm-solver++); ``guidance`` and ``steps`` discrete (a ``step`` or ``categorical``) and
+``scheduler`` / ``postprocess`` categorical, because each combination of them is one cached pool of
+generated images and a continuous value would never hit the cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import DataConfig, read_yaml
+from ..errors import ConfigError
+from .space_params import FIXED_ONLY, PARAMS, Param, _check_fixed, _default, _parse_param
+
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+# the parameters that pick a pool of generated images
+POOL_PARAMS = ("guidance", "steps", "scheduler", "postprocess")
+# metric -> the direction that is better
+METRICS = {
+    "val_accuracy": "max",
+    "val_f1": "max",
+    "val_precision": "max",
+    "val_recall": "max",
+    "val_roc_auc": "max",
+    "val_loss": "min",
+}
+SAMPLERS = ("tpe", "random", "grid")
+SEARCH_DEFAULTS: dict[str, Any] = {
+    "metric": "val_accuracy",
+    "mode": None,  # from the metric
+    "n_startup_trials": 4,
+    "baselines": True,
+    "sampler": "tpe",
+    "n_trials": None,
+    "grace_period": 1,
+    "objective": "single",
+}
+TOP_KEYS = ("description", "params", "fixed", "search", "data")
+# The reference study's operating point (the published diffusion-augmentation study this
+# tool reproduces): R = 0.5 at guidance 12.5, 50 sampling steps.
+STUDY_R, STUDY_GUIDANCE, STUDY_STEPS = 0.5, 12.5, 50
+
+
+@dataclass
+class Space:
+    """A validated search space; see the module docstring for the file format."""
+
+    params: dict[str, Param]
+    fixed: dict[str, Any]
+    search: dict[str, Any]
+    data: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    path: str | None = None
+
+    # ------------------------------------------------------------------ what the search asks for
+    @property
+    def metric(self) -> str:
+        return self.search["metric"]
+
+    @property
+    def mode(self) -> str:
+        return self.search["mode"]
+
+    def distributions(self) -> dict[str, Any]:
+        """``{name: optuna distribution}`` of the sampled parameters."""
+        return {name: p.distribution() for name, p in self.params.items()}
+
+    def choices(self, name: str) -> list[Any]:
+        """Every value ``name`` can take in this space: sampled, fixed, or the config default."""
+        if name in self.params:
+            return self.params[name].values()
+        if name in self.fixed:
+            return [self.fixed[name]]
+        return [_default(name)]
+
+    def value(self, name: str, params: dict[str, Any] | None = None) -> Any:
+        """The value of ``name`` in a trial with sampled ``params`` (snapped onto the grid)."""
+        if params is not None and name in params and name in self.params:
+            return self.params[name].snap(params[name])
+        if name in self.fixed:
+            return self.fixed[name]
+        if name in self.params:  # not sampled yet: its first / lowest value
+            return (
+                self.params[name].values()[0]
+                if self.params[name].discrete
+                else self.params[name].low
+            )
+        return _default(name)
+
+    def max_r(self) -> float:
+        """The largest R this space can ask for (0 means no pool of generated images is needed)."""
+        if "r" in self.params:
+            p = self.params["r"]
+            return float(max(p.choices) if p.type == "categorical" else p.high)
+        return float(self.fixed.get("r", _default("r")))
+
+    def pool_grid(self) -> list[dict[str, Any]]:
+        """Every ``{guidance, steps, scheduler, postprocess}`` combination a trial can ask for.
+
+        Empty when R can only be 0 (no trial reads a pool).
+        """
+        if self.max_r() <= 0:
+            return []
+        lists = [self.choices(name) for name in POOL_PARAMS]
+        return [dict(zip(POOL_PARAMS, combo, strict=True)) for combo in itertools.product(*lists)]
+
+    def trial_config(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Fixed values, overridden by ``params`` (sampled ones snapped), + config defaults: the
+        complete config of one trial (what the trainable receives)."""
+        cfg = dict(self.fixed)
+        # values given for non-sampled keys (e.g. a re-run at another seed) override the fixed ones
+        cfg.update({k: v for k, v in params.items() if k in PARAMS or k in FIXED_ONLY})
+        for name, p in self.params.items():
+            if name in params:
+                cfg[name] = p.snap(params[name])
+        for name in ("r", *POOL_PARAMS, "mode", "seed", "epochs", "batch_size", "lr"):
+            cfg.setdefault(name, self.value(name, params))
+        return cfg
+
+    def baselines(self) -> list[dict[str, Any]]:
+        """Points queued before the sampler starts (Optuna ``points_to_evaluate``).
+
+        R = 0 (no synthetic data) and the reference study's R = 0.5 at guidance 12.5 (or the
+        allowed values nearest to those). Other sampled parameters take the value nearest to their
+        config default (steps: nearest to 50, the study's). Empty when ``search.baselines`` is
+        false, R is not sampled, or the sampler is ``grid`` (the grid holds every point anyway).
+        """
+        if (
+            not self.search["baselines"]
+            or "r" not in self.params
+            or self.search["sampler"] == "grid"
+        ):
+            return []
+        base: dict[str, Any] = {}
+        for name, p in self.params.items():
+            target = {"guidance": STUDY_GUIDANCE, "steps": STUDY_STEPS}.get(name, _default(name))
+            base[name] = p.snap(target)
+        points = []
+        for r in (0.0, STUDY_R):
+            pt = dict(base, r=self.params["r"].snap(r))
+            if pt not in points:
+                points.append(pt)
+        return points
+
+    def grid(self) -> dict[str, list[Any]]:
+        """``{name: values}`` for the grid sampler (every sampled parameter must be discrete)."""
+        for name, p in self.params.items():
+            if not p.discrete:
+                raise ConfigError(
+                    f"params.{name}: the grid sampler needs a step or categorical choices"
+                )
+        return {name: p.values() for name, p in self.params.items()}
+
+    def grid_size(self) -> int:
+        return math.prod(len(v) for v in self.grid().values())
+
+    def default_trials(self) -> int:
+        """``search.n_trials``, else the grid size for a grid space, else 20."""
+        if self.search.get("n_trials"):
+            return int(self.search["n_trials"])
+        if self.search["sampler"] == "grid":
+            return self.grid_size()
+        return 20
+
+    def to_dict(self) -> dict[str, Any]:
+        """The space as a plain dict (same format as the file)."""
+        d: dict[str, Any] = {
+            "params": {n: p.to_dict() for n, p in self.params.items()},
+            "fixed": dict(self.fixed),
+            "search": dict(self.search),
+        }
+        if self.data:
+            d["data"] = dict(self.data)
+        if self.description:
+            d["description"] = self.description
+        return d
+
+    def data_config(self, base: DataConfig | None = None) -> DataConfig:
+        """``base`` (default: defaults) with this space's ``data:`` overrides applied."""
+        from ..config import Config, _apply
+
+        cfg = Config()
+        if base is not None:
+            cfg.data = dataclasses.replace(base)
+        if self.data:
+            _apply(cfg, {"data": dict(self.data)}, self.path or "space")
+        return cfg.data
+
+
+# ----------------------------------------------------------------------------------- parsing
+
+
+def bundled_spaces() -> list[str]:
+    """Names of the spaces shipped with the package."""
+    return sorted(p.name for p in BUNDLED_DIR.glob("*.yaml"))
+
+
+def resolve_space_path(path_or_name: str | os.PathLike) -> Path:
+    """A file path, or the name of a bundled space (``default``, ``quick.yaml``...)."""
+    p = Path(path_or_name).expanduser()
+    if p.is_file():
+        return p
+    name = str(path_or_name)
+    for cand in (name, f"{name}.yaml"):
+        q = BUNDLED_DIR / cand
+        if "/" not in name and q.is_file():
+            return q
+    raise ConfigError(
+        f"search space not found: {path_or_name} (not a file, nor a bundled space: "
+        f"{', '.join(bundled_spaces())})"
+    )
+
+
+def load_space(path_or_name: str | os.PathLike) -> Space:
+    """Read and validate a search space file (or a bundled space by name)."""
+    path = resolve_space_path(path_or_name)
+    doc = read_yaml(path)
+    return parse_space(doc, origin=str(path))
+
+
+def parse_space(doc: Any, origin: str = "space") -> Space:
+    """Validate a space given as a dict (the parsed YAML)."""
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError(
+            f"{origin}: a search space must be a mapping with keys {', '.join(TOP_KEYS)}"
+        )
+    for key in doc:
+        if key not in TOP_KEYS:
+            raise ConfigError(f"{origin}: unknown key {key!r}; allowed: {', '.join(TOP_KEYS)}")
+
+    raw_params = doc.get("params") or {}
+    if not isinstance(raw_params, dict):
+        raise ConfigError(f"{origin}: params must be a mapping of name -> {{type: ...}}")
+    params = {name: _parse_param(name, spec, origin) for name, spec in raw_params.items()}
+
+    raw_fixed = doc.get("fixed") or {}
+    if not isinstance(raw_fixed, dict):
+        raise ConfigError(f"{origin}: fixed must be a mapping of name -> value")
+    fixed: dict[str, Any] = {}
+    for name, value in raw_fixed.items():
+        if name in params:
+            raise ConfigError(f"{origin}: fixed.{name}: {name} is also in params; keep one")
+        fixed[name] = _check_fixed(name, value, origin)
+
+    search = _parse_search(doc.get("search") or {}, origin)
+
+    data = doc.get("data") or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: data must be a mapping of DataConfig keys")
+    space = Space(
+        params=params,
+        fixed=fixed,
+        search=search,
+        data=dict(data),
+        description=str(doc.get("description") or ""),
+        path=origin if origin != "space" else None,
+    )
+    space.data_config()  # validates the data: block (names the key)
+    if search["sampler"] == "grid":
+        space.grid()  # every param discrete
+        if not params:
+            raise ConfigError(f"{origin}: search.sampler: grid needs at least one entry in params")
+    return space
+
+
+
+def _parse_search(raw: Any, origin: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: search must be a mapping")
+    out = dict(SEARCH_DEFAULTS)
+    for k, v in raw.items():
+        key = f"{origin}: search.{k}"
+        if k not in SEARCH_DEFAULTS:
+            raise ConfigError(
+                f"{origin}: unknown key search.{k}; allowed: {', '.join(SEARCH_DEFAULTS)}"
+            )
+        if k == "metric" and v not in METRICS:
+            raise ConfigError(f"{key}: unknown metric {v!r}; allowed: {', '.join(METRICS)}")
+        if k == "mode" and v not in ("max", "min"):
+            raise ConfigError(f"{key}: {v!r} is not one of: max, min")
+        if k == "sampler" and v not in SAMPLERS:
+            raise ConfigError(f"{key}: {v!r} is not one of: {', '.join(SAMPLERS)}")
+        if k == "objective" and v != "single":
+            raise ConfigError(f"{key}: {v!r} is not supported; allowed: single")
+        if k == "baselines" and not isinstance(v, bool):
+            raise ConfigError(f"{key}: expected true or false, got {v!r}")
+        if k in ("n_startup_trials", "n_trials", "grace_period") and v is not None:
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, int)
+                or v < (0 if k == "n_startup_trials" else 1)
+            ):
+                raise ConfigError(
+                    f"{key}: expected a {'non-negative' if k == 'n_startup_trials' else 'positive'} integer, got {v!r}"
+                )
+        out[k] = v
+    if out["mode"] is None:
+        out["mode"] = METRICS[out["metric"]]
+    return out
+
+
+def check_metric(metric: str) -> str:
+    """Validate a metric name given on the command line."""
+    if metric not in METRICS:
+        raise ConfigError(f"--metric: unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
+    return metric
+
+
+__all__ = [
+    "METRICS",
+    "PARAMS",
+    "POOL_PARAMS",
+    "Param",
+    "Space",
+    "bundled_spaces",
+    "check_metric",
+    "load_space",
+    "parse_space",
+    "resolve_space_path",
+]

@@ -1,0 +1,247 @@
+"""The parameters of a search space: which config field each name validates against, the
+:class:`Param` of one sampled parameter (its values, snapping, Optuna distribution) and the checks
+of ``params:`` and ``fixed:`` entries (each a :class:`ConfigError` naming the key).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import GenerateConfig, TrainConfig, _check_value
+from ..errors import ConfigError
+
+# name -> (config section, field) that validates its values
+PARAMS: dict[str, tuple[str, str]] = {
+    "r": ("train", "r"),
+    "guidance": ("generate", "guidance"),
+    "steps": ("generate", "steps"),
+    "scheduler": ("generate", "scheduler"),
+    "postprocess": ("generate", "postprocess"),
+    "mode": ("train", "mode"),
+    "lr": ("train", "lr"),
+    "batch_size": ("train", "batch_size"),
+    "epochs": ("train", "epochs"),
+    "seed": ("train", "seed"),
+}
+# only in `fixed:`
+FIXED_ONLY: dict[str, tuple[str, str] | None] = {
+    "arch": ("train", "arch"),
+    "pool_size": ("generate", "n"),
+    "pool_seed": ("generate", "seed"),
+    "widths": None,
+    "fc": None,
+}
+
+_SECTION_CLS = {"train": TrainConfig, "generate": GenerateConfig}
+
+
+def _field(section: str, name: str) -> dataclasses.Field:
+    return {f.name: f for f in dataclasses.fields(_SECTION_CLS[section])}[name]
+
+
+def _default(name: str) -> Any:
+    """The config default of a parameter (e.g. guidance 2.0, scheduler ddim)."""
+    section, fname = PARAMS.get(name) or FIXED_ONLY[name]  # type: ignore[misc]
+    return getattr(_SECTION_CLS[section](), fname)
+
+
+@dataclass
+class Param:
+    """One sampled parameter."""
+
+    name: str
+    type: str  # float | int | categorical
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @property
+    def discrete(self) -> bool:
+        return self.type in ("categorical", "int") or self.step is not None
+
+    def values(self) -> list[Any]:
+        """Every value this parameter can take (discrete parameters only)."""
+        if self.type == "categorical":
+            return list(self.choices or [])
+        if self.type == "int":
+            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+        if self.step is None:
+            raise ConfigError(f"params.{self.name}: a continuous float has no finite value list")
+        n = int(round((self.high - self.low) / self.step))
+        return [_round(self.low + i * self.step, self.step) for i in range(n + 1)]
+
+    def snap(self, value: Any) -> Any:
+        """The allowed value nearest to ``value`` (removes float noise such as 0.30000000000000004)."""
+        if self.type == "categorical":
+            if value in self.choices:
+                return value
+            nums = [c for c in self.choices if isinstance(c, int | float)]
+            if isinstance(value, int | float) and nums:
+                return min(nums, key=lambda c: abs(c - value))
+            return self.choices[0]
+        v = min(max(float(value), float(self.low)), float(self.high))
+        if self.type == "int":
+            step = int(self.step or 1)
+            return int(self.low + round((v - self.low) / step) * step)
+        if self.step is not None:
+            return _round(self.low + round((v - self.low) / self.step) * self.step, self.step)
+        return v
+
+    def distribution(self):
+        """This parameter as an Optuna distribution."""
+        import optuna.distributions as od
+
+        if self.type == "categorical":
+            return od.CategoricalDistribution(list(self.choices))
+        if self.type == "int":
+            return od.IntDistribution(
+                int(self.low),
+                int(self.high),
+                log=self.log,
+                step=1 if self.log else int(self.step or 1),
+            )
+        return od.FloatDistribution(float(self.low), float(self.high), log=self.log, step=self.step)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": self.type}
+        if self.type == "categorical":
+            d["choices"] = list(self.choices or [])
+        else:
+            d.update(low=self.low, high=self.high)
+            if self.step is not None:
+                d["step"] = self.step
+            if self.log:
+                d["log"] = True
+        return d
+
+
+def _round(x: float, step: float) -> float:
+    """Round ``x`` to the decimals of ``step`` (0.05 -> 2 decimals, 2.5 -> 1, 1 -> 0)."""
+    decimals = max(0, -math.floor(math.log10(abs(step)))) + 2 if step else 10
+    return float(round(x, decimals))
+
+
+def _parse_param(name: str, spec: Any, origin: str) -> Param:
+    key = f"{origin}: params.{name}"
+    if name not in PARAMS:
+        raise ConfigError(f"{key}: unknown parameter; allowed: {', '.join(PARAMS)}")
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{key}: expected a mapping like {{type: float, low: 0, high: 1}}")
+    typ = spec.get("type")
+    allowed = {
+        "float": {"type", "low", "high", "step", "log"},
+        "int": {"type", "low", "high", "step", "log"},
+        "categorical": {"type", "choices"},
+    }
+    if typ not in allowed:
+        raise ConfigError(f"{key}.type: {typ!r} is not one of: float, int, categorical")
+    for k in spec:
+        if k not in allowed[typ]:
+            raise ConfigError(
+                f"{key}: unknown key {k!r} for type {typ}; allowed: {', '.join(sorted(allowed[typ]))}"
+            )
+    section, fname = PARAMS[name]
+    f = _field(section, fname)
+
+    if typ == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{key}.choices: must be a non-empty list (empty range)")
+        checked = []
+        for c in choices:
+            checked.append(_check_in(name, f, c, f"{key}.choices"))
+        if len({repr(c) for c in checked}) != len(checked):
+            raise ConfigError(f"{key}.choices: duplicate values in {choices}")
+        return Param(name, "categorical", choices=checked)
+
+    if name in ("scheduler", "postprocess", "mode"):
+        raise ConfigError(f"{key}.type: {name} takes named values; use type: categorical")
+    if "low" not in spec or "high" not in spec:
+        raise ConfigError(f"{key}: type {typ} needs low and high")
+    low = _check_in(name, f, spec["low"], f"{key}.low")
+    high = _check_in(name, f, spec["high"], f"{key}.high")
+    if not isinstance(low, int | float) or not isinstance(high, int | float):
+        raise ConfigError(f"{key}: low and high must be numbers")
+    if low >= high:
+        raise ConfigError(f"{key}: empty range (low {low} >= high {high})")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{key}.log: expected true or false, got {log!r}")
+    step = spec.get("step")
+    if step is not None:
+        if isinstance(step, bool) or not isinstance(step, int | float) or step <= 0:
+            raise ConfigError(f"{key}.step: must be a positive number, got {step!r}")
+        if log:
+            raise ConfigError(f"{key}: use either step or log, not both")
+        n = (high - low) / step
+        if abs(n - round(n)) > 1e-6:
+            raise ConfigError(
+                f"{key}.step: high - low ({high - low:g}) is not a multiple of step {step}"
+            )
+    if log and low <= 0:
+        raise ConfigError(f"{key}.low: a log range needs low > 0, got {low}")
+    if typ == "int":
+        for k, v in (("low", low), ("high", high), ("step", step)):
+            if v is not None and (isinstance(v, float) and not float(v).is_integer()):
+                raise ConfigError(f"{key}.{k}: type int needs whole numbers, got {v!r}")
+        if name in ("r", "lr"):
+            raise ConfigError(f"{key}.type: {name} is a float; use type: float or categorical")
+        return Param(name, "int", int(low), int(high), int(step) if step else None, log)
+    if name in ("steps", "batch_size", "epochs", "seed"):
+        raise ConfigError(f"{key}.type: {name} is a whole number; use type: int or categorical")
+    p = Param(name, "float", float(low), float(high), float(step) if step else None, log)
+    if name in ("guidance",) and not p.discrete:
+        raise ConfigError(
+            f"{key}: {name} must be discrete (give a step, or use categorical) so that pools "
+            "of generated images are reused"
+        )
+    return p
+
+
+def _check_in(name: str, f: dataclasses.Field, value: Any, key: str) -> Any:
+    """Validate one value of parameter ``name`` against its config field; name the key on error."""
+    try:
+        return _check_value(PARAMS[name][0], f, value)
+    except ConfigError as e:
+        # "train.r: 1.5 is outside [0.0, 1.0]" -> "space.yaml: params.r.high: 1.5 is outside ..."
+        msg = str(e).split(": ", 1)[-1]
+        raise ConfigError(f"{key}: {msg}") from None
+
+
+def _check_fixed(name: str, value: Any, origin: str) -> Any:
+    key = f"{origin}: fixed.{name}"
+    if name in PARAMS:
+        section, fname = PARAMS[name]
+    elif name in FIXED_ONLY:
+        target = FIXED_ONLY[name]
+        if target is None:  # CNN size
+            if name == "widths":
+                if (
+                    not isinstance(value, list)
+                    or not value
+                    or not all(
+                        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+                    )
+                ):
+                    raise ConfigError(
+                        f"{key}: expected a non-empty list of positive integers, got {value!r}"
+                    )
+                return list(value)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
+            return value
+        section, fname = target
+    else:
+        allowed = ", ".join([*PARAMS, *FIXED_ONLY])
+        raise ConfigError(f"{key}: unknown parameter; allowed: {allowed}")
+    try:
+        return _check_value(section, _field(section, fname), value)
+    except ConfigError as e:
+        raise ConfigError(f"{key}: {str(e).split(': ', 1)[-1]}") from None
+
+
