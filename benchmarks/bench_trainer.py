@@ -5,7 +5,7 @@ tensors, already on the device, with the same normalisation, batch size and Adam
 validate once per epoch. They are run alternately (A, B, A, B, ...) in one process so that both see
 the same machine load; the medians and their ratio are printed as one markdown table row.
 
-- ``trainer``: :func:`ratio_search.trainer.train_classifier` with a ``report`` callback, as in a
+- ``trainer``: :func:`ratio_search.train.loop.train_classifier` with a ``report`` callback, as in a
   search trial (so it pays for the scikit-learn metrics and the per-epoch resumable state copy).
 - ``bare``: the shortest loop that does the same job: randperm batches, forward, backward, step;
   per epoch a no-grad forward pass over the validation set and its accuracy.
@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from ratio_search.config import TrainConfig
 from ratio_search.home import resolve_device
-from ratio_search.trainer import SimpleCNN, normalize, train_classifier
+from ratio_search.train.cnn import SimpleCNN, normalize
+from ratio_search.train.loop import train_classifier
 
 
 def make_data(n: int, n_val: int, size: int, seed: int = 0):

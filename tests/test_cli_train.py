@@ -19,7 +19,7 @@ from PIL import Image
 
 from ratio_search.config import load_config
 from ratio_search.errors import ConfigError
-from ratio_search.trial import read_train_yaml, resolve_train_config
+from ratio_search.train.trial import read_train_yaml, resolve_train_config
 
 pytestmark = pytest.mark.slow
 
@@ -296,7 +296,7 @@ def test_resolve_train_config_validates_values(tmp_path):
 def test_load_pool_images_from_a_pool_folder_and_by_key(tmp_path):
     from ratio_search.errors import PoolError
     from ratio_search.home import Home
-    from ratio_search.trial import load_pool_images
+    from ratio_search.train.trial import load_pool_images
 
     home = Home(tmp_path / "home")
     folder = home.pools / "k123"

@@ -8,7 +8,9 @@ import pytest
 from ratio_search.config import DataConfig
 from ratio_search.data import load_dataset
 from ratio_search.errors import ConfigError, PoolError
-from ratio_search.mixing import mix, synthetic_needed
+from ratio_search.train.mixing import mix, synthetic_needed
+
+pytestmark = pytest.mark.unit
 
 
 def _train(n_cls0: int = 10, n_cls1: int = 12, size: int = 4):

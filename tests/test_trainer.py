@@ -13,17 +13,14 @@ import torch
 from ratio_search.config import TrainConfig
 from ratio_search.data import Dataset
 from ratio_search.errors import DataError, RatioSearchError
-from ratio_search.trainer import (
-    SimpleCNN,
-    compute_metrics,
-    evaluate,
-    predict_proba,
-    train_classifier,
-)
-from ratio_search.trial import run_trial
+from ratio_search.train.cnn import SimpleCNN, build_model
+from ratio_search.train.loop import compute_metrics, evaluate, predict_proba, train_classifier
+from ratio_search.train.trial import run_trial
+
+pytestmark = pytest.mark.unit
 
 # A ~1k-parameter CNN keeps every test fast on a shared 2-core machine.
-TINY = {"widths": (4, 4), "fc": 8}
+TINY = {"widths": [4, 4], "fc": 8}
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +42,7 @@ def toy_set(n: int = 64, size: int = 16, channels: int = 1, seed: int = 0):
 
 
 def tiny_cfg(**kw) -> TrainConfig:
-    base = {"epochs": 4, "batch_size": 16, "lr": 1e-2, "seed": 0, "device": "cpu"}
+    base = {"epochs": 4, "batch_size": 16, "lr": 1e-2, "seed": 0, "device": "cpu", **TINY}
     base.update(kw)
     return TrainConfig(**base)
 
@@ -80,6 +77,22 @@ def test_simple_cnn_is_the_studys_architecture():
 def test_tiny_cnn_is_about_a_thousand_parameters():
     n = sum(p.numel() for p in SimpleCNN(1, 2, 16, **TINY).parameters())
     assert 300 < n < 2000
+
+
+def test_the_cnn_size_comes_from_the_train_config():
+    # no side channel: TrainConfig's widths/fc decide the model, its defaults are the study's
+    study = build_model(TrainConfig(), 1, 2, 32)
+    assert [c.out_channels for c in study.modules() if isinstance(c, torch.nn.Conv2d)] == [
+        16,
+        32,
+        64,
+    ]
+    x, y = toy_set(16)
+    model = train_classifier(x, y, x, y, tiny_cfg(epochs=1, widths=[3], fc=5), n_classes=2).model
+    assert [c.out_channels for c in model.modules() if isinstance(c, torch.nn.Conv2d)] == [3]
+    assert model.classifier[1].out_features == 5
+    with pytest.raises(RatioSearchError, match="arch"):
+        build_model(TrainConfig(arch="resnet"), 1, 2, 32)
 
 
 def test_simple_cnn_rejects_images_too_small_for_its_pools():
@@ -144,7 +157,7 @@ def test_metrics_multiclass_macro():
 def test_learns_a_separable_toy_set():
     x, y = toy_set(96)
     vx, vy = toy_set(64, seed=1)
-    result = train_classifier(x, y, vx, vy, tiny_cfg(epochs=8), n_classes=2, **TINY)
+    result = train_classifier(x, y, vx, vy, tiny_cfg(epochs=8), n_classes=2)
     assert result.metrics["accuracy"] > 0.9
     assert len(result.history) == 8
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
@@ -159,21 +172,21 @@ def test_learns_a_separable_toy_set():
 def test_rgb_and_three_classes():
     x, y = toy_set(48, size=16, channels=3)
     y = (np.arange(48) % 3).astype(np.int64)
-    result = train_classifier(x, y, x, y, tiny_cfg(epochs=1), n_classes=3, **TINY)
+    result = train_classifier(x, y, x, y, tiny_cfg(epochs=1), n_classes=3)
     assert np.array(result.metrics["confusion_matrix"]).shape == (3, 3)
     assert np.array(result.metrics["confusion_matrix"]).sum() == 48
 
 
 def test_same_seed_same_numbers_and_weights():
     x, y = toy_set(48)
-    a = train_classifier(x, y, x, y, tiny_cfg(epochs=2), n_classes=2, **TINY)
-    b = train_classifier(x, y, x, y, tiny_cfg(epochs=2), n_classes=2, **TINY)
+    a = train_classifier(x, y, x, y, tiny_cfg(epochs=2), n_classes=2)
+    b = train_classifier(x, y, x, y, tiny_cfg(epochs=2), n_classes=2)
     assert a.history == b.history
     for (ka, va), (kb, vb) in zip(
         a.model.state_dict().items(), b.model.state_dict().items(), strict=True
     ):
         assert ka == kb and torch.equal(va, vb)
-    c = train_classifier(x, y, x, y, tiny_cfg(epochs=2, seed=1), n_classes=2, **TINY)
+    c = train_classifier(x, y, x, y, tiny_cfg(epochs=2, seed=1), n_classes=2)
     assert c.history[-1]["train_loss"] != a.history[-1]["train_loss"]
 
 
@@ -182,7 +195,7 @@ def test_training_leaves_the_global_rng_alone():
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    train_classifier(x, y, x, y, tiny_cfg(epochs=1), n_classes=2, **TINY)
+    train_classifier(x, y, x, y, tiny_cfg(epochs=1), n_classes=2)
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -192,7 +205,13 @@ def test_resume_from_a_mid_training_state_equals_the_straight_run():
     cfg = tiny_cfg(epochs=4)
     seen: list[tuple[int, dict, dict]] = []
     straight = train_classifier(
-        x, y, vx, vy, cfg, n_classes=2, report=lambda e, m, s: seen.append((e, m, s)), **TINY
+        x,
+        y,
+        vx,
+        vy,
+        cfg,
+        n_classes=2,
+        report=lambda e, m, s: seen.append((e, m, s)),
     )
     assert [e for e, _, _ in seen] == [1, 2, 3, 4]
     assert set(seen[1][2]) >= {"epoch", "model", "optimizer", "rng"}
@@ -210,7 +229,6 @@ def test_resume_from_a_mid_training_state_equals_the_straight_run():
         n_classes=2,
         state=seen[1][2],
         report=lambda e, m, s: calls.append(e),
-        **TINY,
     )
     assert calls == [3, 4]  # only the remaining epochs run
     assert resumed.history == straight.history
@@ -224,36 +242,42 @@ def test_resume_from_the_last_epoch_trains_nothing():
     cfg = tiny_cfg(epochs=2)
     states = []
     straight = train_classifier(
-        x, y, x, y, cfg, n_classes=2, report=lambda e, m, s: states.append(s), **TINY
+        x,
+        y,
+        x,
+        y,
+        cfg,
+        n_classes=2,
+        report=lambda e, m, s: states.append(s),
     )
-    done = train_classifier(x, y, x, y, cfg, n_classes=2, state=states[-1], **TINY)
+    done = train_classifier(x, y, x, y, cfg, n_classes=2, state=states[-1])
     assert done.metrics == straight.metrics
 
 
 def test_bad_inputs_raise_data_errors():
     x, y = toy_set(16)
     with pytest.raises(DataError, match="uint8"):
-        train_classifier(x.astype(np.float32), y, x, y, tiny_cfg(), n_classes=2, **TINY)
+        train_classifier(x.astype(np.float32), y, x, y, tiny_cfg(), n_classes=2)
     with pytest.raises(DataError, match="labels must lie"):
-        train_classifier(x, y + 5, x, y, tiny_cfg(), n_classes=2, **TINY)
+        train_classifier(x, y + 5, x, y, tiny_cfg(), n_classes=2)
     with pytest.raises(DataError, match="validation set is empty"):
-        train_classifier(x, y, x[:0], y[:0], tiny_cfg(), n_classes=2, **TINY)
+        train_classifier(x, y, x[:0], y[:0], tiny_cfg(), n_classes=2)
     with pytest.raises(DataError, match="differ in shape"):
-        train_classifier(x, y, x[:, :, :8, :8], y, tiny_cfg(), n_classes=2, **TINY)
+        train_classifier(x, y, x[:, :, :8, :8], y, tiny_cfg(), n_classes=2)
 
 
 def test_divergence_is_a_clear_error():
     x, y = toy_set(32)
     with pytest.raises(RatioSearchError, match="diverged"):
-        train_classifier(x, y, x, y, tiny_cfg(lr=float("inf"), epochs=3), n_classes=2, **TINY)
+        train_classifier(x, y, x, y, tiny_cfg(lr=float("inf"), epochs=3), n_classes=2)
 
 
 def test_read_only_memory_mapped_input(tmp_path):
     x, y = toy_set(32)
     np.save(tmp_path / "x.npy", x)
     xm = np.load(tmp_path / "x.npy", mmap_mode="r")
-    a = train_classifier(xm, y, xm, y, tiny_cfg(epochs=1), n_classes=2, **TINY)
-    b = train_classifier(x, y, x, y, tiny_cfg(epochs=1), n_classes=2, **TINY)
+    a = train_classifier(xm, y, xm, y, tiny_cfg(epochs=1), n_classes=2)
+    b = train_classifier(x, y, x, y, tiny_cfg(epochs=1), n_classes=2)
     assert a.history == b.history
 
 
@@ -273,7 +297,7 @@ def toy_dataset(n: int = 48, n_val: int = 32):
 def test_run_trial_at_r0_without_a_pool():
     data = toy_dataset()
     epochs = []
-    out = run_trial(tiny_cfg(epochs=2), data, None, report=lambda e, m, s: epochs.append(e), **TINY)
+    out = run_trial(tiny_cfg(epochs=2), data, None, report=lambda e, m, s: epochs.append(e))
     assert epochs == [1, 2]
     assert out["n_synthetic"] == 0 and out["n_real"] == out["n_train"] == 48
     assert out["device"] == "cpu" and len(out["history"]) == 2
@@ -285,10 +309,10 @@ def test_run_trial_mixes_the_pool_and_scores_the_synthetic_class():
     data = toy_dataset()
     pool, _ = toy_set(40, seed=5)
     pool = pool[1::2]  # 20 "generated" bright-square images
-    out = run_trial(tiny_cfg(epochs=1, r=0.5), data, pool, **TINY)
+    out = run_trial(tiny_cfg(epochs=1, r=0.5), data, pool)
     # 24 images of class 1; replace R=0.5 swaps 12 of them for pool images
     assert out["n_synthetic"] == 12 and out["n_real"] == 36 and out["n_train"] == 48
-    aug = run_trial(tiny_cfg(epochs=1, r=0.25, mode="augment"), data, pool, **TINY)
+    aug = run_trial(tiny_cfg(epochs=1, r=0.25, mode="augment"), data, pool)
     assert aug["n_synthetic"] == 8 and aug["n_real"] == 48  # 0.25 * 24 / 0.75 added on top
     # binary metrics use the synthetic class (label 1) as the positive class
     cm = np.array(out["metrics"]["confusion_matrix"])
@@ -299,8 +323,8 @@ def test_run_trial_mixes_the_pool_and_scores_the_synthetic_class():
 def test_run_trial_is_deterministic():
     data = toy_dataset()
     pool, _ = toy_set(40, seed=5)
-    a = run_trial(tiny_cfg(epochs=1, r=0.5), data, pool[1::2], **TINY)
-    b = run_trial(tiny_cfg(epochs=1, r=0.5), data, pool[1::2], **TINY)
+    a = run_trial(tiny_cfg(epochs=1, r=0.5), data, pool[1::2])
+    b = run_trial(tiny_cfg(epochs=1, r=0.5), data, pool[1::2])
     assert a == b
 
 
@@ -309,8 +333,8 @@ def test_run_trial_is_deterministic():
 
 def test_trainer_and_trial_import_neither_ray_nor_mlflow():
     code = (
-        "import sys, ratio_search.trainer, ratio_search.trial; "
-        "ratio_search.trial.run_trial; "
+        "import sys, ratio_search.train.loop, ratio_search.train.trial; "
+        "ratio_search.train.trial.run_trial; "
         "bad = [m for m in ('ray', 'mlflow') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -324,11 +348,17 @@ def test_resume_state_survives_a_weights_only_torch_save(tmp_path):
     cfg = tiny_cfg(epochs=3)
     states = []
     straight = train_classifier(
-        x, y, x, y, cfg, n_classes=2, report=lambda e, m, s: states.append(s), **TINY
+        x,
+        y,
+        x,
+        y,
+        cfg,
+        n_classes=2,
+        report=lambda e, m, s: states.append(s),
     )
     torch.save(states[0], tmp_path / "state.pt")
     state = torch.load(tmp_path / "state.pt", weights_only=True)
-    resumed = train_classifier(x, y, x, y, cfg, n_classes=2, state=state, **TINY)
+    resumed = train_classifier(x, y, x, y, cfg, n_classes=2, state=state)
     assert resumed.metrics == straight.metrics
 
 
@@ -339,10 +369,10 @@ def test_trial_threads_are_fixed_for_training_then_restored():
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        a = run_trial(tiny_cfg(epochs=2, threads=1), data, None, **TINY)
+        a = run_trial(tiny_cfg(epochs=2, threads=1), data, None)
         assert torch.get_num_threads() == 2  # the caller's setting comes back
         torch.set_num_threads(1)
-        b = run_trial(tiny_cfg(epochs=2, threads=1), data, None, **TINY)
+        b = run_trial(tiny_cfg(epochs=2, threads=1), data, None)
     finally:
         torch.set_num_threads(before)
     assert a["metrics"]["val_loss"] == b["metrics"]["val_loss"]

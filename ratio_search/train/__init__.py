@@ -1,0 +1,46 @@
+"""One trial's computation: mix synthetic images in at a ratio, train the CNN, score it.
+
+- :mod:`.mixing`: the pure mixing function (R, replace/augment; no torch);
+- :mod:`.cnn`: the reference study's CNN and its fixed input normalisation;
+- :mod:`.loop`: the training loop and its metrics (torch, scikit-learn);
+- :mod:`.trial`: :func:`run_trial` (mix + train, no Ray, no MLflow) and ``ratio-search train``.
+
+May import ``config``, ``errors``, ``home``, ``_io``, ``data`` and ``pools``; nothing above them.
+Names are loaded on first use, so that importing the mixing function does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "Mixed": "mixing",
+    "MODES": "mixing",
+    "mix": "mixing",
+    "synthetic_needed": "mixing",
+    "MEAN": "cnn",
+    "STD": "cnn",
+    "SimpleCNN": "cnn",
+    "build_model": "cnn",
+    "normalize": "cnn",
+    "TrainResult": "loop",
+    "compute_metrics": "loop",
+    "evaluate": "loop",
+    "predict_proba": "loop",
+    "train_classifier": "loop",
+    "run_trial": "trial",
+    "read_train_yaml": "trial",
+    "resolve_train_config": "trial",
+    "load_pool_images": "trial",
+    "save_outputs": "trial",
+    "default_train_out": "trial",
+    "train_from_config": "trial",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

@@ -1,0 +1,69 @@
+"""The classifier of a trial: the reference study's small CNN and its fixed input normalisation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+from ..errors import ConfigError
+
+# Fixed intensity normalisation, applied identically to real and synthetic images: x/255, then
+# (x - MEAN) / STD. It is a constant, not a statistic of the (R-dependent) training set, so that
+# the input scale of a model never depends on how much synthetic data it saw.
+MEAN = 0.5
+STD = 0.5
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32, x/255 then (x - MEAN)/STD (the same for real and synthetic)."""
+    return (x.float() / 255.0 - MEAN) / STD
+
+
+class SimpleCNN(nn.Module):
+    """The reference study's CNN: conv blocks (3x3 conv, ReLU, 2x2 max-pool), FC + ReLU, FC.
+
+    The study used widths 16/32/64 and a 128-unit hidden layer; ``widths`` and ``fc`` shrink it
+    for tests (``widths=(4, 4), fc=8`` is about a thousand parameters at 16 px).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        n_classes: int = 2,
+        image_size: int | tuple[int, int] = 32,
+        widths: Sequence[int] = (16, 32, 64),
+        fc: int = 128,
+    ) -> None:
+        super().__init__()
+        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+        blocks: list[nn.Module] = []
+        c = in_channels
+        for width in widths:
+            blocks += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            c = width
+            h, w = h // 2, w // 2  # max-pool floors odd sizes
+        if h < 1 or w < 1:
+            raise ConfigError(
+                f"image size {image_size} is too small for {len(widths)} pooling blocks "
+                f"(needs at least {2 ** len(widths)} px)"
+            )
+        self.features = nn.Sequential(*blocks)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(c * h * w, fc), nn.ReLU(), nn.Linear(fc, n_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, n_classes)`` for normalised float images ``(N, C, H, W)``."""
+        return self.classifier(self.features(x))
+
+
+def build_model(
+    cfg: TrainConfig, in_channels: int, n_classes: int, image_size: int | tuple[int, int]
+) -> SimpleCNN:
+    """The :class:`SimpleCNN` that ``cfg`` describes (``cfg.widths``, ``cfg.fc``)."""
+    if cfg.arch != "simple":
+        raise ConfigError(f"train.arch: {cfg.arch!r} is not implemented; allowed: simple")
+    return SimpleCNN(in_channels, n_classes, image_size, tuple(cfg.widths), int(cfg.fc))
