@@ -3,6 +3,8 @@
 The public surface is small; modules prefixed by nothing here are stable, the rest is private.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from .config import Config, load_config, save_config
 from .errors import (
     ConfigError,
@@ -14,7 +16,10 @@ from .errors import (
 )
 from .home import Home
 
-__version__ = "0.1.0"
+try:  # pyproject.toml holds the number; this reads it from the installed distribution
+    __version__ = version("ratio-search")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "Config",

@@ -1,0 +1,99 @@
+"""The command line: argument parsing and printing only. Nothing imports this package.
+
+One module per command group builds its sub-parsers and holds their handlers: :mod:`.data`,
+:mod:`.finetune` (finetune, generate, pools), :mod:`.search` (run, resume, status),
+:mod:`.evidence` (train, export, report) and :mod:`.home` (clean, ui, demo). Flags that set a
+config value are built from the config fields (:mod:`._flags`).
+
+Every handler calls into the library; any :class:`RatioSearchError` becomes one line on stderr
+and exit code 2, never a traceback. Progress follows one convention: tqdm bars for long loops,
+``logging`` (shown as plain lines on stderr, silent with ``--json``) for messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..errors import RatioSearchError
+from . import data, evidence, finetune, home, search
+from ._flags import Parser
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="ratio-search",
+        description="Find how much diffusion-generated synthetic data to mix into a real training set.",
+    )
+    parser.add_argument("--version", action="version", version=f"ratio-search {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    dsub = data.add_data(sub)
+    evidence.add_train(sub)
+    home.add_clean(sub)
+    finetune.add_finetune(sub)
+    finetune.add_generate(sub)
+    finetune.add_pools(sub)
+    data.add_data_info(dsub)
+    search.add_run(sub)
+    search.add_resume(sub)
+    search.add_status(sub)
+    evidence.add_export(sub)
+    home.add_ui(sub)
+    evidence.add_report(sub)
+    home.add_demo(sub)
+    return parser
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Plain messages on the current ``sys.stderr`` (looked up per record, so capture works)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D102 - the stream of the moment, not the one at creation
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+
+def _configure_logging(quiet: bool) -> None:
+    """Messages of ``ratio_search.*`` loggers as plain lines on stderr; none with --json."""
+    logger = logging.getLogger("ratio_search")
+    for h in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+        logger.removeHandler(h)
+    logger.addHandler(_StderrHandler())
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    _configure_logging(quiet=getattr(args, "json", False))
+    try:
+        handler(args)
+    except RatioSearchError as e:
+        sys.stderr.write(f"ratio-search: error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("ratio-search: interrupted\n")
+        return 130
+    return 0
+
+
+__all__ = ["build_parser", "main"]

@@ -1,0 +1,215 @@
+"""``ratio-search train | export | report``: one classifier, the answer's YAML, the answer's page."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from ._flags import common, config_flag, data_flags, emit, home_flag, json_flag, overrides
+
+log = logging.getLogger("ratio_search.cli")
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one classifier at one ratio R")
+    common(p)
+    data_flags(p)
+    config_flag(p, "train.r")
+    p.add_argument("--pool", help="pool key, pool folder, or any image folder of synthetic images")
+    p.add_argument("--pool-n", type=int, help="use only the pool's first N images")
+    for key in ("mode", "epochs", "batch_size", "lr", "seed", "device"):
+        config_flag(p, f"train.{key}")
+    p.add_argument(
+        "--out", help="folder for the resolved config and metrics (default: runs/train-...)"
+    )
+    p.epilog = (
+        "--config YAML: sections data, train, finetune, generate (as in config.py), plus optional "
+        "`pool:` (key or folder, relative to the YAML's folder; or {key|path: ..., n: N}) and "
+        "`expected:` (ignored metadata, "
+        "as written by export). Command-line flags override the YAML."
+    )
+    p.set_defaults(handler=cmd_train)
+
+
+def add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="write the best trial of a search as best.yaml (train --config)"
+    )
+    p.add_argument("name", help="run name")
+    p.add_argument("--out", default="best.yaml", help="output YAML (default: best.yaml)")
+    p.add_argument("--trial", help="export this trial id instead of the best one")
+    home_flag(p)
+    json_flag(p)
+    p.add_argument(
+        "--no-confirm",
+        action="store_true",
+        help="skip the multi-seed confirmation and the test split (export the best single trial)",
+    )
+    p.add_argument(
+        "--confirm-seeds",
+        type=int,
+        default=5,
+        metavar="S",
+        help="seeds per confirmed configuration (default 5)",
+    )
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=3,
+        metavar="K",
+        help="configurations to confirm besides R=0 (default 3)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        metavar="T",
+        help="usable synthetic ratio: largest R within T of the best (metric units; default 0.01 = 1 point)",
+    )
+    p.add_argument(
+        "--confirm-r",
+        type=float,
+        nargs="+",
+        metavar="R",
+        help="also confirm these R values (chosen generation settings)",
+    )
+    p.set_defaults(handler=cmd_export)
+
+
+def add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write a self-contained HTML report of a search (figures, answer, pool quality)",
+    )
+    p.add_argument("name", help="run name")
+    p.add_argument("--out", help="output folder (default: runs/NAME/report)")
+    p.add_argument(
+        "--best",
+        help="best.yaml holding the confirmation (default: runs/NAME/best.yaml, ./best.yaml)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        help="usable ratio tolerance when there is no confirmation (default 0.01 = 1 point)",
+    )
+    p.add_argument(
+        "--grid",
+        type=int,
+        default=16,
+        metavar="N",
+        help="images per best/worst grid (0: none; default 16)",
+    )
+    p.add_argument(
+        "--classifier",
+        metavar="PATH",
+        help="your own real-trained SimpleCNN weights to rank generated images (default: trained once)",
+    )
+    home_flag(p)
+    json_flag(p)
+    p.set_defaults(handler=cmd_report)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from ..home import Home
+    from ..trial import resolve_train_config, train_from_config
+
+    cfg, yaml_pool, yaml_pool_n = resolve_train_config(
+        args.config, overrides(args, ("data", "train"))
+    )
+    bars: list[tqdm] = []  # opened at the first epoch, so that a bad input prints only its error
+
+    def report(epoch: int, metrics: dict[str, Any], state: dict[str, Any]) -> None:
+        if not bars:
+            bars.append(tqdm(total=cfg.train.epochs, desc="train", unit="epoch", disable=args.json))
+        bars[0].set_postfix(
+            loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['accuracy']:.3f}", refresh=False
+        )
+        bars[0].update(1)
+
+    try:
+        pool, pool_n = (
+            (args.pool, args.pool_n) if args.pool else (yaml_pool, args.pool_n or yaml_pool_n)
+        )
+        res = train_from_config(cfg, Home.resolve(args.home), pool, args.out, report, pool_n)
+    finally:
+        for bar in bars:
+            bar.close()
+    m = res["metrics"]
+    auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
+    skipped = (
+        f"; skipped {res['skipped_images']} unreadable image(s)" if res["skipped_images"] else ""
+    )
+    if res["pool"] and res["pool"]["skipped"]:
+        skipped += f"; skipped {res['pool']['skipped']} unreadable pool image(s)"
+    emit(
+        args,
+        res,
+        f"R={res['r']:g} ({res['mode']}): val accuracy {m['accuracy']:.3f}, F1 {m['f1']:.3f}, "
+        f"AUC {auc} on {res['n_val']} images; trained on {res['n_real']} real + "
+        f"{res['n_synthetic']} synthetic{skipped}; wrote {res['out']}",
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from ..export import build_export, write_export
+    from ..home import Home
+
+    if getattr(args, "no_confirm", True):
+        doc = build_export(Home.resolve(args.home), args.name, trial_id=args.trial)
+    else:
+        from ..confirm import export_with_confirmation
+
+        doc = export_with_confirmation(
+            Home.resolve(args.home), args.name, trial_id=args.trial, top_k=args.top_k,
+            n_seeds=args.confirm_seeds, tolerance=args.tolerance, confirm_r=args.confirm_r,
+            progress=None if args.json else log.info,
+        )  # fmt: skip
+    path = write_export(doc, args.out)
+    exp = doc["expected"]
+    value = exp["value"]
+    shown = "n/a" if value is None else f"{value:.4f}"
+    params = exp["params"]
+    gen = " ".join(f"{k}={params[k]}" for k in ("guidance", "steps") if k in params)
+    emit(
+        args,
+        {"path": str(path), **doc},
+        f"{args.name}: trial {exp['trial_id']} (R={doc['train']['r']:g} {gen}".rstrip()
+        + f") {exp['metric']}={shown}; wrote {path} (reproduce: ratio-search train --config {path})"
+        + _confirm_line(exp.get("confirm")),
+    )
+
+
+def _confirm_line(c: dict[str, Any] | None) -> str:
+    """The confirmation's answer in one line (empty without a confirmation)."""
+    if not c:
+        return ""
+    m = c["metric"]
+    ch, base = c["test"]["chosen"], c["test"]["baseline"]
+    tm = "test_" + m.removeprefix("val_")
+    text = f"\nconfirmed over {len(c['seeds'])} seeds: chosen {c['chosen']['label']}"
+    if tm in ch:
+        text += (
+            f"; test {tm.removeprefix('test_')} {ch[tm]['mean']:.4f} ± {ch[tm]['half_width']:.4f}"
+        )
+    if tm in ch and tm in base and not c["chosen"].get("is_baseline"):
+        text += f" vs {base[tm]['mean']:.4f} ± {base[tm]['half_width']:.4f} at R=0"
+    u = c["usable_ratio"]
+    flag = "" if u["confirmed"] else " (unconfirmed)"
+    return (
+        text + f"; usable synthetic ratio {u['r']:g}{flag} (within {u['tolerance']:g} of the best)"
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from ..home import Home
+    from ..report import build_report
+
+    result = build_report(
+        Home.resolve(args.home), args.name, args.out, best_path=args.best, tolerance=args.tolerance,
+        grid_n=args.grid, classifier_path=args.classifier,
+    )  # fmt: skip
+    emit(args, result, f"{result['summary']}\nreport: {result['html']}")

@@ -1,0 +1,243 @@
+"""``ratio-search finetune | generate | pools``: the generator and its cached pools of images."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from ..errors import RatioSearchError
+from ._flags import (
+    common,
+    config_flag,
+    data_flags,
+    emit,
+    home_flag,
+    json_flag,
+    overrides,
+    print_table,
+    table,
+)
+
+log = logging.getLogger("ratio_search.cli")
+
+
+def add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="fine-tune the diffusion generator once (the upfront job)")
+    common(p)
+    data_flags(p)
+    for key in ("backend", "base_model", "max_steps", "batch_size", "lr", "resolution",
+                "ema_decay", "seed", "device"):  # fmt: skip
+        config_flag(p, f"finetune.{key}")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted fine-tune from its last checkpoint",
+    )
+    config_flag(p, "finetune.from_scratch")
+    p.add_argument(
+        "--export-base",
+        action="store_true",
+        help="tiny: train the bundled base model on the phantom 'base' set (with --from-scratch)",
+    )
+    p.add_argument(
+        "--n-per-class", type=int, default=4000, help="--export-base: phantom images per class"
+    )
+    p.add_argument(
+        "--max-minutes", type=float, help="--export-base: stop (and save) after this many minutes"
+    )
+    p.add_argument(
+        "--out", help="--export-base: output folder (default: the package's base_model/)"
+    )
+    p.set_defaults(handler=cmd_finetune)
+
+
+def add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate", help="build cached pools of generated images (one, or a space's grid)"
+    )
+    common(p)
+    data_flags(p)
+    p.add_argument(
+        "--model",
+        default="latest",
+        help="model folder, model hash, or 'latest' (newest fine-tuned on this data; default)",
+    )
+    config_flag(p, "generate.guidance")
+    config_flag(p, "generate.steps")
+    # Not a config flag: without it a space's grid takes the space's pool_size.
+    p.add_argument(
+        "--n", type=int, help="images per pool (default: the space's pool_size, else 200)"
+    )
+    for key in ("seed", "scheduler", "postprocess", "batch_size", "device"):
+        config_flag(p, f"generate.{key}")
+    p.add_argument(
+        "--space", help="search space YAML (path or bundled name): build its whole pool grid"
+    )
+    p.add_argument(
+        "--from-folder",
+        metavar="DIR",
+        help="import a folder of images from another generator as a pool",
+    )
+    p.add_argument("--name", help="--from-folder: a label for the imported pool")
+    p.set_defaults(handler=cmd_generate)
+
+
+def add_pools(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pools", help="list the cached pools of generated images and their size")
+    home_flag(p)
+    json_flag(p)
+    p.add_argument(
+        "--quality",
+        action="store_true",
+        help="measure each pool against the real images: FD, KID, precision/recall, C2ST, memorisation",
+    )
+    p.add_argument(
+        "--keys", nargs="+", metavar="KEY", help="--quality: only these pools (keys or names)"
+    )
+    p.add_argument(
+        "--feature-extractor",
+        metavar="PATH",
+        help="--quality: your own SimpleCNN weights (.safetensors or torch) as the feature space",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="--quality: measure again even if figures exist"
+    )
+    p.set_defaults(handler=cmd_pools)
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from ..config import load_config
+    from ..diffusion import finetune
+    from ..home import Home
+
+    home = Home.resolve(args.home)
+    cfg = load_config(args.config, overrides(args, ("data", "finetune")))
+    progress = not args.json
+    if args.export_base:
+        from ..diffusion.tiny import BASE_DIR, export_base
+
+        limit = None if args.max_minutes is None else 60.0 * args.max_minutes
+        info = export_base(
+            cfg.finetune, home, n_per_class=args.n_per_class, size=cfg.data.image_size,
+            out_dir=args.out or BASE_DIR, resume=args.resume, progress=progress,
+            time_limit_s=limit, command="ratio-search " + " ".join(sys.argv[1:]),
+        )  # fmt: skip
+        cached = False
+    else:
+        if args.max_minutes is not None:
+            raise RatioSearchError(
+                "--max-minutes is only for --export-base (a fine-tune is cached by its steps)"
+            )
+        from ..data import load_dataset
+
+        data = load_dataset(cfg.data, home)
+        info = finetune(data, cfg.finetune, home, resume=args.resume, progress=progress)
+        cached = info.cached
+    stats = info.meta.get("training", {})
+    _emit_model(args, info, cached, stats)
+
+
+def _emit_model(args: argparse.Namespace, info: Any, cached: bool, stats: dict[str, Any]) -> None:
+    emit(
+        args,
+        {"path": str(info.path), "hash": info.hash, "backend": info.meta.get("backend"),
+         "cached": cached, "class_names": info.meta.get("class_names"), "training": stats},
+        f"model {info.hash} at {info.path}"
+        + (" (cached)" if cached else f" ({stats.get('steps')} steps, {stats.get('seconds')} s, loss {stats.get('final_loss')})"),
+    )  # fmt: skip
+
+
+def _pool_line(r: dict[str, Any]) -> str:
+    """One built (or found) pool, as the grid goes."""
+    what = "generated" if r["generated"] else "cached"
+    return (f"  {r['key']}  guidance {r['guidance']:<5} steps {r['steps']:<4} {r['scheduler']:<12} "
+            f"{r['postprocess']:<15} n {r['n']:<5} {what} ({r['seconds']} s)")  # fmt: skip
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from ..config import load_config
+    from ..home import Home
+    from ..pools import generate, import_folder_pool
+
+    home = Home.resolve(args.home)
+    over = overrides(args, ("data", "generate"))
+    if args.n is not None:
+        over["generate.n"] = args.n  # validated (>= 1) like every other value
+    cfg = load_config(args.config, over)
+    if args.from_folder:
+        pool = import_folder_pool(home, args.from_folder, cfg.data.image_size, cfg.data.channels,
+                                  name=args.name, skip_bad=cfg.data.skip_bad_images)  # fmt: skip
+        emit(args, {"pools": [{"key": pool.key, "path": str(pool.path), "n": pool.n,
+                               "generated": pool.generated}]},
+             f"pool {pool.key}: {pool.n} images from {args.from_folder} at {pool.path}")  # fmt: skip
+        return
+    space = None
+    if args.space:
+        from ..space import load_space
+
+        space = load_space(args.space)
+
+    def done(r: dict[str, Any]) -> None:
+        if not args.json:
+            print(_pool_line(r))
+
+    results = generate(home, cfg, args.model, space, n=args.n, progress=not args.json, on_done=done)
+    if space is None and not args.json:
+        done(results[0])
+    built = sum(r["generated"] for r in results)
+    emit(args, {"pools": results, "generated": built, "cached": len(results) - built},
+         f"{len(results)} pool(s) in {home.pools}: {built} generated, {len(results) - built} cached")  # fmt: skip
+
+
+def _dash(v: Any) -> str:
+    return "-" if v is None or v == "" else str(v)
+
+
+def cmd_pools(args: argparse.Namespace) -> None:
+    from ..clean import human_size
+    from ..home import Home
+    from ..pools import list_pools, pool_store_size
+
+    home = Home.resolve(args.home)
+    if getattr(args, "quality", False):
+        return cmd_pools_quality(args, home)
+    rows, total = list_pools(home), pool_store_size(home)
+    if args.json:
+        emit(args, {"pools": rows, "total_bytes": total, "path": str(home.pools)}, "")
+        return
+    t = table("key", "n", "model", "guidance", "steps", "scheduler", "postprocess", "created",
+              "size")  # fmt: skip
+    for r in rows:
+        model = r["model_hash"] or f"folder:{r['name'] or '-'}"
+        t.add_row(r["key"], str(r["n"]), str(model)[:12], _dash(r["guidance"]), _dash(r["steps"]),
+                  _dash(r["scheduler"]), _dash(r["postprocess"]), _dash(r["created"]),
+                  human_size(r["size_bytes"]))  # fmt: skip
+    print_table(t)
+    print(f"{len(rows)} pool(s), {human_size(total)} in {home.pools}")
+
+
+def cmd_pools_quality(args: argparse.Namespace, home: Any) -> None:
+    from ..quality import pools_quality
+
+    rows = pools_quality(
+        home, args.keys, extractor_path=args.feature_extractor, force=args.force,
+        progress=None if args.json else log.info,
+    )  # fmt: skip
+    if args.json:
+        emit(args, {"pools": rows}, "")
+        return
+    t = table("key", "status", "fd", "kid", "precision", "recall", "c2st", "memorised", "as-class")
+    for r in rows:
+        q = r["quality"] or {}
+        t.add_row(r["key"], r["status"], *(
+            f"{q[k]:.3f}" if isinstance(q.get(k), int | float) else "-"
+            for k in ("fd", "kid", "precision", "recall", "c2st", "memorisation", "label_agreement")
+        ))  # fmt: skip
+    print_table(t)
+    for r in rows:
+        if r["status"] == "skipped":
+            print(f"skipped {r['key']}: {r['reason']}")
+    print("c2st: 0.5 = real and generated indistinguishable; memorised: share closer to a training "
+          "image than training images are to each other (about 0.05 without copying)")  # fmt: skip
