@@ -22,7 +22,7 @@ from ratio_search.search import runs as runs_mod
 from ratio_search.search.driver import check_address, pool_size, resolve_resources
 from ratio_search.search.procs import find_ray_processes, kill_ray_processes
 from ratio_search.search.trainable import load_state, save_state, trial_body
-from ratio_search.space import parse_space
+from ratio_search.search.space import parse_space
 
 TINY_DATA = {
     "image_size": 16,
@@ -142,15 +142,15 @@ def test_pool_size_covers_the_largest_r(tiny):
 
 
 def test_resources_defaults_and_gpu_check(monkeypatch):
-    from ratio_search.search import driver
+    from ratio_search.search import resources
 
-    monkeypatch.setattr(driver, "cuda_device_count", lambda: 0)
+    monkeypatch.setattr(resources, "cuda_device_count", lambda: 0)
     r = resolve_resources(None, None, None, None, None)
     assert r["gpus"] == 0 and r["gpus_per_trial"] == 0 and r["cpus_per_trial"] == 1
     assert 1 <= r["concurrency"] <= 2
     with pytest.raises(ConfigError, match="--gpus 8 asked for, this machine has 0 CUDA devices"):
         resolve_resources(8, None, None, None, None)
-    monkeypatch.setattr(driver, "cuda_device_count", lambda: 4)
+    monkeypatch.setattr(resources, "cuda_device_count", lambda: 4)
     r = resolve_resources(None, 0.25, 1, None, None)
     assert r["gpus"] == 4 and r["gpus_per_trial"] == 0.25
     assert r["concurrency"] == min(16, os.cpu_count() or 1)
@@ -207,7 +207,7 @@ def test_searcher_queues_baselines_snaps_and_prunes_asha_stops(tmp_path):
 
 def test_grid_searcher_visits_every_point_once(tmp_path):
     from ratio_search.search.searcher import make_searcher
-    from ratio_search.space import load_space
+    from ratio_search.search.space import load_space
 
     space = load_space("reference_grid")
     s = make_searcher(space, tmp_path, "g", "val_accuracy", "max", seed=0)

@@ -8,15 +8,16 @@ parent run (child runs are found by their ``ray_trial_id`` tag, so none is doubl
 
 from __future__ import annotations
 
-import math
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
-from . import runs
+from .._io import is_number
+from ..errors import SearchError
+from .progress import say
+from .runinfo import RunInfo
+from .trials import TrialLog, read_trials, trial_error
 
 _HOOKS = (
     "on_trial_start",
@@ -79,66 +80,31 @@ class TrackingCallback(Callback):
         self.inner().on_trial_error(*a, **k)
 
 
-def _error_text(trial: Any) -> str | None:
-    path = getattr(trial, "error_file", None)
-    if path and Path(path).is_file():
-        try:
-            return Path(path).read_text()[-20000:]
-        except OSError:
-            return None
-    return None
-
-
 class JsonlCallback(Callback):
     """trials.jsonl without MLflow (``--no-tracking``, and the benchmark's Tune-only arm)."""
 
     def __init__(self, run_dir: str) -> None:
         self.run_dir = str(run_dir)
-        self.last: dict[str, dict[str, Any]] = runs.read_trials(Path(run_dir))
-
-    def _event(self, trial: Any, state: str, result: dict | None = None, **extra: Any) -> None:
-        tid = str(trial.trial_id)
-        prev = self.last.get(tid, {})
-        metrics = prev.get("metrics", {})
-        if result is not None:
-            metrics = {
-                k: (float(v) if math.isfinite(v) else None)
-                for k, v in result.items()
-                if isinstance(v, int | float)
-                and not isinstance(v, bool)
-                and k.startswith(("val_", "train_"))
-            }
-        res = result or {}
-        rec = {
-            "trial_id": tid,
-            "state": state,
-            "params": dict(getattr(trial, "config", {}) or {}),
-            "metrics": metrics,
-            "best": None,
-            "epoch": res.get("epoch", prev.get("epoch", 0)),
-            "pool_key": res.get("pool_key", prev.get("pool_key")),
-            "model_hash": res.get("model_hash", prev.get("model_hash")),
-            "mlflow_run_id": None,
-            "node_id": res.get("node_id", prev.get("node_id")),
-            "time": time.time(),
-        }
-        rec.update({k: v for k, v in extra.items() if v is not None})
-        self.last[tid] = rec
-        runs.append_trial_line(Path(self.run_dir), rec)
+        try:
+            info = RunInfo.load(run_dir)
+            metric, mode = info.metric, info.mode
+        except SearchError:  # no run.json (a bare folder): the default objective
+            metric, mode = "val_accuracy", "max"
+        self.log = TrialLog(run_dir, metric, mode)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._event(trial, "RUNNING")
+        self.log.event(trial, "RUNNING")
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
-        self._event(trial, "RUNNING", result)
+        self.log.event(trial, "RUNNING", result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._event(trial, "TERMINATED")
+        self.log.event(trial, "TERMINATED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._event(trial, "ERROR", error=_error_text(trial))
+        self.log.event(trial, "ERROR", error=trial_error(trial))
 
 
 class ProgressCallback(Callback):
@@ -160,7 +126,7 @@ class ProgressCallback(Callback):
 
     def _line(self, trial: Any, what: str) -> None:
         if self.done < 0:
-            recs = runs.read_trials(Path(self.run_dir)).values()
+            recs = read_trials(Path(self.run_dir)).values()
             # this trial's own final line may already be there (the tracking callback runs first)
             self.done = sum(
                 1
@@ -170,20 +136,16 @@ class ProgressCallback(Callback):
         self.done += 1
         v = self.last.get(trial.trial_id, {}).get(self.metric)
         if v is None:  # restored after its last epoch: no new result, its metric is on file
-            rec = runs.read_trials(Path(self.run_dir)).get(str(trial.trial_id), {})
+            rec = read_trials(Path(self.run_dir)).get(str(trial.trial_id), {})
             v = (rec.get("metrics") or {}).get(self.metric)
-        if what == "done" and isinstance(v, float) and math.isfinite(v):
+        if what == "done" and is_number(v):
             if self.best is None or (v > self.best if self.mode == "max" else v < self.best):
                 self.best = v
         cfg = getattr(trial, "config", {}) or {}
         params = " ".join(f"{k}={cfg[k]}" for k in self.keys if k in cfg)
         val = f"{self.metric}={v:.4f}" if isinstance(v, float) else ""
         best = f"(best {self.best:.4f})" if self.best is not None else ""
-        print(
-            f"trial {self.done}/{self.n_trials} {what}: {params} {val} {best}".rstrip(),
-            file=sys.stderr,
-            flush=True,
-        )
+        say(f"trial {self.done}/{self.n_trials} {what}: {params} {val} {best}".rstrip())
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._line(trial, "done")
@@ -192,21 +154,17 @@ class ProgressCallback(Callback):
         self._line(trial, "FAILED")
 
 
-def make_callbacks(run_dir: Path, info: dict[str, Any], progress: bool, tracking: bool) -> list:
+def make_callbacks(run_dir: Path, info: RunInfo, progress: bool, tracking: bool) -> list:
     """Tracking (MLflow + trials.jsonl, or trials.jsonl only) and, with ``progress``, the printer."""
-    ml = info.get("mlflow") or {}
+    ml = info.mlflow
     cbs: list = [
         TrackingCallback(
             str(run_dir),
-            ml.get("tracking_uri") if tracking else None,
-            ml.get("parent_run_id") if tracking else None,
+            ml.tracking_uri if tracking else None,
+            ml.parent_run_id if tracking else None,
         )
     ]
     if progress:
-        keys = list((info.get("space") or {}).get("params", {}).keys()) or ["r"]
-        cbs.append(
-            ProgressCallback(
-                str(run_dir), info["metric"], info["mode"], int(info["n_trials"]), keys
-            )
-        )
+        keys = list((info.space or {}).get("params", {}).keys()) or ["r"]
+        cbs.append(ProgressCallback(str(run_dir), info.metric, info.mode, int(info.n_trials), keys))
     return cbs

@@ -10,20 +10,19 @@ a search runs, after it crashed, and on a machine without Ray.
 from __future__ import annotations
 
 import hashlib
-import json
-import math
-import os
 import re
 import time
 from pathlib import Path
 from typing import Any
 
+from .._io import utc_now as now_iso  # noqa: F401 - the old name, for importers
 from ..errors import SearchError
 from ..home import Home, pid_alive
+from .runinfo import RUN_JSON, STATES, RunInfo  # noqa: F401
+from .trials import TRIALS_JSONL, append_trial, best_trial, metric_value, read_trials  # noqa: F401
 
-RUN_JSON = "run.json"
-TRIALS_JSONL = "trials.jsonl"
-STATES = ("running", "finished", "interrupted", "failed")
+# The old name of trials.append_trial (removed at integration).
+append_trial_line = append_trial
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -52,35 +51,19 @@ def ray_temp_dir(run_folder: Path) -> str:
     return f"/tmp/rs-{digest}"
 
 
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _finite(obj: Any) -> Any:
-    """NaN / inf (e.g. in a model's training stats) become None: run.json stays strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def write_run_json(folder: Path, info: dict[str, Any]) -> None:
-    """Write run.json atomically (temp file + rename), stamping ``updated``."""
-    info["updated"] = now_iso()
-    tmp = folder / f".{RUN_JSON}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(_finite(info), indent=2, default=str, allow_nan=False) + "\n")
-    os.replace(tmp, folder / RUN_JSON)
+def write_run_json(folder: Path, info: RunInfo | dict[str, Any]) -> None:
+    """Write run.json atomically, stamping ``updated`` (a dict is read as a :class:`RunInfo`)."""
+    if isinstance(info, RunInfo):
+        info.save(folder)
+        return
+    rec = RunInfo.from_dict(info)
+    rec.save(folder)
+    info["updated"] = rec.updated
 
 
 def read_run_json(folder: Path) -> dict[str, Any]:
-    p = folder / RUN_JSON
-    try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise SearchError(f"{p}: cannot read the run's state ({e})") from None
+    """run.json as a plain dict (see :meth:`RunInfo.load` for the typed record)."""
+    return RunInfo.load(folder).to_dict()
 
 
 def known_runs(home: Home) -> list[str]:
@@ -99,58 +82,12 @@ def find_run(home: Home, name: str) -> Path:
     return folder
 
 
-def read_trials(folder: Path) -> dict[str, dict[str, Any]]:
-    """The last record per trial id of ``trials.jsonl`` (a torn last line is skipped)."""
-    out: dict[str, dict[str, Any]] = {}
-    p = folder / TRIALS_JSONL
-    if not p.is_file():
-        return out
-    for line in p.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and rec.get("trial_id") is not None:
-            out[str(rec["trial_id"])] = rec
-    return out
-
-
-def append_trial_line(folder: Path, record: dict[str, Any]) -> None:
-    """Append one record to trials.jsonl with a single write (a reader never sees half a line)."""
-    data = (json.dumps(record, default=str) + "\n").encode()
-    fd = os.open(folder / TRIALS_JSONL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-
-
-def _value(rec: dict[str, Any], metric: str) -> float | None:
-    v = (rec.get("metrics") or {}).get(metric)
-    if isinstance(v, int | float) and math.isfinite(v):
-        return float(v)
-    return None
-
-
-def best_trial(trials: dict[str, dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
-    """The finished (TERMINATED) trial whose last ``metric`` is best, or None."""
-    done = [
-        t
-        for t in trials.values()
-        if t.get("state") == "TERMINATED" and _value(t, metric) is not None
-    ]
-    if not done:
-        return None
-    key = (lambda t: _value(t, metric)) if mode == "max" else (lambda t: -_value(t, metric))  # type: ignore[operator]
-    return max(done, key=key)
-
-
 def run_status(home: Home, name: str) -> dict[str, Any]:
     """Everything ``ratio-search status NAME`` shows: the run's state, counts, trials and best."""
     folder = find_run(home, name)
-    info = read_run_json(folder)
+    info = RunInfo.load(folder)
     trials = read_trials(folder)
-    metric, mode = info.get("metric", "val_accuracy"), info.get("mode", "max")
+    metric, mode = info.metric, info.mode
     counts = {s: 0 for s in ("RUNNING", "TERMINATED", "ERROR")}
     rows = []
     for tid, rec in trials.items():
@@ -167,24 +104,24 @@ def run_status(home: Home, name: str) -> dict[str, Any]:
                 "guidance": params.get("guidance"),
                 "steps": params.get("steps"),
                 "epoch": rec.get("epoch"),
-                metric: _value(rec, metric),
+                metric: metric_value(rec, metric),
                 "pool_key": rec.get("pool_key"),
                 "mlflow_run_id": rec.get("mlflow_run_id"),
                 "error": (rec.get("error") or "").strip().splitlines()[-1:] or None,
             }
         )
     best = best_trial(trials, metric, mode)
-    state = info.get("state")
-    pid = (info.get("ray") or {}).get("driver_pid")
+    state = info.state
+    pid = info.ray.driver_pid
     if state == "running" and pid and not pid_alive(int(pid)):
         state = "crashed"  # run.json says running but its driver is gone: resume it
     return {
-        "name": info.get("name", name),
+        "name": info.name or name,
         "run_dir": str(folder),
         "state": state,
-        "created": info.get("created"),
-        "updated": info.get("updated"),
-        "n_trials": info.get("n_trials"),
+        "created": info.created,
+        "updated": info.updated,
+        "n_trials": info.n_trials,
         "done": counts.get("TERMINATED", 0) + counts.get("ERROR", 0),
         "counts": counts,
         "metric": metric,
@@ -194,10 +131,10 @@ def run_status(home: Home, name: str) -> dict[str, Any]:
         else {
             "trial_id": best["trial_id"],
             "params": best.get("params"),
-            "metric": _value(best, metric),
+            "metric": metric_value(best, metric),
         },
         "trials": rows,
-        "mlflow_parent_run_id": (info.get("mlflow") or {}).get("parent_run_id"),
+        "mlflow_parent_run_id": info.mlflow.parent_run_id,
     }
 
 

@@ -13,9 +13,61 @@ from typing import Any
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from ..space import Space, parse_space
+from ..errors import SearchError
+from .space import Space, parse_space
 
 logger = logging.getLogger(__name__)
+
+# OptunaSearch keeps its Optuna study and its Tune-trial -> Optuna-trial map in private
+# attributes; everything this module needs of them goes through _Internals. Supported: the
+# range pyproject allows, ray[tune] >= 2.40 with optuna >= 3.6; tested with ray 2.60.0 and
+# optuna 5.0.0 (tests/test_search.py checks that the installed Ray still has them).
+_PRIVATE = ("_ot_trials", "_ot_study", "_completed_trials")
+
+
+class _Internals:
+    """The private state of a Ray ``OptunaSearch`` that the searcher reads: one place to fix
+    when Ray renames it. Raises SearchError naming what is missing."""
+
+    def __init__(self, search: OptunaSearch) -> None:
+        missing = [a for a in _PRIVATE if not hasattr(search, a)]
+        study = getattr(search, "_ot_study", None)
+        if study is not None and not hasattr(study, "_storage"):
+            missing.append("_ot_study._storage")
+        if missing:
+            import ray
+
+            raise SearchError(
+                f"ray {ray.__version__}: OptunaSearch lacks {', '.join(missing)}; this version "
+                "of ratio-search is tested with ray 2.60 (pip install 'ray[tune]==2.60.0')"
+            )
+        self.search = search
+
+    @property
+    def trials(self) -> dict[str, Any]:
+        """Tune trial id -> its ``optuna.Trial``."""
+        return self.search._ot_trials
+
+    @property
+    def completed(self) -> set[str]:
+        """Tune trial ids already told to Optuna."""
+        return self.search._completed_trials
+
+    @property
+    def study(self) -> optuna.Study:
+        return self.search._ot_study
+
+    @property
+    def storage(self) -> optuna.storages.BaseStorage:
+        return self.search._ot_study._storage
+
+    def open(self, trial_id: str) -> bool:
+        """Whether Tune trial ``trial_id`` has an Optuna trial not yet told."""
+        return trial_id in self.trials and trial_id not in self.completed
+
+    def frozen(self, trial_id: str) -> optuna.trial.FrozenTrial:
+        """The stored state of Tune trial ``trial_id``'s Optuna trial."""
+        return self.storage.get_trial(self.trials[trial_id]._trial_id)
 
 
 class RatioOptunaSearch(OptunaSearch):
@@ -41,27 +93,29 @@ class RatioOptunaSearch(OptunaSearch):
         sp = parse_space(self._space_dict)
         return {k: sp.params[k].snap(v) if k in sp.params else v for k, v in params.items()}
 
+    @property
+    def internals(self) -> _Internals:
+        return _Internals(self)
+
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        ot = self.internals
+        if ot.open(trial_id) and ot.frozen(trial_id).state.is_finished():
+            # A trial that finished just before a crash, restored as unfinished by Tune, finishes
+            # again at once: Optuna already has its value.
+            ot.completed.add(trial_id)
+            return
         stopped_early = (
             result is not None
             and not error
             and int(result.get("epoch", 0) or 0) < int(result.get("epochs", 0) or 0)
-            and trial_id in self._ot_trials
-            and trial_id not in self._completed_trials
+            and ot.open(trial_id)
         )
-        if trial_id in self._ot_trials and trial_id not in self._completed_trials:
-            # A trial that finished just before a crash, restored as unfinished by Tune, finishes
-            # again at once: Optuna already has its value.
-            frozen = self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
-            if frozen.state.is_finished():
-                self._completed_trials.add(trial_id)
-                return
         if stopped_early:
             try:
-                self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+                ot.study.tell(ot.trials[trial_id], state=optuna.trial.TrialState.PRUNED)
             except Exception as e:  # never end a search over bookkeeping
                 logger.warning("optuna: %s", e)
-            self._completed_trials.add(trial_id)
+            ot.completed.add(trial_id)
             return
         super().on_trial_complete(trial_id, result=result, error=error)
 
@@ -71,17 +125,13 @@ class RatioOptunaSearch(OptunaSearch):
 
     def fail_orphans(self) -> int:
         """Mark RUNNING Optuna trials that no live Tune trial owns as FAIL; return how many."""
-        owned = {
-            t._trial_id for tid, t in self._ot_trials.items() if tid not in self._completed_trials
-        }
-        storage = self._ot_study._storage
+        ot = self.internals
+        owned = {t._trial_id for tid, t in ot.trials.items() if tid not in ot.completed}
         n = 0
-        running = self._ot_study.get_trials(
-            deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
-        )
+        running = ot.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         for t in running:
             if t._trial_id not in owned:
-                storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+                ot.storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
                 n += 1
         return n
 

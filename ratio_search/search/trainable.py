@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from ..config import GenerateConfig, TrainConfig
+from ..config import POOL_FIELDS, GenerateConfig, TrialConfig
 from ..home import Home
 from ..mixing import synthetic_needed
-from ..space import parse_space
+from .space import parse_space
 
 STATE_FILE = "state.pt"
 # trainer metric name -> reported name
@@ -50,23 +50,20 @@ class LazyModel:
         return self._model.sample(*args, **kwargs)
 
 
-def train_config(cfg: dict[str, Any], device: str) -> TrainConfig:
-    """The TrainConfig of one trial config (sampled + fixed values)."""
-    fields = ("r", "mode", "arch", "epochs", "batch_size", "lr", "seed", "threads")
-    return TrainConfig(**{k: cfg[k] for k in fields if k in cfg}, device=device)
+def trial_config(cfg: dict[str, Any], n: int, device: str) -> TrialConfig:
+    """The TrialConfig of one flat trial config (sampled + fixed values, see ``Space.trial_config``):
+    its classifier (CNN size included) and its pool of ``n`` images, both on ``device``."""
+    tc = TrialConfig.from_flat(cfg)
+    tc.train.device = device
+    tc.generate.n = int(n)
+    tc.generate.device = device
+    return tc
 
 
 def generate_config(cfg: dict[str, Any], n: int, device: str) -> GenerateConfig:
-    """The GenerateConfig of one trial's pool."""
-    return GenerateConfig(
-        guidance=float(cfg["guidance"]),
-        steps=int(cfg["steps"]),
-        scheduler=str(cfg["scheduler"]),
-        postprocess=str(cfg["postprocess"]),
-        n=int(n),
-        seed=int(cfg.get("pool_seed", 0)),
-        device=device,
-    )
+    """The GenerateConfig of one trial's pool (its pool fields, ``pool_seed``; ``n`` images)."""
+    flat = {k: cfg[k] for k in (*POOL_FIELDS, "pool_seed") if k in cfg}
+    return trial_config(flat, n, device).generate
 
 
 def trial_body(
@@ -86,11 +83,13 @@ def trial_body(
     the epoch it holds.
     """
     from ..pools import get_pool
-    from ..trial import run_trial
+    from ..pools.postprocess import reference_for
+    from ..train.trial import run_trial
 
     space = parse_space(ctx["space"])
     cfg = space.trial_config(config)
-    tcfg = train_config(cfg, device)
+    trial = trial_config(cfg, int(ctx.get("pool_n") or 0), device)
+    tcfg, gen = trial.train, trial.generate
     syn = int(data.synthetic_label)
     n_class = int((np.asarray(data.train_y) == syn).sum())
     n_synthetic = synthetic_needed(n_class, tcfg.r, tcfg.mode) if tcfg.r > 0 else 0
@@ -100,16 +99,12 @@ def trial_body(
         if not ctx.get("model_path"):
             raise RuntimeError("this trial needs a pool but the search has no generator model")
         model = LazyModel(ctx["model_path"], ctx["model_meta"])
-        gen = generate_config(cfg, ctx["pool_n"], device)
-        reference = None
-        if gen.postprocess == "histogram-match":
-            reference = np.asarray(data.train_x)[np.asarray(data.train_y) == syn]
         pool = get_pool(
             Home(Path(ctx["home"])),
             model,
             gen,
             n=int(ctx["pool_n"]),
-            reference=reference,
+            reference=reference_for(data, gen.postprocess),
             synthetic_class_index=syn,
             progress=False,
         )
@@ -139,8 +134,7 @@ def trial_body(
         )
         report(out, st)
 
-    model_kwargs = {k: cfg[k] for k in ("widths", "fc") if k in cfg}
-    return run_trial(tcfg, data, pool_images, report=on_epoch, state=state, **model_kwargs)
+    return run_trial(tcfg, data, pool_images, report=on_epoch, state=state)
 
 
 def save_state(state: dict[str, Any], folder: str | os.PathLike) -> Path:
