@@ -66,17 +66,14 @@ def dir_size(path: Path) -> int:
 
 def pid_alive(pid: int) -> bool:
     """Whether a process with this pid exists (and is not a zombie)."""
+    import psutil  # installed with Ray; imported here so that importing home stays cheap
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    except psutil.AccessDenied:
+        return True  # it exists, but belongs to someone else
 
 
 def resolve_device(device: str = "auto") -> str:

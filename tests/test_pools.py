@@ -33,6 +33,9 @@ from ratio_search.pools import (
     pool_store_size,
     update_manifest,
 )
+from ratio_search.pools import store as pools_store
+
+pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -173,7 +176,7 @@ def test_get_pool_builds_then_hits_without_calling_the_model(home, fake, tmp_pat
     assert m["n"] == 8 and m["model_hash"] == "fake0001" and m["class_name"] == "CNV"
     assert m["guidance"] == 2.0 and m["steps"] == 2 and m["scheduler"] == "ddim"
     assert m["postprocess"] == "none" and m["quality"] == {} and m["seconds"] >= 0
-    assert "numpy" in m["versions"] and m["created_at"]
+    assert "numpy" in m["versions"] and m["created"]
 
     p2 = get_pool(home, model, _gen(), 8, progress=False)
     assert not p2.generated and _generations(marker) == 1
@@ -209,6 +212,7 @@ def test_same_key_same_bytes_in_two_homes(fake, tmp_path):
     assert c.key != a.key and not np.array_equal(c.images, a.images)
 
 
+@pytest.mark.edges
 def test_bad_generate_settings_are_config_errors(home, fake):
     FakeModel, _ = fake
     with pytest.raises(ConfigError, match="scheduler"):
@@ -223,6 +227,7 @@ def test_bad_generate_settings_are_config_errors(home, fake):
         get_pool(home, FakeModel(), _gen(), 4, synthetic_class_index=5)
 
 
+@pytest.mark.edges
 def test_load_pool_missing_incomplete_and_too_small(home, fake):
     FakeModel, _ = fake
     with pytest.raises(PoolError, match="not found"):
@@ -264,6 +269,7 @@ def test_update_manifest_keeps_pool_complete(home, fake):
 # ------------------------------------------------------------------------------ concurrency
 
 
+@pytest.mark.e2e
 def test_two_processes_generate_once_and_see_same_bytes(home, fake, tmp_path):
     _, fake_dir = fake
     marker = tmp_path / "marker"
@@ -297,11 +303,12 @@ def test_stale_temp_dirs_are_cleaned_only_when_dead_or_old(home):
         d.mkdir()
     old = time.time() - pools_mod.STALE_TMP_SECONDS - 60
     os.utime(other_old, (old, old))
-    removed = set(pools_mod._clean_stale(pools, "aaaa"))
+    removed = set(pools_store._clean_stale(pools, "aaaa"))
     assert removed == {mine_dead, other_old}
     assert mine_alive.exists() and other_dead_fresh.exists()
 
 
+@pytest.mark.e2e
 def test_killed_builder_leaves_no_complete_pool_and_next_call_builds(home, fake, tmp_path):
     FakeModel, fake_dir = fake
     marker = tmp_path / "marker"
@@ -391,6 +398,17 @@ def test_list_pools_and_store_size(home, fake):
     assert pool_store_size(home) >= rows[a.key]["size_bytes"] + rows[b.key]["size_bytes"]
 
 
+def test_list_pools_reads_the_old_created_at_stamp(home, fake):
+    """Pools written before the one time-stamp format recorded ``created_at``: still listed."""
+    FakeModel, _ = fake
+    pool = get_pool(home, FakeModel(), _gen(), 4, progress=False)
+    m = json.loads((pool.path / "manifest.json").read_text())
+    m["created_at"] = "2026-01-02T03:04:05+00:00"
+    del m["created"]
+    (pool.path / "manifest.json").write_text(json.dumps(m))
+    assert [r["created"] for r in list_pools(home)] == ["2026-01-02T03:04:05+00:00"]
+
+
 def test_build_space_pools_builds_missing_ones_only(home, fake, tmp_path):
     FakeModel, _ = fake
     marker = tmp_path / "marker"
@@ -476,6 +494,7 @@ def _cli(argv, capsys):
     return rc, out, err
 
 
+@pytest.mark.edges
 @pytest.mark.parametrize(
     "flags, message",
     [
@@ -521,6 +540,7 @@ def tiny_model(tmp_path, make_image_folder):
     return home, info, data, cfg
 
 
+@pytest.mark.e2e
 def test_real_tiny_model_through_cli_and_get_pool(tiny_model, capsys):
     """The one test on a real generator: the CLI builds a histogram-matched pool, caches it, lists it."""
     from ratio_search.diffusion import load_model

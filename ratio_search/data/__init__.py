@@ -13,24 +13,25 @@ of the cache; index or ``np.array(...)`` them to get a writable copy.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from filelock import FileLock
 
+from .._io import read_json
 from ..config import DataConfig
 from ..errors import DataError
 from ..home import Home
 from . import imagefolder as _imagefolder
 from . import npz as _npz
 from . import phantom as _phantom
-from .cache import cached_arrays, file_fingerprint, hash_key
+from .cache import cache_dir, cached_arrays, file_fingerprint, hash_key, load_cached
 from .imagefolder import IMAGE_EXTENSIONS, decode_image, load_image_folder
 
 __all__ = [
     "Dataset",
+    "cached_dataset",
     "load_dataset",
     "load_image_folder",
     "decode_image",
@@ -100,7 +101,7 @@ def phantom_folder(cfg: DataConfig, home: Home) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         if marker.is_file():
-            have = json.loads(marker.read_text())
+            have = read_json(marker)
             if have != want:
                 raise DataError(
                     f"{folder} holds phantom data made with other settings ({have}); "
@@ -124,7 +125,7 @@ def _synthetic_label(cfg: DataConfig, class_names: list[str]) -> int:
 
 
 def _dataset(
-    arrays: dict, class_names: list[str], cfg: DataConfig, key: str, info: dict
+    arrays: dict, class_names: list[str], synthetic_label: int, key: str, info: dict
 ) -> Dataset:
     return Dataset(
         train_x=arrays["train_x"],
@@ -134,10 +135,25 @@ def _dataset(
         test_x=arrays["test_x"],
         test_y=arrays["test_y"],
         class_names=list(class_names),
-        synthetic_label=_synthetic_label(cfg, class_names),
+        synthetic_label=int(synthetic_label),
         key=key,
         info=info,
     )
+
+
+def cached_dataset(home: Home, key: str, synthetic_label: int = 0) -> Dataset | None:
+    """The dataset ``key`` as cached by an earlier :func:`load_dataset`, or None if it is not.
+
+    For readers that know a dataset only by its key (a model's ``meta.json`` records it), without
+    the :class:`DataConfig` that made it: the arrays, class names and decode-time info as cached.
+    """
+    hit = load_cached(home.cache, key)
+    if hit is None:
+        return None
+    arrays, meta = hit
+    info = {**meta.get("info", {}), "key": key, "cache": "hit"}
+    info["cache_dir"] = str(cache_dir(home.cache, key))
+    return _dataset(arrays, meta["class_names"], synthetic_label, key, info)
 
 
 def load_dataset(cfg: DataConfig, home: Home) -> Dataset:
@@ -218,8 +234,9 @@ def load_dataset(cfg: DataConfig, home: Home) -> Dataset:
         {
             "key": key,
             "cache": "hit" if hit else "miss",
-            "cache_dir": str(home.cache / f"data-{key}"),
+            "cache_dir": str(cache_dir(home.cache, key)),
         }
     )
     info.update({"image_size": cfg.image_size, "channels": cfg.channels})
-    return _dataset(arrays, meta["class_names"], cfg, key, info)
+    names = meta["class_names"]
+    return _dataset(arrays, names, _synthetic_label(cfg, names), key, info)

@@ -13,13 +13,14 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from filelock import FileLock
+
+from .._io import atomic_dir, atomic_write_json, read_json
 
 #: Bumped when the decoding or the cache layout changes, so that old caches are not reused.
 CACHE_VERSION = 1
@@ -41,6 +42,11 @@ def file_fingerprint(paths: list[Path], root: Path) -> list[list]:
     return out
 
 
+def cache_dir(cache_root: str | os.PathLike, key: str) -> Path:
+    """The folder of the cached arrays of dataset ``key``: ``<cache_root>/data-<key>``."""
+    return Path(cache_root) / f"data-{key}"
+
+
 def _load(folder: Path) -> tuple[dict[str, np.ndarray], dict]:
     arrays = {}
     for name in ARRAYS:
@@ -48,24 +54,29 @@ def _load(folder: Path) -> tuple[dict[str, np.ndarray], dict]:
         # an empty array (e.g. a missing test split) cannot be memory-mapped; it costs nothing to read
         arr = np.load(path, mmap_mode="r")
         arrays[name] = arr if arr.size else np.load(path)
-    meta = json.loads((folder / "meta.json").read_text())
-    return arrays, meta
+    return arrays, read_json(folder / "meta.json")
+
+
+def load_cached(
+    cache_root: str | os.PathLike, key: str
+) -> tuple[dict[str, np.ndarray], dict] | None:
+    """The cached ``(arrays, meta)`` of dataset ``key``, memory-mapped; None if it is not cached.
+
+    ``meta`` holds ``class_names`` and the ``info`` recorded when it was decoded.
+    """
+    folder = cache_dir(cache_root, key)
+    # meta.json is written last: its presence marks a complete cache
+    return _load(folder) if (folder / "meta.json").is_file() else None
 
 
 def _save(folder: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     """Write the arrays to a temporary folder next to ``folder`` and rename it into place."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    with atomic_dir(folder) as tmp:
         for name in ARRAYS:
             np.save(tmp / f"{name}.npy", np.ascontiguousarray(arrays[name]))
         # meta.json last: its presence marks a complete cache (belt and braces with the rename)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        os.chmod(tmp, 0o755)
-        os.rename(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        atomic_write_json(tmp / "meta.json", meta)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
 
 
 def cached_arrays(
@@ -75,15 +86,15 @@ def cached_arrays(
 
     Returns ``(arrays, meta, hit)``; arrays come back memory-mapped read-only.
     """
-    folder = Path(cache_root) / f"data-{key}"
-    if (folder / "meta.json").is_file():
-        arrays, meta = _load(folder)
-        return arrays, meta, True
+    hit = load_cached(cache_root, key)
+    if hit is not None:
+        return *hit, True
+    folder = cache_dir(cache_root, key)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
-        if (folder / "meta.json").is_file():  # another process built it while we waited
-            arrays, meta = _load(folder)
-            return arrays, meta, True
+        hit = load_cached(cache_root, key)  # another process built it while we waited
+        if hit is not None:
+            return *hit, True
         if folder.exists():  # a folder without meta.json cannot come from us; start afresh
             shutil.rmtree(folder)
         arrays, meta = build()

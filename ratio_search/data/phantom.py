@@ -9,7 +9,7 @@ RPE band and a textured choroid, vessel shadows, depth attenuation, blur, speckl
 * ``CNV`` scans add a Gaussian dome lifting the RPE (a pigment-epithelium detachment), usually
   a hyperreflective fibrovascular lesion under it, and often a dark fluid pocket above it.
 
-The recipe and its measured difficulty are in ``PHANTOM.md``: rendered at 64 x 64 and reduced to
+Measured difficulty of the recipe: rendered at 64 x 64 and reduced to
 32 x 32 by a 2 x 2 mean, a small CNN trained on 100 images per class is well below 100 %
 accuracy, and clearly better with 2,000, so there is room for synthetic data to matter.
 
@@ -21,15 +21,13 @@ random streams.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .._io import atomic_dir, atomic_write_json
 from ..errors import ConfigError, DataError
 
 #: Class names in label order. CNV first: it is the class that receives synthetic images.
@@ -292,9 +290,7 @@ def write_phantom_folder(
         raise DataError(
             f"{out} already exists and is not empty; remove it or choose another output folder"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:  # renaming into place also replaces an empty folder
         counts = {"train": n_per_class, "val": n_val_per_class, "test": n_test_per_class}
         for split, n in counts.items():
             for cls in CLASSES:
@@ -304,10 +300,6 @@ def write_phantom_folder(
                 for i, img in enumerate(images):
                     Image.fromarray(img).save(folder / patient_file_name(cls, split, i))
         params = phantom_params(n_per_class, n_val_per_class, n_test_per_class, seed, size)
-        (tmp / MARKER).write_text(json.dumps(params, indent=2) + "\n")
+        atomic_write_json(tmp / MARKER, params)
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-        os.rename(tmp, out)  # atomic; also replaces an empty folder
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
