@@ -54,13 +54,20 @@ RESULT_TAGS = ("pool_key", "model_hash", "node_id", "hostname", "node_ip", "devi
 _ERROR_CHARS = 20000
 
 
+def _path(where: str | os.PathLike) -> Path:
+    """``where/trials.jsonl`` for a run folder; ``where`` itself when it names a ``.jsonl`` file."""
+    p = Path(where)
+    return p if p.suffix == ".jsonl" else p / TRIALS_JSONL
+
+
 def read_trials(folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """The last record per ``trial_id`` of ``folder/trials.jsonl`` (insertion order = first seen).
 
-    A torn last line (a driver killed mid-write) and blank lines are skipped.
+    ``folder`` may also be the path of the ``.jsonl`` file. A torn last line (a driver killed
+    mid-write) and blank lines are skipped.
     """
     out: dict[str, dict[str, Any]] = {}
-    p = Path(folder) / TRIALS_JSONL
+    p = _path(folder)
     if not p.is_file():
         return out
     for line in p.read_text().splitlines():
@@ -76,11 +83,14 @@ def read_trials(folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
 
 
 def append_trial(folder: str | os.PathLike, record: Mapping[str, Any]) -> None:
-    """Append one record (strict JSON: NaN/inf as null) with a single ``O_APPEND`` write."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    """Append one record (strict JSON: NaN/inf as null) with a single ``O_APPEND`` write.
+
+    ``folder``: the run folder (or the ``.jsonl`` file's path).
+    """
+    path = _path(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
     data = (json.dumps(json_safe(record), default=str) + "\n").encode()
-    fd = os.open(folder / TRIALS_JSONL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, data)
     finally:

@@ -1,0 +1,139 @@
+"""The MLflow store: experiment, artifact folder, batching limits and the small helpers of
+every writer (the search tracker, the callback, one-off jobs). mlflow is imported on use."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from ..errors import RatioSearchError
+
+if TYPE_CHECKING:  # mlflow is imported where a store is written, not by the UI supervisor
+    from mlflow.tracking import MlflowClient
+
+EXPERIMENT_NAME = "ratio-search"
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_TAG = "ray_trial_id"
+KIND_TAG = "ratio_search.kind"  # search, trial, finetune, pool confirm (evidence/confirm.py)
+
+# MLflow limits per log_batch call.
+_MAX_PARAMS, _MAX_TAGS, _MAX_METRICS = 100, 100, 1000
+_MAX_PARAM_LEN = 6000
+
+
+def artifact_root_for(tracking_uri: str) -> Path | None:
+    """The artifact folder that goes with a local sqlite store: ``<db dir>/artifacts``.
+
+    ``None`` for any other store (a tracking server decides where artifacts go).
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    # sqlite:////abs/path.db (four slashes) is absolute, sqlite:///rel.db relative to the cwd.
+    db = Path(unquote(tracking_uri[len("sqlite:///") :].split("?", 1)[0]))
+    return db.resolve().parent / "artifacts"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (MLflow params are flat)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def param_str(v: Any) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, default=str)
+    return s[:_MAX_PARAM_LEN]
+
+
+def chunks(items: list, n: int) -> Iterable[list]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+
+def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    """The id of experiment ``name``; created (or restored from the bin) when needed.
+
+    With a local sqlite store the experiment's artifacts go to ``<db dir>/artifacts``.
+    """
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    root = artifact_root_for(tracking_uri)
+    location = None
+    if root is not None:
+        root.mkdir(parents=True, exist_ok=True)
+        location = root.as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        # Another process created it between our look-up and our create.
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def log_artifacts(
+    client: MlflowClient,
+    run_id: str,
+    artifacts: Iterable[str | os.PathLike] | Mapping[str, str | os.PathLike] | None,
+) -> None:
+    """Log files or folders: a list of paths, or ``{artifact_dir: path}``."""
+    if not artifacts:
+        return
+    items = artifacts.items() if isinstance(artifacts, Mapping) else [(None, a) for a in artifacts]
+    for artifact_path, local in items:
+        p = Path(local)
+        if p.is_dir():
+            client.log_artifacts(run_id, str(p), artifact_path or p.name)
+        elif p.is_file():
+            client.log_artifact(run_id, str(p), artifact_path)
+        else:
+            raise RatioSearchError(f"artifact to log not found: {p}")
+
+
+
+def confusion_figure(cm: list[list[int]], class_names: list[str] | None = None):
+    """A confusion-matrix figure built on the Agg canvas (no pyplot, no global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = len(cm)
+    names = class_names if class_names and len(class_names) == n else [str(i) for i in range(n)]
+    fig = Figure(figsize=(1.2 + 0.8 * n, 1.0 + 0.8 * n), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(cm, cmap="Blues")
+    top = max((max(row) for row in cm), default=0)
+    for i in range(n):
+        for j in range(n):
+            color = "white" if cm[i][j] > top / 2 else "black"
+            ax.text(j, i, str(cm[i][j]), ha="center", va="center", color=color)
+    ax.set_xticks(range(n), names)
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("validation confusion matrix")
+    fig.tight_layout()
+    return fig
+
+
