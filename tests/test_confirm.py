@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ratio_search.confirm import (
+from ratio_search.evidence.confirm import (
     Candidate,
     config_signature,
     confirm,
@@ -304,7 +304,7 @@ def test_confirm_through_the_real_trial_and_mlflow(tmp_path):
 
 def test_export_with_confirmation_exports_the_confirmed_choice(tmp_path):
     from ratio_search.config import Config, save_config
-    from ratio_search.confirm import export_with_confirmation
+    from ratio_search.evidence.export import export_with_confirmation
 
     home = make_run(tmp_path, TRIALS)
     save_config(Config(), home.runs / "run1" / "config.yaml")
@@ -322,7 +322,7 @@ def test_export_with_confirmation_exports_the_confirmed_choice(tmp_path):
 
 def test_best_trial_at_r0_still_confirms_k_synthetic_configurations(tmp_path):
     from ratio_search.config import Config, save_config
-    from ratio_search.confirm import export_with_confirmation
+    from ratio_search.evidence.export import export_with_confirmation
 
     # R = 0 ran three times (the baselines) and is the best; k = 1 must still confirm an R > 0.
     trials = [({"r": 0.0}, 0.86, "TERMINATED")] * 3 + [({"r": 0.5}, 0.80, "TERMINATED")]
@@ -340,7 +340,7 @@ def test_best_trial_at_r0_still_confirms_k_synthetic_configurations(tmp_path):
 
 def test_export_keeps_the_trial_when_the_choice_is_the_same_configuration(tmp_path):
     from ratio_search.config import Config, save_config
-    from ratio_search.confirm import export_with_confirmation
+    from ratio_search.evidence.export import export_with_confirmation
 
     trials = [
         ({"r": 0.0}, 0.90, "TERMINATED"),

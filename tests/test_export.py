@@ -18,14 +18,14 @@ import pytest
 import torch
 import yaml
 
-from ratio_search.config import Config, DataConfig, TrainConfig, save_config
+from ratio_search.config import Config, DataConfig, TrialConfig, save_config
 from ratio_search.data import load_dataset
 from ratio_search.errors import SearchError
-from ratio_search.export import TRAIN_KEYS, build_export, write_export
+from ratio_search.evidence.export import build_export, write_export
 from ratio_search.home import Home
-from ratio_search.space import parse_space
+from ratio_search.search.space import parse_space
 from ratio_search.tracking import MLflowTrialCallback, SearchTracker, append_jsonl
-from ratio_search.trial import read_train_yaml, run_trial
+from ratio_search.train.trial import read_train_yaml, run_trial
 
 SPACE = {
     "params": {"r": {"type": "float", "low": 0.0, "high": 1.0, "step": 0.5}},
@@ -107,7 +107,8 @@ def _fabricate(home: Home, data_root: Path, name: str = "fab") -> dict:
     for i, params in enumerate(({"r": 0.0}, {"r": 0.5})):
         trial = FakeTrial(f"fab_{i:05d}", dict(params))
         full = space.trial_config(params)  # what the trainable does with trial.config
-        tcfg = TrainConfig(**{k: full[k] for k in TRAIN_KEYS if k in full}, device="cpu")
+        tcfg = TrialConfig.from_flat(full).train
+        tcfg.device = "cpu"
         cb.on_trial_start(0, [], trial)
 
         def report(epoch: int, m: dict, state: dict, trial=trial, full=full) -> None:

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from ratio_search.errors import ConfigError
-from ratio_search.stats import mean_ci, paired_difference, usable_ratio
+from ratio_search.evidence.stats import mean_ci, paired_difference, usable_ratio
+
+pytestmark = pytest.mark.unit
 
 # ------------------------------------------------------------------------------ intervals
 

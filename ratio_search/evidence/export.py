@@ -5,8 +5,9 @@ the search's MLflow child runs when trials.jsonl is missing) and returns the doc
 :func:`write_export` writes it. The document holds:
 
 - ``data`` and ``train``: the sections ``train --config`` reads. ``data`` is the search's resolved
-  data config, ``train`` the trial's r, mode, seed, epochs, batch size, lr (epochs = the epoch the
-  trial's reported metric comes from, in case a scheduler stopped it early);
+  data config, ``train`` the trial's :class:`~ratio_search.config.TrainConfig` (r, mode, seed,
+  epochs, batch size, lr, the CNN's widths and fc; epochs = the epoch the trial's reported metric
+  comes from, in case a scheduler stopped it early);
 - ``pool``: ``{key, n}``: the pool of generated images the trial mixed in and how many of its
   first images the trial drew from (a cached pool can grow later); None at R = 0;
 - ``expected``: metadata that ``train`` ignores: the trial's validation metrics, its full config,
@@ -16,87 +17,32 @@ the search's MLflow child runs when trials.jsonl is missing) and returns the doc
 
 Running ``ratio-search train --config best.yaml`` on the same device repeats the trial and gives
 the same validation metric (same data, pool, seed, config: the trainer is deterministic).
+:func:`export_with_confirmation` adds the multi-seed confirmation (:mod:`.confirm`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import platform
-import tempfile
-import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .config import TrainConfig, config_from_dict
-from .errors import ConfigError, SearchError
-from .home import Home
-
-# Packages whose versions go into best.yaml (what decides whether a re-run gives the same numbers).
-PACKAGES = (
-    "ratio-search",
-    "torch",
-    "numpy",
-    "scikit-learn",
-    "diffusers",
-    "ray",
-    "optuna",
-    "mlflow",
-    "pillow",
-)
-# The TrainConfig keys a trial config carries; the rest of a trial config is metadata.
-TRAIN_KEYS = ("r", "mode", "arch", "epochs", "batch_size", "lr", "seed")
-# Trial-config keys that change the classifier but that `train --config` cannot express.
-UNREPRODUCIBLE_KEYS = ("widths", "fc")
-
-
-def package_versions() -> dict[str, str | None]:
-    """Installed versions of :data:`PACKAGES` (None when missing) and Python's."""
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise SearchError(f"{path}: cannot read the run's state ({e})") from None
-    if not isinstance(doc, dict):
-        raise SearchError(f"{path}: expected a JSON object")
-    return doc
-
-
-def _run_folder(home: Home, name: str) -> Path:
-    folder = home.runs / str(name)
-    if "/" in str(name) or str(name) in ("", ".", "..") or not (folder / "run.json").is_file():
-        known = (
-            sorted(p.name for p in home.runs.iterdir() if (p / "run.json").is_file())
-            if home.runs.is_dir()
-            else []
-        )
-        listed = ", ".join(known[-10:]) if known else "none"
-        raise SearchError(f"unknown run {name!r} in {home.runs} (runs there: {listed})")
-    return folder
+from .._io import atomic_write_text, is_number, json_safe, package_versions, utc_now
+from ..config import TrialConfig, config_from_dict, config_to_dict
+from ..errors import ConfigError, SearchError
+from ..home import Home
+from ..search.runs import find_run, read_run_json
+from ..search.trials import best_trial, read_trials
+from .candidates import config_signature
+from .confirm import confirm
+from .runs import RunContext, load_run_space
 
 
 def read_trial_records(folder: Path, info: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The last record per trial: from ``trials.jsonl``, else from the run's MLflow child runs."""
-    from .tracking import read_trials_jsonl
-
-    records = read_trials_jsonl(folder / "trials.jsonl")
+    records = read_trials(folder)
     if records:
         return records
     ml = info.get("mlflow") or {}
@@ -107,7 +53,7 @@ def read_trial_records(folder: Path, info: dict[str, Any]) -> dict[str, dict[str
 
 def _records_from_mlflow(folder: Path, uri: str, parent: str) -> dict[str, dict[str, Any]]:
     """trials.jsonl-like records rebuilt from the child runs of ``parent``."""
-    from .tracking import SearchTracker
+    from ..tracking import SearchTracker
 
     def value(s: str) -> Any:  # params were logged JSON-encoded unless they were strings
         try:
@@ -141,30 +87,10 @@ def _records_from_mlflow(folder: Path, uri: str, parent: str) -> dict[str, dict[
     return out
 
 
-def best_record(
-    records: dict[str, dict[str, Any]], metric: str, mode: str
-) -> dict[str, Any] | None:
-    """The finished trial whose last ``metric`` is best; ties go to the earliest trial."""
-    sign = 1.0 if mode == "max" else -1.0
-    best, best_v = None, -math.inf
-    for rec in records.values():  # in first-seen order, so ">" keeps the earliest of a tie
-        v = (rec.get("metrics") or {}).get(metric)
-        if rec.get("state") == "TERMINATED" and _finite(v) and sign * v > best_v:
-            best, best_v = rec, sign * v
-    return best
-
-
 def _full_config(folder: Path, info: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """The trial's complete config (the space's fixed values and defaults added to its params)."""
-    space_doc = info.get("space")
-    if not isinstance(space_doc, dict) and (folder / "space.yaml").is_file():
-        space_doc = yaml.safe_load((folder / "space.yaml").read_text())
-    if not isinstance(space_doc, dict):
-        return dict(params)
-    from .space import parse_space
-
-    space = parse_space(space_doc, origin=f"{folder / 'run.json'} space")
-    return space.trial_config(dict(params))
+    space = load_run_space(folder, info)
+    return space.trial_config(dict(params)) if space is not None else dict(params)
 
 
 def _data_section(folder: Path) -> dict[str, Any]:
@@ -174,8 +100,6 @@ def _data_section(folder: Path) -> dict[str, Any]:
         raise SearchError(f"{path}: missing; the run's data config is unknown")
     doc = yaml.safe_load(path.read_text()) or {}
     cfg = config_from_dict({"data": doc.get("data") or {}})
-    from .config import config_to_dict
-
     return config_to_dict(cfg.data)
 
 
@@ -185,8 +109,10 @@ def build_export(home: Home, name: str, trial_id: str | None = None) -> dict[str
     Raises :class:`SearchError` for an unknown run, a run with no finished trial, or an unknown
     or unfinished ``trial_id``.
     """
-    folder = _run_folder(home, name)
-    info = _read_json(folder / "run.json")
+    folder = find_run(home, name)
+    info = read_run_json(folder)
+    if not isinstance(info, dict):
+        raise SearchError(f"{folder / 'run.json'}: expected a JSON object")
     metric = str(info.get("metric") or "val_accuracy")
     mode = str(info.get("mode") or "max")
     records = read_trial_records(folder, info)
@@ -197,7 +123,7 @@ def build_export(home: Home, name: str, trial_id: str | None = None) -> dict[str
         if rec.get("state") != "TERMINATED":
             raise SearchError(f"trial {trial_id} of run {name} is {rec.get('state')}, not finished")
     else:
-        rec = best_record(records, metric, mode)
+        rec = best_trial(records, metric, mode)
         if rec is None:
             counts: dict[str, int] = {}
             for r in records.values():
@@ -213,8 +139,11 @@ def build_export(home: Home, name: str, trial_id: str | None = None) -> dict[str
     metrics = dict(rec.get("metrics") or {})
     epoch = int(rec.get("epoch") or metrics.get("epoch") or 0)
 
-    train: dict[str, Any] = dict(vars(TrainConfig()))
-    train.update({k: full[k] for k in TRAIN_KEYS if k in full})
+    # The trial's TrainConfig (the CNN's widths/fc included); flat keys that are not part of a
+    # trial config (none today) are metadata and stay in expected.params only.
+    flat_keys = TrialConfig().to_flat()
+    trial = TrialConfig.from_flat({k: v for k, v in full.items() if k in flat_keys})
+    train: dict[str, Any] = config_to_dict(trial.train)
     planned_epochs = int(train["epochs"])
     if 0 < epoch < planned_epochs:
         # A scheduler (ASHA) stopped the trial: its metric is the one after `epoch` epochs.
@@ -230,19 +159,13 @@ def build_export(home: Home, name: str, trial_id: str | None = None) -> dict[str
         pool_key = None  # R = 0 mixes nothing in, whatever pool a trial had at hand
     ml = info.get("mlflow") or {}
     validation = {
-        k: (float(v) if _finite(v) else None)
+        k: (float(v) if is_number(v) else None)
         for k, v in metrics.items()
         if k.startswith("val_") or k == metric
     }
     notes = []
     if train["epochs"] != planned_epochs:
         notes.append(f"stopped early by the scheduler after {epoch} of {planned_epochs} epochs")
-    odd = [k for k in UNREPRODUCIBLE_KEYS if k in full]
-    if odd:
-        notes.append(
-            f"the trial's classifier was changed by {', '.join(odd)}, which train --config "
-            "cannot set: its numbers will differ"
-        )
     expected: dict[str, Any] = {
         "run": info.get("name", name),
         "trial_id": rec.get("trial_id"),
@@ -251,7 +174,9 @@ def build_export(home: Home, name: str, trial_id: str | None = None) -> dict[str
         "value": validation.get(metric),
         "epoch": epoch,
         "validation": validation,
-        "train_loss": float(metrics["train_loss"]) if _finite(metrics.get("train_loss")) else None,
+        "train_loss": float(metrics["train_loss"])
+        if is_number(metrics.get("train_loss"))
+        else None,
         "n_synthetic": metrics.get("n_synthetic"),
         "params": full,
         "pool_key": pool_key,
@@ -268,7 +193,7 @@ def build_export(home: Home, name: str, trial_id: str | None = None) -> dict[str
             "child_run_id": rec.get("mlflow_run_id"),
         },
         "versions": package_versions(),
-        "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "exported": utc_now(),
         "notes": notes,
     }
     pool: Any = pool_key
@@ -291,35 +216,66 @@ HEADER = (
 )
 
 
-def _yaml_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _yaml_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_yaml_safe(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def write_export(doc: dict[str, Any], out: str | os.PathLike, as_json: bool = False) -> Path:
     """Write ``doc`` to ``out`` as YAML (or JSON), atomically (temp file + rename)."""
     path = Path(out)
     if path.is_dir():
         raise ConfigError(f"--out: {path} is a folder; give a file name such as best.yaml")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    doc = _yaml_safe(doc)
+    # Plain values only (numpy scalars, tuples, paths and NaN have no YAML form of their own).
+    doc = json.loads(json.dumps(json_safe(doc), default=str))
     if as_json:
-        text = json.dumps(doc, indent=2, default=str) + "\n"
+        text = json.dumps(doc, indent=2) + "\n"
     else:
         text = HEADER.format(path=path) + yaml.safe_dump(doc, sort_keys=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, text)
+
+
+# ------------------------------------------------------------------------------ with confirmation
+
+
+def read_trial_params(home: Home, name: str) -> dict[str, dict[str, Any]]:
+    """``{trial_id: params}`` of run ``name`` (from trials.jsonl)."""
+    return {
+        tid: dict(rec.get("params") or {}) for tid, rec in read_trials(find_run(home, name)).items()
+    }
+
+
+def export_with_confirmation(
+    home: Home,
+    name: str,
+    trial_id: str | None = None,
+    **confirm_kwargs: Any,
+) -> dict[str, Any]:
+    """``export.build_export`` plus the confirmation, as ``expected.confirm`` in best.yaml.
+
+    Without an explicit ``trial_id``, the exported trial is the *chosen* configuration's trial
+    (the best confirmed mean), which is not always the search's best single trial: a lucky trial
+    that fails its confirmation is not exported. When the chosen configuration has no trial of
+    its own (R = 0 that the search never ran), the best trial stays exported, with a note.
+    """
+    doc = build_export(home, name, trial_id=trial_id)
+    result = confirm(home, name, **confirm_kwargs)
+    chosen = next(c for c in result["configurations"] if c["label"] == result["chosen"]["label"])
+    exported = doc["expected"].get("trial_id")
+    notes = doc["expected"].setdefault("notes", [])
+    ctx = confirm_kwargs.get("context")
+    if ctx is None:
+        folder = find_run(home, name)
+        ctx = RunContext(home, folder, read_run_json(folder))
+    trials = read_trial_params(home, name)
+    exported_cfg = ctx.full_config(trials.get(str(exported), {}))
+    same = config_signature(exported_cfg) == config_signature(result["chosen"]["config"])
+    if trial_id is None and chosen.get("trial_id") and not same:
+        doc = build_export(home, name, trial_id=chosen["trial_id"])
+        notes = doc["expected"].setdefault("notes", [])
+        notes.append(
+            f"exported trial {chosen['trial_id']} ({chosen['label']}), the best after confirmation, "
+            f"instead of the best single trial {exported}"
+        )
+    elif trial_id is None and not chosen.get("trial_id") and not same:
+        notes.append(
+            f"the confirmation chose {chosen['label']}, which the search never ran as a trial; "
+            f"the exported trial is the best single trial {exported}"
+        )
+    doc["expected"]["confirm"] = result
+    return doc

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as _st
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)

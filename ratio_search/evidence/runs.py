@@ -1,0 +1,247 @@
+"""The confirmation's training runs: one search's trials re-run outside Ray, and their cache.
+
+:class:`RunContext` re-runs a trial of a finished search with another seed through
+:func:`ratio_search.train.trial.run_trial`, the function the search's trainable calls, so a
+confirmation run is the same computation as a trial. Every run is cached under
+``<run dir>/confirm/`` (its validation metrics as JSON, its weights as safetensors, keyed by a hash
+of the trial config, seed and data key), so an interrupted export resumes where it stopped and a
+second export re-trains nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._io import atomic_write_json, atomic_write_with, is_number
+from ..config import TrialConfig
+from ..errors import RatioSearchError, SearchError
+from ..home import Home
+from .candidates import METRICS, Candidate
+
+ProgressFn = Callable[[str], None]
+
+
+def load_run_space(folder: Path, info: Mapping[str, Any]):
+    """The search space of a run: run.json's ``space``, else its ``space.yaml``; None if neither."""
+    from ..search.space import load_space, parse_space
+
+    if isinstance(info.get("space"), dict):
+        return parse_space(info["space"], origin=f"{folder}/run.json space")
+    if (Path(folder) / "space.yaml").is_file():
+        return load_space(Path(folder) / "space.yaml")
+    return None
+
+
+class RunContext:
+    """Re-runs trials of one search outside Ray: its dataset, its pools, its trial configs.
+
+    Loaded lazily from the run folder: the resolved ``config.yaml`` (dataset), ``run.json`` (the
+    space, data key, model path). Pools are read by the trial's ``pool_key`` when still cached,
+    else generated again (same key, same images) with the run's diffusion model.
+    """
+
+    def __init__(self, home: Home, run_folder: Path, info: Mapping[str, Any]) -> None:
+        self.home = home
+        self.run_folder = Path(run_folder)
+        self.info = dict(info)
+        self._data = None
+        self._space = None
+        self._model = None
+        self._pools: dict[str, np.ndarray] = {}
+
+    # -- the search's definitions
+    @property
+    def space(self):
+        """The search space of the run (run.json's ``space``, else its ``space.yaml``)."""
+        if self._space is None:
+            from ..search.space import load_space
+
+            self._space = load_run_space(self.run_folder, self.info)
+            if self._space is None:  # neither: load_space names the missing file
+                self._space = load_space(self.run_folder / "space.yaml")
+        return self._space
+
+    def full_config(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The complete trial config of sampled ``params`` (fixed values and defaults added)."""
+        return self.space.trial_config(dict(params))
+
+    @property
+    def data(self):
+        """The run's dataset; a SearchError when its data key changed since the search."""
+        if self._data is None:
+            from ..config import load_config
+            from ..data import load_dataset
+
+            cfg_path = self.run_folder / "config.yaml"
+            cfg = load_config(cfg_path if cfg_path.is_file() else None)
+            data_cfg = self.space.data_config(cfg.data) if not cfg_path.is_file() else cfg.data
+            self._data = load_dataset(data_cfg, self.home)
+            want = self.info.get("data_key")
+            if want and self._data.key != want:
+                raise SearchError(
+                    f"the dataset of run {self.run_folder.name} has changed since the search "
+                    f"(data key {self._data.key}, the search used {want}); confirmation would "
+                    "compare runs on different data"
+                )
+        return self._data
+
+    # -- one run
+    def pool_images(self, config: Mapping[str, Any], pool_key: str | None) -> np.ndarray | None:
+        """The generated images a trial with ``config`` mixes in (None at R = 0)."""
+        if float(config.get("r", 0.0)) == 0.0:
+            return None
+        n = self.pool_n(config)
+        from .. import pools
+
+        if pool_key:
+            cache_key = f"{pool_key}:{n}"
+            if cache_key not in self._pools:
+                try:
+                    self._pools[cache_key] = pools.load_pool(self.home, pool_key, n=n).images
+                except RatioSearchError:
+                    pass
+            if cache_key in self._pools:
+                return self._pools[cache_key]
+        return self._generate(config)
+
+    def pool_n(self, config: Mapping[str, Any]) -> int | None:
+        """Images per pool as the search's trials used them: run.json's ``pool_n`` (the first n
+        images of a pool), else the space's ``pool_size``."""
+        n = self.info.get("pool_n") or config.get("pool_size")
+        return int(n) if n else None
+
+    def _generate(self, config: Mapping[str, Any]) -> np.ndarray:
+        from .. import pools
+        from ..diffusion import load_model
+
+        if self._model is None:
+            path = self.info.get("model_path")
+            if not path:
+                raise SearchError(
+                    f"run.json of {self.run_folder.name} names no model_path to regenerate a pool"
+                )
+            self._model = load_model(path, self.home)
+        gen = TrialConfig.from_flat(dict(config)).generate
+        n = self.pool_n(config) or gen.n
+        # As the search's trainable asks for it, so that the key (and the images) are the same.
+        reference = (
+            pools.class_reference(self.data) if gen.postprocess == "histogram-match" else None
+        )
+        pool = pools.get_pool(
+            self.home,
+            self._model,
+            gen,
+            n,
+            reference=reference,
+            synthetic_class_index=int(self.data.synthetic_label),
+            progress=False,
+        )
+        return pool.images
+
+    def train(
+        self, config: Mapping[str, Any], seed: int, pool_key: str | None
+    ) -> tuple[dict[str, float], dict[str, Any]]:
+        """Train one trial of ``config`` with ``seed``: (validation metrics, model state dict)."""
+        from ..train.trial import run_trial
+
+        cfg = TrialConfig.from_flat(dict(config)).train
+        cfg.seed = int(seed)
+        last: dict[str, Any] = {}
+
+        def keep_state(epoch: int, metrics: dict[str, Any], state: dict[str, Any]) -> None:
+            last["state"] = state["model"]  # the weights after the last epoch
+
+        out = run_trial(cfg, self.data, self.pool_images(config, pool_key), report=keep_state)
+        return _val_metrics(out["metrics"]), last["state"]
+
+    def test(self, config: Mapping[str, Any], state: Mapping[str, Any]) -> dict[str, float]:
+        """Metrics on the test split of a model trained with ``config`` (its state dict)."""
+        from ..train.cnn import build_model
+        from ..train.loop import evaluate
+
+        data = self.data
+        c, h, w = data.train_x.shape[1:]
+        cfg = TrialConfig.from_flat(dict(config)).train
+        model = build_model(cfg, c, len(data.class_names), (h, w))
+        model.load_state_dict(dict(state))
+        m = evaluate(model, data.test_x, data.test_y, positive_label=data.synthetic_label)
+        return _test_metrics(m)
+
+    @property
+    def n_test(self) -> int:
+        """Images in the test split."""
+        return int(len(self.data.test_y))
+
+    @property
+    def data_key(self) -> str:
+        """The data key of the run (what the cache of its runs is keyed by)."""
+        return str(self.info.get("data_key") or self.data.key)
+
+
+def _val_metrics(m: Mapping[str, Any]) -> dict[str, float]:
+    """run_trial's metrics under the search's names (``val_accuracy``...), numbers only."""
+    return {name: float(m[key]) for name, key in METRICS.items() if is_number(m.get(key))}
+
+
+def _test_metrics(m: Mapping[str, Any]) -> dict[str, float]:
+    out = {
+        f"test_{k}": float(m[k])
+        for k in ("accuracy", "f1", "precision", "recall", "roc_auc")
+        if is_number(m.get(k))
+    }
+    if is_number(m.get("val_loss")):
+        out["test_loss"] = float(m["val_loss"])  # evaluate() names the loss on any split val_loss
+    return out
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")
+
+
+def _run_key(config: Mapping[str, Any], seed: int, data_key: str) -> str:
+    # The flat config as the space gives it: the key of runs cached before stays the same.
+    doc = {"config": {k: config[k] for k in sorted(config)}, "seed": int(seed), "data": data_key}
+    return hashlib.sha1(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def train_cached(
+    ctx: Any, cand: Candidate, seed: int, folder: Path, progress: ProgressFn | None
+) -> None:
+    """Train (or read from the cache) one confirmation run; append it to ``cand``."""
+    from safetensors.torch import save_file
+
+    sub = folder / _slug(cand.label)
+    key = _run_key(cand.config, seed, ctx.data_key)
+    meta_path, weights = sub / f"seed-{seed}-{key}.json", sub / f"seed-{seed}-{key}.safetensors"
+    if meta_path.is_file() and weights.is_file():
+        val = json.loads(meta_path.read_text())["val"]
+        if progress:
+            progress(f"confirm {cand.label} seed {seed}: cached")
+    else:
+        if progress:
+            progress(f"confirm {cand.label} seed {seed}: training")
+        val, state = ctx.train(cand.config, seed, cand.pool_key)
+        tensors = {k: v.contiguous() for k, v in state.items()}
+        atomic_write_with(weights, lambda tmp: save_file(tensors, str(tmp)))
+        doc = {"config": cand.config, "seed": seed, "data_key": ctx.data_key, "val": val}
+        atomic_write_json(meta_path, doc)  # written last: a cache entry is complete or absent
+    cand.seeds.append(seed)
+    cand.val.append(val)
+    cand.weights.append(str(weights))
+
+
+def load_state(path: str) -> dict[str, Any]:
+    """A cached run's weights (safetensors) as a state dict."""
+    from safetensors.torch import load_file
+
+    return load_file(path)

@@ -1,0 +1,1 @@
+from .evidence.stats import *  # noqa: F403  # shim: removed at integration
