@@ -76,8 +76,7 @@ def model_for(
 ) -> tuple[str, dict[str, Any]]:
     """Path and meta.json of the generator: ``model`` (a folder), or the newest model fine-tuned
     on this data ("latest"/None), fine-tuning one now if there is none."""
-    from ..diffusion import finetune, list_models, load_model
-    from ..diffusion.common import read_meta  # TODO(integration): diffusion.base once it exists
+    from ..diffusion import finetune, list_models, load_model, read_meta
 
     if model not in (None, "latest"):
         path = str(load_model(model, home).path)

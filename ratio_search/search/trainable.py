@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..config import POOL_FIELDS, GenerateConfig, TrialConfig
+from ..diffusion.base import GenerativeModel
 from ..home import Home
 from ..mixing import synthetic_needed
 from .space import parse_space
@@ -26,7 +27,7 @@ STATE_FILE = "state.pt"
 _VAL_KEYS = ("accuracy", "f1", "precision", "recall", "roc_auc")
 
 
-class LazyModel:
+class LazyModel(GenerativeModel):
     """A saved generator known by its meta.json; the network is loaded only if a pool is missing.
 
     ``pools.get_pool`` needs the model's hash and image size to find a cached pool, and calls
@@ -34,20 +35,29 @@ class LazyModel:
     """
 
     def __init__(self, path: str, meta: dict[str, Any]) -> None:
-        self.path = Path(path)
-        self.meta = meta
-        self.model_hash = str(meta["model_hash"])
-        self.image_size = int(meta["image_size"])
-        self.channels = int(meta["channels"])
-        self.class_names = list(meta.get("class_names") or [])
-        self._model = None
+        super().__init__(path, meta)
+        self._model: GenerativeModel | None = None
 
-    def sample(self, *args: Any, **kwargs: Any) -> np.ndarray:
+    def _sample(
+        self,
+        n: int,
+        class_index: int,
+        guidance: float,
+        steps: int,
+        scheduler: str,
+        seed: int,
+        batch_size: int,
+        device: str,
+        progress: bool,
+    ) -> np.ndarray:
+        """Load the saved model on first use and sample from it."""
         if self._model is None:
             from ..diffusion import load_model
 
             self._model = load_model(self.path)
-        return self._model.sample(*args, **kwargs)
+        return self._model.sample(
+            n, class_index, guidance, steps, scheduler, seed, batch_size, device, progress
+        )
 
 
 def trial_config(cfg: dict[str, Any], n: int, device: str) -> TrialConfig:
