@@ -14,21 +14,16 @@ from safetensors.torch import load_file
 
 from ratio_search.config import FinetuneConfig
 from ratio_search.data import Dataset
-from ratio_search.diffusion import finetune, load_model, sd
+from ratio_search.diffusion import finetune, load_model, sd, sd_train
+from ratio_search.diffusion.testing import build_tiny_pipeline
 from ratio_search.errors import ConfigError, ModelError
 from ratio_search.home import Home
 
+# The machine's cores are shared with other jobs; the tiny models do not need more than one.
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
+
 IMAGE_SIZE = 16  # the dataset's images
 RESOLUTION = 32  # the fine-tune's (tiny pipeline: 8x8 latents)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI machine has 2 cores shared with other jobs; the tiny models do not need more.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make_data(n_per_class: int = 4, channels: int = 1, seed: int = 0) -> Dataset:
@@ -68,7 +63,7 @@ def sd_config(base: Path, **kw) -> FinetuneConfig:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    return sd.build_tiny_pipeline(tmp_path_factory.mktemp("sd") / "base", image_size=RESOLUTION)
+    return build_tiny_pipeline(tmp_path_factory.mktemp("sd") / "base", image_size=RESOLUTION)
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +102,7 @@ def test_tiny_tokenizer_knows_the_prompt_words(base):
     assert tok.unk_token_id not in ids[1:-1] and len(ids) > 3
 
 
+@pytest.mark.edges
 def test_missing_base_model_is_a_model_error(tmp_path):
     with pytest.raises(ModelError, match="--base-model is required"):
         sd.check_pipeline_folder(None)
@@ -116,6 +112,7 @@ def test_missing_base_model_is_a_model_error(tmp_path):
         sd.check_pipeline_folder(tmp_path)
 
 
+@pytest.mark.edges
 def test_incomplete_pipeline_names_what_is_missing(base, tmp_path):
     import shutil
 
@@ -130,6 +127,7 @@ def test_incomplete_pipeline_names_what_is_missing(base, tmp_path):
     assert "vae" not in msg and "\n" not in msg
 
 
+@pytest.mark.edges
 def test_unloadable_weights_and_bad_prompt_are_one_line_errors(base, tmp_path):
     import shutil
 
@@ -234,6 +232,10 @@ def test_common_finetune_and_load_model_use_the_sd_backend(base, tmp_path):
     assert imgs.shape == (2, 1, IMAGE_SIZE, IMAGE_SIZE) and imgs.dtype == np.uint8
     # the same data and config again: a cache hit, no second fine-tune
     assert finetune(make_data(), sd_config(base), home, progress=False).cached
+    # the hash holds only what trains an SD model: tiny-only fields are not part of it
+    assert info.meta["config"] == sd.resolve_config(sd_config(base))
+    tiny_only = sd_config(base, ema_decay=0.5, null_class_prob=0.3, from_scratch=True)
+    assert finetune(make_data(), tiny_only, home, progress=False).hash == info.hash
 
 
 def test_rgb_output_keeps_three_channels():
@@ -256,7 +258,7 @@ def test_resume_continues_from_the_checkpoint(base, tmp_path, monkeypatch):
 
     resumed = tmp_path / "resumed"
     with monkeypatch.context() as m:
-        m.setattr(sd, "_save_pipeline", crash)
+        m.setattr(sd_train, "_save_pipeline", crash)
         with pytest.raises(KeyboardInterrupt):
             sd.finetune_sd(data, cfg, resumed)
     state = json.loads((resumed / "checkpoint" / "state.json").read_text())
@@ -279,15 +281,15 @@ def test_mixed_precision_path_trains_on_synthetic_class_train_images_only(
     # The GPU path (autocast + gradient checkpointing) exercised on the CPU with bf16 autocast.
     data = make_data()
     seen: list[np.ndarray] = []
-    to_input = sd.images_to_pipeline_input
+    to_input = sd_train.images_to_pipeline_input
 
     def spy(x, resolution):
         seen.append(np.array(x))
         return to_input(x, resolution)
 
-    monkeypatch.setattr(sd, "images_to_pipeline_input", spy)
+    monkeypatch.setattr(sd_train, "images_to_pipeline_input", spy)
     cfg = sd_config(base, max_steps=2)
-    stats = sd._train(
+    stats = sd_train._train(
         data,
         cfg,
         base,

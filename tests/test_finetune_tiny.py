@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,15 +11,24 @@ import torch
 from safetensors.torch import load_file
 
 from ratio_search.cli import main
-from ratio_search.config import FinetuneConfig
+from ratio_search.config import FinetuneConfig, GenerateConfig
 from ratio_search.data import Dataset
-from ratio_search.diffusion import finetune, list_models, load_model
-from ratio_search.diffusion.common import CHECKPOINT_NAME
-from ratio_search.diffusion.tiny import TEST_UNET, WEIGHTS_NAME
+from ratio_search.diffusion import (
+    BACKENDS,
+    SCHEDULERS,
+    GenerativeModel,
+    finetune,
+    get_backend,
+    list_models,
+    load_model,
+)
+from ratio_search.diffusion.base import model_hash
+from ratio_search.diffusion.tiny import CHECKPOINT_NAME, TEST_UNET, WEIGHTS_NAME, resolve
 from ratio_search.errors import ConfigError, ModelError
 from ratio_search.home import Home
 
-torch.set_num_threads(1)
+# The machine's cores are shared with other jobs; the tiny models do not need more than one.
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 
 
 class _Untouchable:
@@ -106,6 +116,7 @@ def test_guidance_changes_the_output(trained):
     "kw",
     [dict(guidance=-1.0), dict(steps=0), dict(scheduler="euler"), dict(class_index=2)],
 )
+@pytest.mark.edges
 def test_bad_sampling_arguments_raise_config_error(trained, kw):
     home, info = trained
     model = load_model(info.path, home)
@@ -196,12 +207,14 @@ def test_base_model_initialises_class_embeddings_by_name(trained, tmp_path):
     assert scratch.hash != info.hash
 
 
+@pytest.mark.edges
 def test_missing_base_model_is_a_model_error(tmp_path):
     cfg = _cfg(from_scratch=False, base_model=str(tmp_path / "nope"))
     with pytest.raises(ModelError, match="nope"):
         finetune(_data(), cfg, Home(tmp_path), progress=False, unet_config=TEST_UNET)
 
 
+@pytest.mark.edges
 def test_load_model_errors_and_latest(trained, tmp_path):
     home, info = trained
     with pytest.raises(ModelError, match="not found"):
@@ -218,6 +231,7 @@ def test_load_model_errors_and_latest(trained, tmp_path):
     assert info.path in list_models(home)
 
 
+@pytest.mark.edges
 def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
     rc = main(["finetune", "--home", str(tmp_path), "--base-model", str(tmp_path / "nope"),
                "--data", str(tmp_path / "nodata")])  # fmt: skip
@@ -228,6 +242,7 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
     assert rc == 2 and "--from-scratch" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.e2e
 def test_cli_finetune_trains_then_hits_the_cache(tmp_path, capsys):
     rng = np.random.default_rng(1)
     arrays = {}
@@ -245,3 +260,65 @@ def test_cli_finetune_trains_then_hits_the_cache(tmp_path, capsys):
     assert main(argv) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["cached"] is True and second["hash"] == first["hash"]
+
+
+def _zeros_data(size=16, classes=("CNV", "NORMAL"), key="k-test") -> Dataset:
+    x = np.zeros((8, 1, size, size), dtype=np.uint8)
+    y = np.arange(8) % len(classes)
+    return Dataset(x, y, x[:2], y[:2], x[:2], y[:2], list(classes), 0, key, {"source": "test"})
+
+
+@pytest.mark.parametrize(
+    "data, cfg, unet, base_hash, expected",
+    [
+        (_zeros_data(), _cfg(), TEST_UNET, None, "382903078254a461"),
+        (_zeros_data(32, ("NORMAL", "DME", "CNV"), "phantom-x"), FinetuneConfig(), None,
+         "0123456789abcdef", "2103bb6d3482b281"),
+        (_zeros_data(), FinetuneConfig(from_scratch=True, resolution=24, prompt="x {cls}",
+         base_model="/nowhere", device="cuda", checkpoint_every=7, seed=3, lr=1e-3,
+         ema_decay=0.9, null_class_prob=0.2), None, None, "cc209338d7f0af68"),
+    ],
+)  # fmt: skip
+def test_tiny_model_hash_is_unchanged(data, cfg, unet, base_hash, expected):
+    # Computed with the code before the diffusion package was restructured: existing homes must
+    # still find their models (the hash is the folder name).
+    resolved = resolve(data, cfg, unet)
+    assert model_hash(data.key, resolved.config, base_hash) == expected
+
+
+def test_backend_registry_matches_the_config_choices():
+    choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(FinetuneConfig)}
+    assert set(BACKENDS) == set(choices["backend"])
+    assert {name: get_backend(name).name for name in BACKENDS} == {n: n for n in BACKENDS}
+    gen_choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(GenerateConfig)}
+    assert SCHEDULERS == tuple(gen_choices["scheduler"])
+    with pytest.raises(ConfigError, match="tiny, stable-diffusion"):
+        finetune(_data(), _cfg(backend="gan"), Home("/nonexistent"), progress=False)
+
+
+@pytest.mark.edges
+def test_a_model_of_unknown_backend_is_a_model_error(trained, tmp_path):
+    import shutil
+
+    _, info = trained
+    odd = tmp_path / "odd"
+    shutil.copytree(info.path, odd)
+    meta = json.loads((odd / "meta.json").read_text())
+    (odd / "meta.json").write_text(json.dumps(meta | {"backend": "gan"}))
+    with pytest.raises(ModelError, match="unknown backend 'gan'"):
+        load_model(odd)
+
+
+def test_a_meta_json_written_before_the_restructuring_still_loads(trained, tmp_path):
+    import shutil
+
+    _, info = trained
+    old = tmp_path / "old"
+    shutil.copytree(info.path, old)
+    meta = json.loads((old / "meta.json").read_text())
+    # versions as the old code wrote them ("n/a" for a missing package, no ratio-search key)
+    meta["versions"] = {"python": "3.11.7", "torch": "2.4.0", "diffusers": "n/a"}
+    (old / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    model = load_model(old)
+    assert isinstance(model, GenerativeModel) and model.model_hash == info.hash
+    assert model.sample(1, 0, guidance=2.0, steps=2).shape == (1, 1, 16, 16)

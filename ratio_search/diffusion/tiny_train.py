@@ -1,0 +1,256 @@
+"""Training of the ``tiny`` backend: plain DDPM with null-class dropout, EMA weights, checkpoints.
+
+All training randomness (batches, flips, dropout, noise, timesteps) comes from one
+``torch.Generator`` whose state is checkpointed, so a resumed run continues exactly where the
+interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .._io import atomic_write_with
+from ..config import FinetuneConfig
+from ..errors import ConfigError, ModelError
+from ..home import resolve_device
+from .base import META_NAME, read_meta
+from .tiny_unet import BASE_CLASSES, BASE_DIR, WEIGHTS_NAME, build_unet
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def base_dir(cfg: FinetuneConfig) -> Path:
+    """The base model a tiny fine-tune starts from: ``finetune.base_model`` or the bundled one."""
+    return Path(cfg.base_model).expanduser() if cfg.base_model else BASE_DIR
+
+
+def save_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
+    """Write a resumable checkpoint (tensors, numbers, strings only: loadable with weights_only).
+
+    Atomically: a crash mid-write leaves the previous checkpoint intact.
+    """
+    return atomic_write_with(folder / CHECKPOINT_NAME, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(folder: Path) -> dict[str, Any] | None:
+    """The checkpoint in ``folder`` or None; never unpickles arbitrary objects."""
+    path = folder / CHECKPOINT_NAME
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelError(f"unreadable checkpoint {path}: {e}") from None
+
+
+def init_from_base(unet, base: Path, class_names: list[str]) -> dict[str, Any]:
+    """Copy the base model's weights into ``unet``; class embeddings by (case-insensitive) name.
+
+    Returns what was mapped, for meta.json. A 1-channel base initialises a 3-channel model by
+    spreading conv_in over the channels and repeating conv_out.
+    """
+    from safetensors.torch import load_file
+
+    base_meta = read_meta(base) if (base / META_NAME).is_file() else {}
+    base_names = [str(c) for c in base_meta.get("class_names", BASE_CLASSES)]
+    state = load_file(str(base / WEIGHTS_NAME))
+    own = unet.state_dict()
+    mapped, fresh = [], []
+    for key, value in own.items():
+        if key not in state:
+            raise ModelError(f"base model {base} does not fit this network (missing {key})")
+        src = state[key]
+        if key == "class_embedding.weight":
+            new = value.clone()
+            lookup = {n.upper(): i for i, n in enumerate(base_names)}
+            for i, name in enumerate(class_names):
+                j = lookup.get(name.upper())
+                if j is None:
+                    fresh.append(name)
+                else:
+                    new[i] = src[j]
+                    mapped.append(name)
+            new[-1] = src[-1]  # the null class
+            own[key] = new
+        elif src.shape == value.shape:
+            own[key] = src
+        elif key == "conv_in.weight" and src.shape[1] == 1:
+            own[key] = src.repeat(1, value.shape[1], 1, 1) / value.shape[1]
+        elif key.startswith("conv_out.") and src.shape[0] == 1:
+            own[key] = src.repeat(value.shape[0], *([1] * (src.dim() - 1)))
+        else:
+            raise ModelError(
+                f"base model {base} does not fit this network ({key}: {tuple(src.shape)} vs {tuple(value.shape)})"
+            )
+    unet.load_state_dict(own)
+    return {"classes_from_base": mapped, "classes_fresh": fresh}
+
+
+class _EMA:
+    """Exponential moving average of the parameters, with the usual warm-up of the decay."""
+
+    def __init__(self, unet, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, unet, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, v in unet.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+
+def _train_images(data, resolution: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training split only, as [-1, 1] floats on the device (small: thousands of small images)."""
+    train_x = np.array(data.train_x)  # a writable copy of the (memory-mapped) cache
+    train_y = np.array(data.train_y)
+    if train_x.ndim != 4 or len(train_x) != len(train_y) or len(train_x) == 0:
+        raise ConfigError(
+            f"finetune: expected train images (N, C, H, W) and N labels, got {train_x.shape}"
+        )
+    x_all = torch.from_numpy(train_x).float().div_(127.5).sub_(1.0)
+    if x_all.shape[-1] != resolution:
+        x_all = F.interpolate(
+            x_all, size=(resolution, resolution), mode="bilinear", antialias=True,
+            align_corners=False,
+        )  # fmt: skip
+    return x_all.to(device), torch.from_numpy(train_y.astype(np.int64)).to(device)
+
+
+def train(
+    data,
+    cfg: FinetuneConfig,
+    resolved: dict[str, Any],
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    callback: Callable[[int, float], None] | None = None,
+    time_limit_s: float | None = None,
+) -> dict[str, Any]:
+    """Train in ``out_dir`` (checkpointing there) and save the EMA weights with save_pretrained.
+
+    Reads only ``data.train_x`` / ``data.train_y``. Returns the training stats for meta.json.
+    """
+    from diffusers import DDPMScheduler
+
+    device = resolve_device(cfg.device)
+    class_names = [str(c) for c in data.class_names]
+    null_class = len(class_names)
+    unet = build_unet(resolved["unet"], cfg.seed)
+    init_info: dict[str, Any] = {"from_scratch": bool(cfg.from_scratch)}
+    if not cfg.from_scratch:
+        init_info.update(init_from_base(unet, base_dir(cfg), class_names))
+    unet.to(device).train()
+    noise_sched = DDPMScheduler(**resolved["scheduler"])
+    alphas = noise_sched.alphas_cumprod.to(device)
+    n_timesteps = noise_sched.config.num_train_timesteps
+    v_target = noise_sched.config.prediction_type == "v_prediction"
+    x_all, y_all = _train_images(data, resolved["resolution"], device)
+
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=1e-2)
+    ema = _EMA(unet, cfg.ema_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    warmup = max(1, min(100, cfg.max_steps // 10))
+    step, losses, seconds_before = 0, [], 0.0
+
+    ckpt = load_checkpoint(out_dir) if resume else None
+    if ckpt is not None:
+        unet.load_state_dict(ckpt["model"])
+        ema.shadow = {k: v.to(device) for k, v in ckpt["ema"].items()}
+        opt.load_state_dict(ckpt["optimizer"])
+        gen.set_state(ckpt["rng"])
+        step = int(ckpt["step"])
+        losses = [float(v) for v in ckpt["losses"].tolist()]
+        seconds_before = float(ckpt["seconds"])
+    resumed_from = step
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            out_dir,
+            {
+                "step": step,
+                "model": unet.state_dict(),
+                "ema": ema.shadow,
+                "optimizer": opt.state_dict(),
+                "rng": gen.get_state(),
+                "losses": torch.tensor(losses, dtype=torch.float64),
+                "seconds": seconds_before + (time.time() - t0),
+            },
+        )
+
+    t0 = time.time()
+    bar = tqdm(
+        total=cfg.max_steps, initial=step, desc="finetune", disable=not progress, leave=False
+    )
+    batch = cfg.batch_size  # indices are drawn with replacement, so any batch size works
+    stopped_early = False
+    while step < cfg.max_steps:
+        idx = torch.randint(len(x_all), (batch,), generator=gen)
+        flip = torch.rand(batch, generator=gen) < 0.5
+        drop = torch.rand(batch, generator=gen) < cfg.null_class_prob
+        noise = torch.randn((batch, *x_all.shape[1:]), generator=gen)
+        t = torch.randint(0, n_timesteps, (batch,), generator=gen)
+        x0 = x_all[idx.to(device)]
+        if resolved.get("hflip"):
+            x0 = torch.where(flip.to(device)[:, None, None, None], x0.flip(-1), x0)
+        labels = torch.where(drop, torch.full_like(idx, null_class), y_all.cpu()[idx]).to(device)
+        noise, t = noise.to(device), t.to(device)
+        a = alphas[t][:, None, None, None]
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        pred = unet(xt, t, class_labels=labels).sample
+        if v_target:  # v = sqrt(abar) * noise - sqrt(1 - abar) * x0
+            loss = F.mse_loss(pred, a.sqrt() * noise - (1 - a).sqrt() * x0)
+        else:
+            loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / warmup)
+        opt.step()
+        ema.update(unet, step)
+        step += 1
+        losses.append(float(loss.detach()))
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+            checkpoint()
+        if callback is not None:
+            callback(step, losses[-1])
+        if time_limit_s is not None and time.time() - t0 >= time_limit_s:
+            stopped_early = step < cfg.max_steps
+            break
+    bar.close()
+    seconds = seconds_before + (time.time() - t0)
+    checkpoint()  # always: a later resume (time limit, or a larger max_steps) goes on from here
+
+    # Save the EMA weights the diffusers way (config.json + safetensors) and the noise schedule.
+    unet.load_state_dict(ema.shadow)
+    unet.to("cpu").save_pretrained(str(out_dir), safe_serialization=True)
+    noise_sched.save_pretrained(str(out_dir))
+    return {
+        "steps": step,
+        "resumed_from_step": resumed_from,
+        "stopped_by_time_limit": stopped_early,
+        "final_loss": round(float(np.mean(losses[-50:])), 5) if losses else None,
+        "first_loss": round(float(np.mean(losses[:50])), 5) if losses else None,
+        "seconds": round(seconds, 2),
+        "seconds_per_step": round((time.time() - t0) / max(1, step - resumed_from), 4),
+        "batch_size": batch,
+        "n_params": sum(p.numel() for p in unet.parameters()),
+        "device": device,
+        "threads": torch.get_num_threads(),
+        **init_info,
+    }
