@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from ratio_search.errors import SearchError
 from ratio_search.evidence.confirm import (
     Candidate,
     config_signature,
@@ -16,8 +17,9 @@ from ratio_search.evidence.confirm import (
     paired,
     select_candidates,
 )
-from ratio_search.errors import SearchError
 from ratio_search.home import Home
+
+pytestmark = pytest.mark.unit
 
 # The "true" validation accuracy per R of the fake trainer: best at R = 0.2, within one point of
 # it up to R = 0.5.
@@ -207,6 +209,12 @@ def test_config_signature_and_seeds():
     assert config_signature(a) == config_signature(b)
     assert config_signature({**a, "r": 0.1}) != config_signature({**b, "r": 0.1})
     assert confirmation_seeds(3, {1000, 1002}) == [1001, 1003, 1004]
+    # The seed is not part of a configuration; the CNN's size and numeric noise below 1e-6 are
+    # (not): the signature is that of the TrialConfig.
+    assert config_signature({**a, "seed": 5}) == config_signature(a)
+    assert config_signature({**a, "lr": 0.001 + 1e-9}) == config_signature(a)
+    assert config_signature({**a, "widths": [4, 4]}) != config_signature(a)
+    assert config_signature({**a, "widths": [16, 32, 64]}) == config_signature(a)  # the default
 
 
 def test_paired_matches_seeds_not_positions():

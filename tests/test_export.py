@@ -132,6 +132,7 @@ def _fabricate(home: Home, data_root: Path, name: str = "fab") -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_export_then_train_reproduces_the_metric(make_image_folder, tmp_path: Path) -> None:
     home = Home(tmp_path / "home")
     data_root = make_image_folder("data", n_train=8, n_val=6, n_test=2)
@@ -214,6 +215,7 @@ def test_export_then_train_reproduces_the_metric(make_image_folder, tmp_path: Pa
     assert doc2["train"] == doc["train"] and doc2["pool"] == doc["pool"]
 
 
+@pytest.mark.e2e
 def test_export_errors_are_one_line(tmp_path: Path) -> None:
     home = Home(tmp_path / "home")
     (home.runs / "busy").mkdir(parents=True)
@@ -254,6 +256,42 @@ def test_export_errors_are_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "b.yaml").exists()
 
 
+def _run_with_a_small_cnn(home: Home) -> None:
+    """A finished run of one trial whose space fixes a small CNN (nothing is trained)."""
+    folder = home.runs / "small"
+    folder.mkdir(parents=True)
+    save_config(Config(), folder / "config.yaml")
+    space = {**SPACE, "fixed": {**SPACE["fixed"], "widths": [4, 4], "fc": 8}}
+    info = {"name": "small", "state": "finished", "metric": "val_accuracy", "mode": "max"}
+    (folder / "run.json").write_text(json.dumps({**info, "space": space}))
+    rec = {"trial_id": "t0", "state": "TERMINATED", "params": {"r": 0.0}, "epoch": 3}
+    rec["metrics"] = {"val_accuracy": 0.75}
+    (folder / "trials.jsonl").write_text(json.dumps(rec) + "\n")
+
+
+@pytest.mark.unit
+def test_best_yaml_carries_the_cnn_size_and_train_reads_it(tmp_path: Path) -> None:
+    from ratio_search.train.trial import resolve_train_config
+
+    home = Home(tmp_path / "home")
+    _run_with_a_small_cnn(home)
+    doc = build_export(home, "small")
+    assert doc["train"]["widths"] == [4, 4] and doc["train"]["fc"] == 8
+    assert not any("cannot set" in n for n in doc["expected"]["notes"])  # reproducible now
+    assert doc["expected"]["params"]["widths"] == [4, 4]
+    out = write_export(doc, tmp_path / "best.yaml")
+    cfg, _, _ = resolve_train_config(out, {})
+    assert cfg.train.widths == [4, 4] and cfg.train.fc == 8 and cfg.train.seed == 3
+
+    # A best.yaml written before the CNN's size was part of the train section: the defaults.
+    old = yaml.safe_load(out.read_text())
+    del old["train"]["widths"], old["train"]["fc"]
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    cfg, _, _ = resolve_train_config(tmp_path / "old.yaml", {})
+    assert cfg.train.widths == [16, 32, 64] and cfg.train.fc == 128
+
+
+@pytest.mark.unit
 def test_write_export_is_atomic_yaml(tmp_path: Path) -> None:
     out = write_export(
         {"data": {"source": "phantom"}, "train": {"r": 0.5}, "pool": None, "expected": {"x": 1}},
@@ -271,6 +309,7 @@ def test_write_export_is_atomic_yaml(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_real_search_export_train_chain(tmp_path: Path) -> None:
     """A real (tiny) Ray Tune search, tracked by the callback; every trial exported and re-trained."""
     from ratio_search.config import FinetuneConfig

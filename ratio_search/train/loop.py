@@ -14,7 +14,6 @@ epoch, ``report(epoch, metrics, state)`` receives everything needed to resume bi
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -198,24 +197,6 @@ def _to_cpu(obj: Any) -> Any:
     return copy.deepcopy(obj)
 
 
-def legacy_size(cfg: TrainConfig, kwargs: dict[str, Any]) -> TrainConfig:
-    """``cfg`` with ``widths=``/``fc=`` passed beside it folded in.
-
-    shim: removed at integration. The CNN's size lives in ``cfg`` (``TrainConfig.widths/fc``);
-    this only keeps callers that still pass it beside the config working until they are updated.
-    """
-    if not kwargs:
-        return cfg
-    unknown = sorted(set(kwargs) - {"widths", "fc"})
-    if unknown:
-        raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
-    size = {
-        "widths": [int(w) for w in kwargs.get("widths", cfg.widths)],
-        "fc": kwargs.get("fc", cfg.fc),
-    }
-    return dataclasses.replace(cfg, widths=size["widths"], fc=int(size["fc"]))
-
-
 def train_classifier(
     x: np.ndarray,
     y: np.ndarray,
@@ -228,7 +209,6 @@ def train_classifier(
     report: ReportFn | None = None,
     state: dict[str, Any] | None = None,
     positive_label: int = 0,
-    **legacy: Any,
 ) -> TrainResult:
     """Train a :class:`SimpleCNN` on uint8 images ``x`` / labels ``y``; validate after every epoch.
 
@@ -239,7 +219,6 @@ def train_classifier(
     "history"}`` (CPU copies). Passing that ``state`` back resumes after its epoch and ends with the
     same weights and metrics as an uninterrupted run.
     """
-    cfg = legacy_size(cfg, legacy)  # shim: removed at integration
     x = _check_images(x, "training images")
     val_x = _check_images(val_x, "validation images")
     y = _check_labels(y, len(x), "training labels", n_classes)

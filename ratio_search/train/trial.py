@@ -33,7 +33,6 @@ def run_trial(
     pool_images: np.ndarray | None,
     report: ReportFn | None = None,
     state: dict[str, Any] | None = None,
-    **legacy: Any,
 ) -> dict[str, Any]:
     """Mix ``pool_images`` into ``data``'s synthetic class at ``cfg.r`` / ``cfg.mode``, then train.
 
@@ -45,9 +44,8 @@ def run_trial(
     Returns ``{"metrics", "history", "n_real", "n_synthetic", "n_train", "device"}``: the final
     validation metrics, one metrics dict per epoch, and the training-set composition.
     """
-    from .loop import legacy_size, train_classifier
+    from .loop import train_classifier
 
-    cfg = legacy_size(cfg, legacy)  # shim: removed at integration
     mixed = mix(
         data.train_x,
         data.train_y,
