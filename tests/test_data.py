@@ -24,6 +24,7 @@ def _cfg(root, **kw) -> DataConfig:
 # ----------------------------------------------------------------------------- image folders
 
 
+@pytest.mark.unit
 def test_image_folder_shapes_labels_and_info(tiny_image_folder, tiny_home):
     ds = load_dataset(_cfg(tiny_image_folder), tiny_home)
     assert ds.class_names == ["CNV", "NORMAL"] and ds.synthetic_label == 0
@@ -37,6 +38,7 @@ def test_image_folder_shapes_labels_and_info(tiny_image_folder, tiny_home):
     assert ds.train_x[ds.train_y == 1].mean() > ds.train_x[ds.train_y == 0].mean() + 20
 
 
+@pytest.mark.unit
 def test_classes_order_and_synthetic_class(tiny_image_folder, tiny_home):
     ds = load_dataset(
         _cfg(tiny_image_folder, classes=["NORMAL", "CNV"], synthetic_class="CNV"), tiny_home
@@ -49,6 +51,7 @@ def test_classes_order_and_synthetic_class(tiny_image_folder, tiny_home):
         load_dataset(_cfg(tiny_image_folder, synthetic_class="DME"), tiny_home)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("mode", ["L", "RGB"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_grayscale_and_rgb_inputs_load_to_the_configured_channels(
@@ -61,6 +64,7 @@ def test_grayscale_and_rgb_inputs_load_to_the_configured_channels(
         np.testing.assert_array_equal(ds.train_x[:, 0], ds.train_x[:, 2])  # grey replicated
 
 
+@pytest.mark.unit
 def test_same_resize_for_every_image(tmp_path):
     """A 64 px image is reduced by an exact 2x2 mean (what real and synthetic images both get)."""
     rng = np.random.default_rng(0)
@@ -71,6 +75,7 @@ def test_same_resize_for_every_image(tmp_path):
     assert np.abs(got - want).max() <= 0.5
 
 
+@pytest.mark.edges
 def test_corrupt_image_is_named_or_skipped_and_counted(tiny_image_folder, tiny_home):
     bad = tiny_image_folder / "train" / "CNV" / "CNV-9999-1.png"
     bad.write_bytes(b"this is not a png")
@@ -81,6 +86,7 @@ def test_corrupt_image_is_named_or_skipped_and_counted(tiny_image_folder, tiny_h
     assert ds.info["counts"]["train"]["CNV"] == 8  # 9 files, one skipped
 
 
+@pytest.mark.edges
 def test_missing_path_class_and_folders(tmp_path, tiny_image_folder, tiny_home):
     with pytest.raises(DataError, match="not found"):
         load_dataset(_cfg(tmp_path / "nowhere"), tiny_home)
@@ -95,6 +101,7 @@ def test_missing_path_class_and_folders(tmp_path, tiny_image_folder, tiny_home):
         load_dataset(_cfg(tiny_image_folder), tiny_home)
 
 
+@pytest.mark.edges
 def test_empty_train_class_folder_is_named(tiny_image_folder, tiny_home):
     (tiny_image_folder / "train" / "DRUSEN").mkdir()
     with pytest.raises(DataError, match=r"class folder has no images: .*train/DRUSEN"):
@@ -104,6 +111,7 @@ def test_empty_train_class_folder_is_named(tiny_image_folder, tiny_home):
     assert ds.class_names == ["CNV", "NORMAL"]
 
 
+@pytest.mark.unit
 def test_missing_test_split_gives_empty_arrays(make_image_folder, tiny_home):
     root = make_image_folder("no_test")
     for cls in ("CNV", "NORMAL"):
@@ -116,6 +124,7 @@ def test_missing_test_split_gives_empty_arrays(make_image_folder, tiny_home):
     assert ds.info["test"]["how"] == "none" and "empty" in ds.info["test"]["note"]
 
 
+@pytest.mark.unit
 def test_max_per_class_is_a_seeded_deterministic_cap(make_image_folder, tiny_home):
     root = make_image_folder("cap", n_train=12)
     a = load_dataset(_cfg(root, max_per_class=5), tiny_home)
@@ -133,6 +142,7 @@ def test_max_per_class_is_a_seeded_deterministic_cap(make_image_folder, tiny_hom
 # ------------------------------------------------------------------------------ val carving
 
 
+@pytest.mark.unit
 def test_tiny_val_is_replaced_by_a_patient_grouped_split(make_image_folder, tiny_home):
     root = make_image_folder("grouped", n_train=30, n_val=2, per_patient=3)
     # one patient with images in both classes (as in OCT2017): must stay on one side too
@@ -156,6 +166,7 @@ def test_tiny_val_is_replaced_by_a_patient_grouped_split(make_image_folder, tiny
     assert again.files["val"] == plan.files["val"] and other.files["val"] != plan.files["val"]
 
 
+@pytest.mark.unit
 def test_carving_without_patient_names_is_per_file(tmp_path, tiny_home):
     for cls, shade in (("a", 30), ("b", 200)):
         d = tmp_path / "plain" / "train" / cls
@@ -172,6 +183,7 @@ def test_carving_without_patient_names_is_per_file(tmp_path, tiny_home):
     assert not any(x.tobytes() in train_set for x in ds.val_x)
 
 
+@pytest.mark.edges
 def test_too_few_images_to_carve_val(tmp_path, tiny_home):
     for cls in ("a", "b"):
         d = tmp_path / "one" / "train" / cls
@@ -184,6 +196,7 @@ def test_too_few_images_to_carve_val(tmp_path, tiny_home):
 # ---------------------------------------------------------------------------------- cache
 
 
+@pytest.mark.unit
 def test_second_load_reuses_the_cache_without_decoding(tiny_image_folder, tiny_home, monkeypatch):
     first = load_dataset(_cfg(tiny_image_folder), tiny_home)
     assert first.info["cache"] == "miss"
@@ -209,6 +222,7 @@ def test_second_load_reuses_the_cache_without_decoding(tiny_image_folder, tiny_h
         load_dataset(_cfg(tiny_image_folder, image_size=6), tiny_home)
 
 
+@pytest.mark.unit
 def test_key_ignores_the_folder_location(make_image_folder, tiny_home):
     a = make_image_folder("one_place")
     b = make_image_folder("other_place")
@@ -222,6 +236,7 @@ def test_key_ignores_the_folder_location(make_image_folder, tiny_home):
     assert second.info["path"] == str(b.resolve())  # info names where the data is now
 
 
+@pytest.mark.unit
 def test_threaded_decoding_keeps_order_and_names_the_bad_file(tmp_path):
     """Large lists are decoded by threads; the result equals one-by-one decoding."""
     paths = []
@@ -259,6 +274,7 @@ def _write_npz(path, rgb=False, with_val=True, with_test=True, drop=None):
     return arrays
 
 
+@pytest.mark.unit
 def test_npz_round_trip(tmp_path, tiny_home):
     arrays = _write_npz(tmp_path / "d.npz")
     cfg = DataConfig(source="npz", path=str(tmp_path / "d.npz"), image_size=8, min_val_per_class=1)
@@ -271,6 +287,7 @@ def test_npz_round_trip(tmp_path, tiny_home):
     assert load_dataset(cfg, tiny_home).info["cache"] == "hit"
 
 
+@pytest.mark.unit
 def test_npz_rgb_class_selection_and_resize(tmp_path, tiny_home):
     arrays = _write_npz(tmp_path / "rgb.npz", rgb=True)
     cfg = DataConfig(source="npz", path=str(tmp_path / "rgb.npz"), image_size=8, channels=3,
@@ -287,6 +304,7 @@ def test_npz_rgb_class_selection_and_resize(tmp_path, tiny_home):
     assert small.train_x.shape == (12, 1, 4, 4)
 
 
+@pytest.mark.edges
 def test_npz_missing_key_and_missing_splits(tmp_path, tiny_home):
     _write_npz(tmp_path / "broken.npz", drop="val_labels")
     with pytest.raises(DataError, match="missing key 'val_labels'"):
@@ -316,6 +334,7 @@ def test_npz_missing_key_and_missing_splits(tmp_path, tiny_home):
 # ------------------------------------------------------------------------- flat image folders
 
 
+@pytest.mark.unit
 def test_load_image_folder_flat_and_one_subfolder(tmp_path):
     flat = tmp_path / "flat"
     flat.mkdir()
@@ -334,6 +353,7 @@ def test_load_image_folder_flat_and_one_subfolder(tmp_path):
         load_image_folder(flat, 8, 1, n=5)
 
 
+@pytest.mark.edges
 def test_load_image_folder_errors(tmp_path):
     with pytest.raises(DataError, match="not found"):
         load_image_folder(tmp_path / "missing", 8)
@@ -352,12 +372,14 @@ def test_load_image_folder_errors(tmp_path):
     assert skipped and skipped[0].endswith("x.png")
 
 
+@pytest.mark.unit
 def test_infer_source():
     assert infer_source(None) == "phantom"
     assert infer_source("data/octmnist.NPZ") == "npz"
     assert infer_source("OCT2017") == "imagefolder"
 
 
+@pytest.mark.e2e
 def test_cli_data_info(tiny_image_folder, tmp_path, capsys):
     import json
 
@@ -387,6 +409,7 @@ def test_cli_data_info(tiny_image_folder, tmp_path, capsys):
     assert "data path not found" in capsys.readouterr().err
 
 
+@pytest.mark.unit
 def test_patients_shared_between_splits_are_counted(tiny_image_folder, tiny_home):
     val_file = next((tiny_image_folder / "val" / "CNV").iterdir())
     val_file.rename(val_file.with_name("CNV-1000-7.png"))  # patient 1000 is in train
@@ -394,6 +417,7 @@ def test_patients_shared_between_splits_are_counted(tiny_image_folder, tiny_home
     assert ds.info["val_patients_in_train"] == 1 and ds.info["test_patients_in_train"] == 0
 
 
+@pytest.mark.unit
 def test_concurrent_loads_decode_once(tiny_image_folder, tiny_home, monkeypatch):
     """Two loaders at once (as two trials starting together): one decodes, the other waits and reads."""
     import threading

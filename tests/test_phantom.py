@@ -14,6 +14,7 @@ from ratio_search.data.phantom import CLASSES, render_phantom, write_phantom_fol
 from ratio_search.errors import ConfigError, DataError
 
 
+@pytest.mark.unit
 def test_shapes_and_dtype():
     a = render_phantom(3, "CNV", seed=0, split="train", size=32)
     assert a.shape == (3, 32, 32) and a.dtype == np.uint8
@@ -21,6 +22,7 @@ def test_shapes_and_dtype():
     assert 0 < a.mean() < 255 and a.std() > 10  # not blank
 
 
+@pytest.mark.unit
 def test_same_seed_same_bytes_and_images_independent_of_n():
     a = render_phantom(4, "CNV", seed=5, split="train", size=32)
     b = render_phantom(4, "CNV", seed=5, split="train", size=32)
@@ -33,6 +35,7 @@ def test_same_seed_same_bytes_and_images_independent_of_n():
     assert render_phantom(4, "CNV", seed=6, split="train", size=32).tobytes() != a.tobytes()
 
 
+@pytest.mark.unit
 def test_splits_are_different_streams():
     imgs = {
         s: render_phantom(6, "NORMAL", seed=0, split=s, size=32)
@@ -46,6 +49,7 @@ def test_splits_are_different_streams():
             assert not flat[s] & flat[t], f"{s} and {t} share an image"
 
 
+@pytest.mark.edges
 def test_bad_arguments():
     with pytest.raises(ConfigError, match="class"):
         render_phantom(1, "DME", seed=0)
@@ -70,6 +74,7 @@ def _brightest_patch(images: np.ndarray) -> np.ndarray:
     )
 
 
+@pytest.mark.unit
 def test_cnv_and_normal_differ_measurably():
     cnv = _brightest_patch(render_phantom(120, "CNV", seed=1, split="train", size=64))
     normal = _brightest_patch(render_phantom(120, "NORMAL", seed=1, split="train", size=64))
@@ -79,6 +84,7 @@ def test_cnv_and_normal_differ_measurably():
     assert (normal > np.median(cnv)).mean() > 0.05
 
 
+@pytest.mark.unit
 def test_write_phantom_folder(tmp_path):
     out = write_phantom_folder(tmp_path / "ph", 5, 3, 2, seed=0, size=32)
     assert out == (tmp_path / "ph").resolve()
@@ -99,6 +105,7 @@ def test_write_phantom_folder(tmp_path):
         write_phantom_folder(tmp_path / "ph", 5, 3, 2, seed=0, size=32)
 
 
+@pytest.mark.unit
 def test_write_is_atomic_on_failure(tmp_path, monkeypatch):
     import ratio_search.data.phantom as ph
 
@@ -111,6 +118,7 @@ def test_write_is_atomic_on_failure(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # no half folder, no temp folder
 
 
+@pytest.mark.unit
 def test_load_dataset_phantom_writes_once_and_reads_as_imagefolder(tiny_home):
     cfg = DataConfig(
         source="phantom", image_size=16, phantom_n_per_class=4, phantom_val_per_class=3,
@@ -135,6 +143,7 @@ def test_load_dataset_phantom_writes_once_and_reads_as_imagefolder(tiny_home):
     assert (folder / "phantom.json").stat().st_mtime_ns == mtime  # reused, not rewritten
 
 
+@pytest.mark.edges
 def test_phantom_path_that_is_not_a_phantom_is_refused(tmp_path, tiny_home):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("hello")
@@ -143,6 +152,7 @@ def test_phantom_path_that_is_not_a_phantom_is_refused(tmp_path, tiny_home):
         load_dataset(cfg, tiny_home)
 
 
+@pytest.mark.e2e
 def test_cli_data_phantom(tmp_path, capsys):
     from ratio_search.cli import main
 

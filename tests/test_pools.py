@@ -35,11 +35,10 @@ from ratio_search.pools import (
 )
 from ratio_search.pools import store as pools_store
 
-pytestmark = pytest.mark.unit
-
 REPO = Path(__file__).resolve().parents[1]
 
-# The fake generator lives in a module file of its own so that subprocesses can import it too.
+# The fake generator lives in a module file of its own so that subprocesses can import it too
+# (conftest's FakeGenerator cannot be imported there, and this one can be slowed and counted).
 FAKE_MODEL_SRC = textwrap.dedent(
     '''
     import os, time
@@ -109,8 +108,9 @@ def fake(tmp_path):
 
 
 @pytest.fixture()
-def home(tmp_path):
-    return Home.resolve(tmp_path / "home")
+def home(tiny_home):
+    """conftest's ``tiny_home`` under this file's short name."""
+    return tiny_home
 
 
 def _gen(**kw):
@@ -138,6 +138,7 @@ def _worker(fake_dir, home, marker, delay=0.0, n=8, sync=None):
 # ------------------------------------------------------------------------------------- keys
 
 
+@pytest.mark.unit
 def test_pool_key_is_canonical_and_sensitive():
     k = pool_key("abc", 2, 25, "ddim", 32, 0, "none")
     assert k == pool_key("abc", 2.0, 25, "ddim", 32, 0, "none")
@@ -163,6 +164,7 @@ def test_pool_key_is_canonical_and_sensitive():
 # ---------------------------------------------------------------------------- cache behaviour
 
 
+@pytest.mark.unit
 def test_get_pool_builds_then_hits_without_calling_the_model(home, fake, tmp_path):
     FakeModel, _ = fake
     marker = tmp_path / "marker"
@@ -188,6 +190,7 @@ def test_get_pool_builds_then_hits_without_calling_the_model(home, fake, tmp_pat
     assert np.array_equal(p3.images, p1.images[:5])
 
 
+@pytest.mark.unit
 def test_bigger_pool_regenerates_and_starts_with_same_bytes(home, fake, tmp_path):
     FakeModel, _ = fake
     marker = tmp_path / "marker"
@@ -202,6 +205,7 @@ def test_bigger_pool_regenerates_and_starts_with_same_bytes(home, fake, tmp_path
     assert not [p for p in home.pools.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.unit
 def test_same_key_same_bytes_in_two_homes(fake, tmp_path):
     FakeModel, _ = fake
     a = get_pool(Home.resolve(tmp_path / "a"), FakeModel(), _gen(), 6, progress=False)
@@ -246,6 +250,7 @@ def test_load_pool_missing_incomplete_and_too_small(home, fake):
     assert get_pool(home, FakeModel(), _gen(), 4, progress=False).generated
 
 
+@pytest.mark.unit
 def test_no_space_left_removes_temp_dir(home, fake, monkeypatch):
     FakeModel, _ = fake
 
@@ -258,6 +263,7 @@ def test_no_space_left_removes_temp_dir(home, fake, monkeypatch):
     assert [p.name for p in home.pools.iterdir() if p.is_dir()] == []
 
 
+@pytest.mark.unit
 def test_update_manifest_keeps_pool_complete(home, fake):
     FakeModel, _ = fake
     pool = get_pool(home, FakeModel(), _gen(), 4, progress=False)
@@ -290,6 +296,7 @@ def test_two_processes_generate_once_and_see_same_bytes(home, fake, tmp_path):
     assert sorted(o["generated"] for o in outs) == [False, True]
 
 
+@pytest.mark.unit
 def test_stale_temp_dirs_are_cleaned_only_when_dead_or_old(home):
     pools = home.pools
     pools.mkdir(parents=True)
@@ -337,6 +344,7 @@ def test_killed_builder_leaves_no_complete_pool_and_next_call_builds(home, fake,
 # ---------------------------------------------------------------------------- postprocessing
 
 
+@pytest.mark.unit
 def test_histogram_match_moves_mean_and_std_to_the_reference(home, fake):
     FakeModel, _ = fake
     rng = np.random.default_rng(0)
@@ -365,6 +373,7 @@ def test_histogram_match_moves_mean_and_std_to_the_reference(home, fake):
     assert other.key != matched.key
 
 
+@pytest.mark.unit
 def test_histogram_match_rgb_per_channel():
     rng = np.random.default_rng(1)
     ref = np.stack(
@@ -384,6 +393,7 @@ def test_histogram_match_rgb_per_channel():
 # ------------------------------------------------------------------------- listing, grid
 
 
+@pytest.mark.unit
 def test_list_pools_and_store_size(home, fake):
     FakeModel, _ = fake
     assert list_pools(home) == [] and pool_store_size(home) == 0
@@ -398,6 +408,7 @@ def test_list_pools_and_store_size(home, fake):
     assert pool_store_size(home) >= rows[a.key]["size_bytes"] + rows[b.key]["size_bytes"]
 
 
+@pytest.mark.unit
 def test_list_pools_reads_the_old_created_at_stamp(home, fake):
     """Pools written before the one time-stamp format recorded ``created_at``: still listed."""
     FakeModel, _ = fake
@@ -409,6 +420,7 @@ def test_list_pools_reads_the_old_created_at_stamp(home, fake):
     assert [r["created"] for r in list_pools(home)] == ["2026-01-02T03:04:05+00:00"]
 
 
+@pytest.mark.unit
 def test_build_space_pools_builds_missing_ones_only(home, fake, tmp_path):
     FakeModel, _ = fake
     marker = tmp_path / "marker"
@@ -433,6 +445,7 @@ def test_build_space_pools_builds_missing_ones_only(home, fake, tmp_path):
         build_space_pools(home, model, [{"guidence": 1.0}], 4)
 
 
+@pytest.mark.unit
 def test_build_one_takes_plain_values_and_pickles(home, fake):
     import pickle
 
@@ -444,6 +457,7 @@ def test_build_one_takes_plain_values_and_pickles(home, fake):
     pickle.dumps(build_one)  # a plain module-level function: a Ray task can wrap it
 
 
+@pytest.mark.unit
 def test_import_folder_pool(home, tmp_path):
     from PIL import Image
 
@@ -466,6 +480,7 @@ def test_import_folder_pool(home, tmp_path):
         pools_mod.import_folder_pool(home, tmp_path / "nope", 8, 1)
 
 
+@pytest.mark.unit
 def test_pool_bytes_hash_stable(home, fake):
     """Same key, same bytes, across a rebuild from scratch."""
     FakeModel, _ = fake
@@ -483,17 +498,6 @@ def test_pool_bytes_hash_stable(home, fake):
 # ------------------------------------------------------------------------------------ CLI
 
 
-def _cli(argv, capsys):
-    from ratio_search.cli import main
-
-    try:
-        rc = main(argv)
-    except SystemExit as e:  # argparse errors
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
 @pytest.mark.edges
 @pytest.mark.parametrize(
     "flags, message",
@@ -505,28 +509,26 @@ def _cli(argv, capsys):
         (["--postprocess", "sharpen"], "--postprocess"),
     ],
 )
-def test_cli_generate_bad_input_is_one_line_exit_2(home, capsys, flags, message):
-    rc, out, err = _cli(["generate", "--home", str(home.root), *flags], capsys)
+def test_cli_generate_bad_input_is_one_line_exit_2(home, run_cli, flags, message):
+    rc, out, err = run_cli(["generate", "--home", str(home.root), *flags])
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
     assert "Traceback" not in err
 
 
-def test_cli_pools_empty_store(home, capsys):
-    rc, out, _ = _cli(["pools", "--home", str(home.root), "--json"], capsys)
+@pytest.mark.unit
+def test_cli_pools_empty_store(home, run_cli):
+    rc, out, _ = run_cli(["pools", "--home", str(home.root), "--json"])
     assert rc == 0 and json.loads(out) == {"pools": [], "total_bytes": 0, "path": str(home.pools)}
 
 
 @pytest.fixture()
-def tiny_model(tmp_path, make_image_folder):
+def tiny_model(tmp_path, make_image_folder, one_thread):
     """A real tiny diffusion model (a ~10k-parameter UNet, 2 training steps) and its data."""
-    import torch
-
     from ratio_search.config import DataConfig, FinetuneConfig
     from ratio_search.data import load_dataset
     from ratio_search.diffusion import finetune
     from ratio_search.diffusion.tiny import TEST_UNET
 
-    torch.set_num_threads(1)
     home = Home.resolve(tmp_path / "home")
     root = make_image_folder(size=16)
     cfg = tmp_path / "cfg.yaml"
@@ -541,7 +543,7 @@ def tiny_model(tmp_path, make_image_folder):
 
 
 @pytest.mark.e2e
-def test_real_tiny_model_through_cli_and_get_pool(tiny_model, capsys):
+def test_real_tiny_model_through_cli_and_get_pool(tiny_model, run_cli):
     """The one test on a real generator: the CLI builds a histogram-matched pool, caches it, lists it."""
     from ratio_search.diffusion import load_model
     from ratio_search.pools import class_reference, model_class_index
@@ -550,7 +552,7 @@ def test_real_tiny_model_through_cli_and_get_pool(tiny_model, capsys):
     argv = ["generate", "--home", str(home.root), "--config", str(cfg), "--model", "latest",
             "--guidance", "2", "--steps", "2", "--n", "4", "--device", "cpu",
             "--postprocess", "histogram-match", "--json"]  # fmt: skip
-    rc, out, err = _cli(argv, capsys)
+    rc, out, err = run_cli(argv)
     assert rc == 0, err
     res = json.loads(out)
     assert res["generated"] == 1 and res["pools"][0]["n"] == 4
@@ -559,7 +561,7 @@ def test_real_tiny_model_through_cli_and_get_pool(tiny_model, capsys):
     assert pool.images.shape == (4, 1, 16, 16) and pool.manifest["model_hash"] == info.hash
     assert pool.manifest["class_name"] == data.class_names[data.synthetic_label]
 
-    rc, out, _ = _cli(argv, capsys)  # second time: a cache hit, same pool
+    rc, out, _ = run_cli(argv)  # second time: a cache hit, same pool
     assert rc == 0 and json.loads(out)["cached"] == 1 and json.loads(out)["pools"][0]["key"] == key
 
     # the library call a trial makes finds the same pool (same reference, same class)
@@ -574,13 +576,13 @@ def test_real_tiny_model_through_cli_and_get_pool(tiny_model, capsys):
     big = get_pool(home, model, _gen(), 6, progress=False)
     assert big.generated and np.array_equal(big.images[:3], small)
 
-    rc, out, _ = _cli(["pools", "--home", str(home.root), "--json"], capsys)
+    rc, out, _ = run_cli(["pools", "--home", str(home.root), "--json"])
     listed = json.loads(out)
     assert {p["key"] for p in listed["pools"]} == {key, big.key}
     assert listed["total_bytes"] >= sum(p["size_bytes"] for p in listed["pools"]) > 0
-    rc, out, _ = _cli(["pools", "--home", str(home.root)], capsys)
+    rc, out, _ = run_cli(["pools", "--home", str(home.root)])
     assert rc == 0 and key in out and "histogram-match" in out and "2 pool(s)" in out
 
-    rc, _, err = _cli(["generate", "--home", str(home.root), "--config", str(cfg),
-                       "--model", str(home.root / "no-such-model")], capsys)  # fmt: skip
+    rc, _, err = run_cli(["generate", "--home", str(home.root), "--config", str(cfg),
+                       "--model", str(home.root / "no-such-model")])  # fmt: skip
     assert rc == 2 and "no-such-model" in err and len(err.strip().splitlines()) == 1

@@ -19,13 +19,7 @@ from ratio_search.quality import (
     train_feature_extractor,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one CPU thread
 
 
 def gauss(n=300, d=8, shift=0.0, seed=0, scale=1.0):
@@ -35,23 +29,27 @@ def gauss(n=300, d=8, shift=0.0, seed=0, scale=1.0):
 # ------------------------------------------------------------------------- Fréchet distance
 
 
+@pytest.mark.unit
 def test_fd_identical_sets_is_zero():
     x = gauss()
     assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.unit
 def test_fd_closed_form_for_a_mean_shift():
     # Same covariance, mean shifted by s in every one of d dims: FD = d * s^2 exactly.
     x = gauss(d=4)
     assert frechet_distance(x, x + 0.5) == pytest.approx(4 * 0.25, rel=1e-6)
 
 
+@pytest.mark.unit
 def test_fd_grows_with_the_shift():
     x = gauss(seed=0)
     fds = [frechet_distance(x, gauss(seed=1, shift=s)) for s in (0.0, 0.5, 1.0, 2.0)]
     assert fds == sorted(fds) and fds[0] < 0.5 < fds[-1]
 
 
+@pytest.mark.unit
 def test_fd_sees_a_variance_change():
     # Tr(S1 + S2 - 2 sqrt(S1 S2)) for S1 = I, S2 = 4 I in d = 8: 8 * (1 + 4 - 4) = 8.
     x = gauss(n=4000, seed=0)
@@ -59,12 +57,14 @@ def test_fd_sees_a_variance_change():
     assert frechet_distance(x, y) == pytest.approx(8.0, rel=0.1)
 
 
+@pytest.mark.unit
 def test_fd_singular_covariance_is_finite():
     x = gauss(n=5, d=16)  # fewer samples than dimensions
     fd = frechet_distance(x, gauss(n=5, d=16, seed=3))
     assert np.isfinite(fd) and fd >= 0
 
 
+@pytest.mark.edges
 def test_fd_rejects_mismatched_dimensions():
     with pytest.raises(DataError, match="dimensions"):
         frechet_distance(gauss(d=4), gauss(d=5))
@@ -73,6 +73,7 @@ def test_fd_rejects_mismatched_dimensions():
 # ------------------------------------------------------------------------------------ KID
 
 
+@pytest.mark.unit
 def test_kid_identical_distribution_near_zero_and_shift_positive():
     x, y = gauss(seed=0), gauss(seed=1)
     same, _ = kernel_inception_distance(x, y, n_subsets=10, subset_size=200)
@@ -85,6 +86,7 @@ def test_kid_identical_distribution_near_zero_and_shift_positive():
     assert shifted > 1.0
 
 
+@pytest.mark.unit
 def test_kid_grows_with_the_shift():
     x = gauss(seed=0)
     kids = [
@@ -94,6 +96,7 @@ def test_kid_grows_with_the_shift():
     assert kids == sorted(kids)
 
 
+@pytest.mark.unit
 def test_kid_is_seeded():
     x, y = gauss(seed=0), gauss(seed=1, shift=0.3)
     a = kernel_inception_distance(x, y, n_subsets=3, subset_size=50, seed=7)
@@ -104,17 +107,20 @@ def test_kid_is_seeded():
 # --------------------------------------------------------------------- precision / recall
 
 
+@pytest.mark.unit
 def test_precision_recall_identical_sets_are_one():
     x = gauss()
     assert precision_recall(x, x, k=3) == (1.0, 1.0)
 
 
+@pytest.mark.unit
 def test_precision_drops_with_the_shift():
     x = gauss(seed=0)
     prec = [precision_recall(x, gauss(seed=1, shift=s))[0] for s in (0.0, 1.0, 3.0)]
     assert prec[0] > 0.6 and prec[0] > prec[1] > prec[2] and prec[2] < 0.1
 
 
+@pytest.mark.unit
 def test_mode_collapse_keeps_precision_loses_recall():
     # A pool of near-duplicates of one real mode: faithful (precision high) but not diverse.
     real = gauss(n=300, seed=0)
@@ -126,16 +132,19 @@ def test_mode_collapse_keeps_precision_loses_recall():
 # ------------------------------------------------------------------------------------ C2ST
 
 
+@pytest.mark.unit
 def test_c2st_features_same_distribution_is_chance():
     acc = c2st(gauss(n=200, seed=0), gauss(n=200, seed=1), seed=0)
     assert 0.4 < acc < 0.6
 
 
+@pytest.mark.unit
 def test_c2st_features_clearly_different_is_near_one():
     acc = c2st(gauss(n=200, seed=0), gauss(n=200, seed=1, shift=3.0), seed=0)
     assert acc > 0.95
 
 
+@pytest.mark.unit
 def test_c2st_balances_unequal_sizes():
     # 400 vs 40 from one distribution: still chance (a majority-class guess would score 0.91).
     acc = c2st(gauss(n=400, seed=0), gauss(n=40, seed=1), seed=0)
@@ -147,6 +156,7 @@ def noise_images(n, seed, offset=0, size=8):
     return (rng.integers(0, 100, (n, 1, size, size)) + offset).astype(np.uint8)
 
 
+@pytest.mark.unit
 def test_c2st_images_with_the_cnn():
     kw = {"seed": 0, "epochs": 2, "min_steps": 40, "widths": (4,), "fc": 8}
     same = c2st(noise_images(64, 0), noise_images(64, 1), **kw)
@@ -158,18 +168,21 @@ def test_c2st_images_with_the_cnn():
 # ---------------------------------------------------------------------------- memorisation
 
 
+@pytest.mark.unit
 def test_memorisation_copies_score_one():
     train = gauss(n=200)
     share, thr = memorisation_share(train, train[:50].copy())
     assert share == 1.0 and thr > 0
 
 
+@pytest.mark.unit
 def test_memorisation_independent_draws_score_about_the_quantile():
     train, fresh = gauss(n=400, seed=0), gauss(n=400, seed=1)
     share, _ = memorisation_share(train, fresh, quantile=0.1)
     assert 0.03 < share < 0.2
 
 
+@pytest.mark.unit
 def test_memorisation_half_copies():
     train = gauss(n=200, seed=0)
     fake = np.concatenate([train[:100] + 1e-9, gauss(n=100, seed=5, shift=3.0)])
@@ -177,6 +190,7 @@ def test_memorisation_half_copies():
     assert share == pytest.approx(0.5)
 
 
+@pytest.mark.unit
 def test_memorisation_on_uint8_images():
     train = noise_images(40, 0)
     assert memorisation_share(train, train[:10])[0] == 1.0
@@ -199,6 +213,7 @@ def two_class_images(n=48, size=16, seed=0):
 TINY = {"widths": (4, 4), "fc": 8, "epochs": 3, "min_steps": 20, "batch_size": 16, "lr": 1e-2}
 
 
+@pytest.mark.unit
 def test_pool_quality_end_to_end_on_tiny_images(tmp_path):
     x, y = two_class_images()
     fe = train_feature_extractor(x, y, 2, seed=0, **TINY)
@@ -245,6 +260,7 @@ def test_pool_quality_end_to_end_on_tiny_images(tmp_path):
     assert (y[order[:10]] == 0).mean() > (y[order[-10:]] == 0).mean()
 
 
+@pytest.mark.edges
 def test_load_feature_extractor_errors(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_feature_extractor(tmp_path / "missing.pt", (1, 16, 16))
@@ -256,6 +272,7 @@ def test_load_feature_extractor_errors(tmp_path):
         load_feature_extractor(tmp_path / "junk.safetensors", (1, 16, 16))
 
 
+@pytest.mark.edges
 def test_extractor_rejects_wrong_image_shape():
     x, y = two_class_images()
     fe = train_feature_extractor(x, y, 2, **TINY)
@@ -263,6 +280,7 @@ def test_extractor_rejects_wrong_image_shape():
         fe.features(np.zeros((2, 1, 8, 8), np.uint8))
 
 
+@pytest.mark.unit
 def test_pools_quality_over_the_store(tmp_path):
     """Every pool of the store: figures written into the manifest, then read back as cached."""
     import json
@@ -311,6 +329,7 @@ def test_pools_quality_over_the_store(tmp_path):
         pools_quality(home, ["zz"], track=False)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow  # the CLI's default extractor (300 steps) and an MLflow store: tens of seconds
 def test_pools_quality_cli(tmp_path, capsys):
     """`ratio-search pools --quality --json`: figures per pool, logged as a pool job in MLflow."""
@@ -345,6 +364,7 @@ def test_pools_quality_cli(tmp_path, capsys):
     assert main(["pools", "--quality", "--keys", "nope", "--home", str(tmp_path)]) == 2
 
 
+@pytest.mark.unit
 def test_extractor_caps_images_per_class():
     x, y = two_class_images(n=48)
     fe = train_feature_extractor(x, y, 2, max_per_class=10, device="cpu", **TINY)
