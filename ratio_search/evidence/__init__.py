@@ -7,35 +7,31 @@
 - :mod:`.export`: :func:`build_export` / :func:`write_export` (``best.yaml``), with confirmation.
 
 May import everything below it (config, data, pools, train, search, tracking); nothing imports it
-but the report and the command line. Names are loaded on first use.
+but the report and the command line. (No torch at import: the runs import it when they train.)
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .candidates import METRICS, Candidate, config_signature, group_of, label_of
+from .confirm import confirm
+from .export import build_export, export_with_confirmation, write_export
+from .runs import RunContext
+from .stats import Interval, UsableRatio, mean_ci, paired_difference, usable_ratio
 
-_WHERE = {
-    "Interval": "stats",
-    "mean_ci": "stats",
-    "paired_difference": "stats",
-    "usable_ratio": "stats",
-    "UsableRatio": "stats",
-    "METRICS": "candidates",
-    "Candidate": "candidates",
-    "config_signature": "candidates",
-    "group_of": "candidates",
-    "label_of": "candidates",
-    "RunContext": "runs",
-    "confirm": "confirm",
-    "build_export": "export",
-    "write_export": "export",
-    "export_with_confirmation": "export",
-}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+__all__ = [
+    "METRICS",
+    "Candidate",
+    "Interval",
+    "RunContext",
+    "UsableRatio",
+    "build_export",
+    "config_signature",
+    "confirm",
+    "export_with_confirmation",
+    "group_of",
+    "label_of",
+    "mean_ci",
+    "paired_difference",
+    "usable_ratio",
+    "write_export",
+]
