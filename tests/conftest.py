@@ -6,12 +6,17 @@
   to have val carved from train.
 * ``make_image_folder``: the factory behind it, for other sizes, classes, modes or counts.
 * ``tiny_home``: a :class:`Home` in ``tmp_path``.
+* ``tiny_dataset``: the phantom data at 16 px, 12 / 6 / 6 images per class, cached in ``tiny_home``.
+* ``one_thread``: torch on one CPU thread for the test (the machine's cores are shared).
+* ``run_cli``: ``run_cli([...]) -> (rc, stdout, stderr)``, the command line in-process.
+* ``fake_generator``: :class:`FakeGenerator`, a deterministic stand-in for a fine-tuned model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -74,3 +79,74 @@ def tiny_home(tmp_path: Path):
     from ratio_search.home import Home
 
     return Home(tmp_path / "home")
+
+
+@pytest.fixture
+def tiny_dataset(tiny_home):
+    """The phantom data at 16 px (12 train, 6 val, 6 test images per class), decoded once."""
+    from ratio_search.config import DataConfig
+    from ratio_search.data import load_dataset
+
+    cfg = DataConfig(image_size=16, phantom_n_per_class=12, phantom_val_per_class=6,
+                     phantom_test_per_class=6, min_val_per_class=2)  # fmt: skip
+    return load_dataset(cfg, tiny_home)
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one CPU thread: the machine's cores are shared and the tiny models need no more."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def run_cli(capsys) -> Callable[[list[str]], tuple[int, str, str]]:
+    """``run_cli(["train", ...]) -> (exit code, stdout, stderr)`` through ``cli.main``, in-process.
+
+    An argparse error (SystemExit) gives its exit code like the real command would.
+    """
+    from ratio_search.cli import main
+
+    def run(argv: list[str]) -> tuple[int, str, str]:
+        capsys.readouterr()  # drop what earlier steps of the test printed
+        try:
+            rc = main([str(a) for a in argv])
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else 2
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    return run
+
+
+class FakeGenerator:
+    """Same interface as a fine-tuned generator; image ``i`` depends only on (seed, i, settings)."""
+
+    def __init__(self, image_size: int = 8, channels: int = 1, model_hash: str = "fake0001"):
+        self.model_hash = model_hash
+        self.image_size = image_size
+        self.channels = channels
+        self.class_names = ["CNV", "NORMAL"]
+        self.path = "/models/fake"
+        self.calls: list[int] = []  # images asked for per call, so tests can count model calls
+
+    def sample(self, n: int, class_index: int, guidance: float, steps: int, scheduler: str,
+               seed: int, batch_size: int, device: Any, progress: bool = False) -> np.ndarray:  # fmt: skip
+        self.calls.append(n)
+        s = (self.channels, self.image_size, self.image_size)
+        out = np.empty((n, *s), dtype=np.uint8)
+        for i in range(n):
+            rng = np.random.default_rng([seed, i, int(guidance * 1000), steps, class_index])
+            # bright and flat, like the tiny generator's samples of the phantom data
+            out[i] = np.clip(rng.normal(150, 12, size=s), 0, 255).astype(np.uint8)
+        return out
+
+
+@pytest.fixture
+def fake_generator() -> FakeGenerator:
+    """A fresh :class:`FakeGenerator` (8 px, grayscale, two classes)."""
+    return FakeGenerator()

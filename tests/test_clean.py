@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from ratio_search.clean import find_targets, remove, store_sizes
 from ratio_search.errors import RatioSearchError
 from ratio_search.home import Home
+
+pytestmark = pytest.mark.unit
 
 
 def _populate(root):
@@ -48,25 +48,15 @@ def test_unknown_store_and_name(tmp_path):
         find_targets(home, ["runs"], ["zzz"])
 
 
-def _cli(*args, home, stdin=None):
-    return subprocess.run(
-        [sys.executable, "-m", "ratio_search.cli", "clean", "--home", str(home), *args],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        timeout=60,
-    )
-
-
-def test_cli_needs_confirmation(tmp_path):
+def test_cli_needs_confirmation(tmp_path, run_cli):
     home = _populate(tmp_path)
-    r = _cli("pools", home=tmp_path, stdin="")
-    assert r.returncode == 2
-    assert "--yes" in r.stderr and "Traceback" not in r.stderr
+    rc, _, err = run_cli(["clean", "--home", tmp_path, "pools"])  # stdin is not a terminal
+    assert rc == 2
+    assert "--yes" in err and "Traceback" not in err
     assert (home.pools / "k1").exists()  # nothing removed without confirmation
-    r = _cli("pools", "models", "--yes", "--json", home=tmp_path)
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
+    rc, stdout, err = run_cli(["clean", "--home", tmp_path, "pools", "models", "--yes", "--json"])
+    assert rc == 0, err
+    out = json.loads(stdout)
     assert out["freed"] == 2000
     assert not (home.pools / "k1").exists() and not (home.models / "m1").exists()
     assert (home.runs / "a").exists()

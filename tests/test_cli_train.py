@@ -1,7 +1,8 @@
 """`ratio-search train`: the happy path, `--config best.yaml`, and every bad input of issue 2 item 6.
 
-Each error case runs the real command in a subprocess and checks: exit code 2, one line on stderr
-that names the problem, no traceback, and no output folder written.
+The command runs in-process (``cli.main``); each error case checks: exit code 2, one line on
+stderr that names the problem, no traceback, and no output folder written. One smoke test runs
+the real command in a subprocess, as a user would.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +22,6 @@ from PIL import Image
 from ratio_search.config import load_config
 from ratio_search.errors import ConfigError
 from ratio_search.train.trial import read_train_yaml, resolve_train_config
-
-pytestmark = pytest.mark.slow
 
 SIZE = 16
 
@@ -63,40 +63,47 @@ def env(tmp_path: Path) -> dict:
     }
 
 
-def run_train(env: dict, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "ratio_search.cli", "train", "--home", str(env["home"])]
-    cmd += ["--image-size", str(SIZE), "--epochs", "2", "--device", "cpu", *args]
-    proc_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, env=proc_env, timeout=300)
+TRAIN = ["--image-size", str(SIZE), "--epochs", "2", "--device", "cpu"]
 
 
-def assert_clean_error(env: dict, res: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert res.returncode == 2, res.stdout + res.stderr
-    assert "Traceback" not in res.stderr, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, res.stderr
+@pytest.fixture
+def run_train(env, run_cli, one_thread) -> Callable[..., tuple[int, str, str]]:
+    """``run_train(*args) -> (rc, stdout, stderr)``: `train` on the env's home, in-process."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        return run_cli(["train", "--home", str(env["home"]), *TRAIN, *args])
+
+    return run
+
+
+def assert_clean_error(env: dict, rc: int, out: str, err: str, *fragments: str) -> None:
+    assert rc == 2, out + err
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
     assert lines[0].startswith("ratio-search: error: "), lines[0]
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     runs = env["home"] / "runs"
     assert not runs.exists() or not any(runs.iterdir()), list(runs.iterdir())
     assert not (env["tmp"] / "out").exists()
-    assert res.stdout == ""
+    assert out == ""
 
 
 # ------------------------------------------------------------------------------------ happy path
 
 
-def test_train_json_happy_path(env):
+@pytest.mark.e2e
+def test_train_json_happy_path(env, run_train):
     out = env["tmp"] / "out"
-    res = run_train(
-        env, "--data", str(env["data"]), "--r", "0.5", "--pool", str(env["pool"]), "--json",
+    rc, stdout, stderr = run_train(
+        "--data", str(env["data"]), "--r", "0.5", "--pool", str(env["pool"]), "--json",
         "--out", str(out),
     )  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    assert "Traceback" not in res.stderr
-    assert "epoch" not in res.stderr  # --json: no progress bar
-    lines = res.stdout.strip().splitlines()
+    assert rc == 0, stderr
+    assert "Traceback" not in stderr
+    assert "epoch" not in stderr  # --json: no progress bar
+    lines = stdout.strip().splitlines()
     assert len(lines) == 1
     doc = json.loads(lines[0])
     m = doc["metrics"]
@@ -121,8 +128,15 @@ def test_train_json_happy_path(env):
     assert saved["metrics"] == m and saved["history"] == doc["history"]
 
 
+@pytest.mark.e2e
 def test_train_human_summary_and_default_out(env):
-    res = run_train(env, "--data", str(env["data"]), "--r", "0")
+    """The real command in a subprocess (the smoke test): summary, default out, progress bar."""
+    cmd = [sys.executable, "-m", "ratio_search.cli", "train", "--home", str(env["home"]), *TRAIN]
+    proc_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    res = subprocess.run(
+        [*cmd, "--data", str(env["data"]), "--r", "0"],
+        capture_output=True, text=True, env=proc_env, timeout=300,
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
     out_lines = res.stdout.strip().splitlines()
@@ -133,9 +147,21 @@ def test_train_human_summary_and_default_out(env):
     assert str(runs[0]) in out_lines[0]
     assert (runs[0] / "metrics.json").is_file() and (runs[0] / "config.yaml").is_file()
     assert "2/2" in res.stderr  # the progress bar over epochs ran to the end
+    # ...and a bad input through the real command: one line, exit 2, no traceback.
+    res = subprocess.run(
+        [*cmd, "--data", str(env["data"]), "--r", "1.5", "--pool", str(env["pool"])],
+        capture_output=True, text=True, env=proc_env, timeout=300,
+    )  # fmt: skip
+    runs_before = list((env["home"] / "runs").iterdir())
+    assert res.returncode == 2 and res.stdout == "" and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [
+        "ratio-search: error: train.r: 1.5 is outside [0.0, 1.0]"
+    ]
+    assert runs_before == runs
 
 
-def test_train_config_best_yaml_with_pool_and_expected(env):
+@pytest.mark.e2e
+def test_train_config_best_yaml_with_pool_and_expected(env, run_train):
     best = env["tmp"] / "best.yaml"
     best.write_text(
         yaml.safe_dump(
@@ -147,9 +173,9 @@ def test_train_config_best_yaml_with_pool_and_expected(env):
             }
         )
     )
-    res = run_train(env, "--config", str(best), "--json")  # run_train's --epochs 2 overrides 3
-    assert res.returncode == 0, res.stderr
-    doc = json.loads(res.stdout)
+    rc, stdout, stderr = run_train("--config", str(best), "--json")  # --epochs 2 overrides 3
+    assert rc == 0, stderr
+    doc = json.loads(stdout)
     assert doc["r"] == 0.25 and doc["mode"] == "augment"
     assert len(doc["history"]) == 2
     assert doc["n_synthetic"] > 0 and doc["pool"]["path"] == str(env["pool"])
@@ -158,103 +184,129 @@ def test_train_config_best_yaml_with_pool_and_expected(env):
     assert cfg.train.seed == 3 and cfg.train.mode == "augment"
 
 
-def test_skip_bad_images_skips_and_reports_the_count(env):
+@pytest.mark.e2e
+def test_skip_bad_images_skips_and_reports_the_count(env, run_train):
     bad = env["data"] / "train" / "NORMAL" / "NORMAL-99-0.png"
     bad.write_bytes(b"this is not a png")
-    res = run_train(env, "--data", str(env["data"]), "--r", "0", "--skip-bad-images", "--json")
-    assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout)["skipped_images"] == 1
-    res = run_train(env, "--data", str(env["data"]), "--r", "0", "--skip-bad-images")
-    assert res.returncode == 0, res.stderr
-    assert "skipped 1 unreadable image" in res.stdout
+    rc, stdout, stderr = run_train(
+        "--data", str(env["data"]), "--r", "0", "--skip-bad-images", "--json"
+    )
+    assert rc == 0, stderr
+    assert json.loads(stdout)["skipped_images"] == 1
+    rc, stdout, stderr = run_train("--data", str(env["data"]), "--r", "0", "--skip-bad-images")
+    assert rc == 0, stderr
+    assert "skipped 1 unreadable image" in stdout
 
 
 # ------------------------------------------------------------------------------------ bad input
+# Each case: env -> (the train flags, fragments the one error line must name).
 
 
-def test_missing_data_path(env):
+def _missing_data_path(env):
     missing = env["tmp"] / "nope"
-    res = run_train(env, "--data", str(missing), "--out", str(env["tmp"] / "out"))
-    assert_clean_error(env, res, "not found", str(missing))
+    return ["--data", missing, "--out", env["tmp"] / "out"], ["not found", str(missing)]
 
 
-def test_empty_class_folder(env):
+def _empty_class_folder(env):
     empty = env["data"] / "train" / "DRUSEN"
     empty.mkdir()
-    res = run_train(env, "--data", str(env["data"]), "--out", str(env["tmp"] / "out"))
-    assert_clean_error(env, res, "no images", str(empty))
+    return ["--data", env["data"], "--out", env["tmp"] / "out"], ["no images", str(empty)]
 
 
-def test_missing_class_folder(env):
-    res = run_train(env, "--data", str(env["data"]), "--classes", "CNV", "DME")
-    assert_clean_error(env, res, "DME")
+def _missing_class_folder(env):
+    return ["--data", env["data"], "--classes", "CNV", "DME"], ["DME"]
 
 
-def test_unreadable_image_names_its_path(env):
+def _unreadable_image(env):
     bad = env["data"] / "train" / "CNV" / "CNV-77-0.png"
     bad.write_bytes(b"\x89PNG but truncated")
-    res = run_train(env, "--data", str(env["data"]), "--out", str(env["tmp"] / "out"))
-    assert_clean_error(env, res, "unreadable image", str(bad))
+    return ["--data", env["data"], "--out", env["tmp"] / "out"], ["unreadable image", str(bad)]
 
 
-def test_too_few_images_for_a_validation_split(env):
+def _too_few_images_for_val(env):
     data = make_data(env["tmp"] / "small", n=1)
-    res = run_train(env, "--data", str(data), "--out", str(env["tmp"] / "out"))
-    assert_clean_error(env, res, "cannot carve a validation split", "CNV")
+    return ["--data", data, "--out", env["tmp"] / "out"], ["cannot carve a validation split", "CNV"]
 
 
-@pytest.mark.parametrize("r", ["1.5", "-0.1"])
-def test_r_outside_unit_interval(env, r):
-    res = run_train(env, "--data", str(env["data"]), "--r", r, "--pool", str(env["pool"]))
-    assert_clean_error(env, res, "train.r", r, "outside")
+def _r_outside(r):
+    def case(env):
+        return ["--data", env["data"], "--r", r, "--pool", env["pool"]], ["train.r", r, "outside"]
+
+    return case
 
 
-def test_r_above_zero_without_a_pool(env):
-    res = run_train(env, "--data", str(env["data"]), "--r", "0.5")
-    assert_clean_error(env, res, "--pool")
+def _r_above_zero_without_a_pool(env):
+    return ["--data", env["data"], "--r", "0.5"], ["--pool"]
 
 
-def test_pool_smaller_than_r_needs(env):
+def _pool_smaller_than_r_needs(env):
     small = make_pool(env["tmp"] / "small-pool", n=2)
-    res = run_train(
-        env, "--data", str(env["data"]), "--r", "1", "--pool", str(small),
-        "--out", str(env["tmp"] / "out"),
-    )  # fmt: skip
-    assert_clean_error(env, res, "pool has 2 images", "R=1 needs")
+    flags = ["--data", env["data"], "--r", "1", "--pool", small, "--out", env["tmp"] / "out"]
+    return flags, ["pool has 2 images", "R=1 needs"]
 
 
-def test_missing_pool_folder(env):
-    res = run_train(env, "--data", str(env["data"]), "--r", "0.5", "--pool", "no-such-pool")
-    assert_clean_error(env, res, "pool not found", "no-such-pool")
+def _missing_pool_folder(env):
+    return ["--data", env["data"], "--r", "0.5", "--pool", "no-such-pool"], [
+        "pool not found",
+        "no-such-pool",
+    ]
 
 
-def test_unreadable_pool_image_names_its_path(env):
+def _unreadable_pool_image(env):
     bad = env["pool"] / "gen-999.png"
     bad.write_bytes(b"garbage")
-    res = run_train(env, "--data", str(env["data"]), "--r", "0.5", "--pool", str(env["pool"]))
-    assert_clean_error(env, res, "unreadable image", str(bad))
+    return ["--data", env["data"], "--r", "0.5", "--pool", env["pool"]], [
+        "unreadable image",
+        str(bad),
+    ]
 
 
-def test_unknown_yaml_key(env):
+def _unknown_yaml_key(env):
     cfg = env["tmp"] / "bad.yaml"
     cfg.write_text("train:\n  r: 0.5\n  learning_rate: 0.1\n")
-    res = run_train(env, "--data", str(env["data"]), "--config", str(cfg))
-    assert_clean_error(env, res, "train.learning_rate", str(cfg))
+    return ["--data", env["data"], "--config", cfg], ["train.learning_rate", str(cfg)]
 
 
-def test_unknown_top_level_yaml_key(env):
+def _unknown_top_level_yaml_key(env):
     cfg = env["tmp"] / "bad.yaml"
     cfg.write_text("train:\n  r: 0.0\nmetrics:\n  accuracy: 1.0\n")
-    res = run_train(env, "--data", str(env["data"]), "--config", str(cfg))
-    assert_clean_error(env, res, "'metrics'", "pool", "expected")
+    return ["--data", env["data"], "--config", cfg], ["'metrics'", "pool", "expected"]
 
 
-def test_existing_output_folder_is_not_overwritten(env):
+BAD_INPUTS = [
+    _missing_data_path,
+    _empty_class_folder,
+    _missing_class_folder,
+    _unreadable_image,
+    _too_few_images_for_val,
+    pytest.param(_r_outside("1.5"), id="r_above_one"),
+    pytest.param(_r_outside("-0.1"), id="r_below_zero"),
+    _r_above_zero_without_a_pool,
+    _pool_smaller_than_r_needs,
+    _missing_pool_folder,
+    _unreadable_pool_image,
+    _unknown_yaml_key,
+    _unknown_top_level_yaml_key,
+]
+
+
+@pytest.mark.edges
+@pytest.mark.parametrize(
+    "case", BAD_INPUTS, ids=lambda c: c.__name__.strip("_") if callable(c) else None
+)
+def test_bad_input_is_one_line_exit_2(env, run_train, case):
+    flags, fragments = case(env)
+    rc, out, err = run_train(*map(str, flags))
+    assert_clean_error(env, rc, out, err, *fragments)
+
+
+@pytest.mark.edges
+def test_existing_output_folder_is_not_overwritten(env, run_train):
     out = env["tmp"] / "taken"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    res = run_train(env, "--data", str(env["data"]), "--out", str(out))
-    assert res.returncode == 2 and "already exists" in res.stderr and "Traceback" not in res.stderr
+    rc, _, err = run_train("--data", str(env["data"]), "--out", str(out))
+    assert rc == 2 and "already exists" in err and "Traceback" not in err
     assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
 
 

@@ -7,10 +7,8 @@ import re
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
-from ratio_search.cli import main
 from ratio_search.config import Config, save_config
 from ratio_search.confirm import confirm
 from ratio_search.data import load_dataset
@@ -29,12 +27,7 @@ TRIALS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 
 
 def test_pareto_front_by_hand():
@@ -106,6 +99,7 @@ def img_count(page: str) -> int:
     return len(re.findall(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]{100,}"', page))
 
 
+@pytest.mark.e2e
 def test_report_end_to_end_with_a_confirmation(tmp_path):
     home, folder = make_search(tmp_path)
     # The confirmation as export writes it (expected.confirm in best.yaml), with real tiny trials.
@@ -148,10 +142,11 @@ def test_report_end_to_end_with_a_confirmation(tmp_path):
     assert "No confirmation found" not in page
 
 
-def test_report_without_confirmation_through_the_cli(tmp_path, capsys):
+@pytest.mark.e2e
+def test_report_without_confirmation_through_the_cli(tmp_path, run_cli):
     home, folder = make_search(tmp_path)
     (folder / "optuna.db").unlink()  # history then comes from trials.jsonl; no importances
-    rc = main(
+    rc, stdout, _ = run_cli(
         [
             "report",
             "tiny",
@@ -165,7 +160,7 @@ def test_report_without_confirmation_through_the_cli(tmp_path, capsys):
         ]
     )
     assert rc == 0
-    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out = json.loads(stdout.strip().splitlines()[-1])
     page = open(out["html"]).read()
     assert out["html"].startswith(str(tmp_path / "rep"))
     # Best single trial: R = 0.5 at guidance 2 (0.80); within 0.01 of it the largest R is 0.75.
@@ -175,9 +170,10 @@ def test_report_without_confirmation_through_the_cli(tmp_path, capsys):
     assert img_count(page) == 3  # metric vs R, guidance x steps, history
 
 
-def test_report_unknown_run_is_one_line(tmp_path, capsys):
-    assert main(["report", "nope", "--home", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
+@pytest.mark.edges
+def test_report_unknown_run_is_one_line(tmp_path, run_cli):
+    rc, _, err = run_cli(["report", "nope", "--home", str(tmp_path)])
+    assert rc == 2
     assert "unknown run 'nope'" in err and len(err.strip().splitlines()) == 1
 
 

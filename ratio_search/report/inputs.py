@@ -1,0 +1,116 @@
+"""What the report reads from a run folder: finished trials, the confirmation, the Optuna study,
+and the pools' stored quality figures."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .._io import is_number
+from ..errors import RatioSearchError
+from ..evidence.confirm import group_of
+from ..home import Home
+
+
+def find_confirmation(
+    home: Home, folder: Path, name: str, best_path: str | Path | None = None
+) -> tuple[dict[str, Any] | None, Path | None]:
+    """The ``expected.confirm`` block of this run's best.yaml, and the file it came from.
+
+    Looks at ``best_path`` if given, else ``<run dir>/best.yaml``, ``<home>/best.yaml`` and
+    ``./best.yaml`` (``export``'s default), taking the first that belongs to run ``name``.
+    """
+    if best_path is not None:
+        candidates = [Path(best_path)]
+        if not candidates[0].is_file():
+            raise RatioSearchError(f"--best: {best_path} not found")
+    else:
+        candidates = [folder / "best.yaml", home.root / "best.yaml", Path.cwd() / "best.yaml"]
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            continue
+        exp = doc.get("expected") or {}
+        if best_path is None and exp.get("run") not in (None, name):
+            continue  # another search's export
+        if isinstance(exp.get("confirm"), dict):
+            return exp["confirm"], path
+    return None, None
+
+
+def trial_rows(
+    trials: Mapping[str, Mapping[str, Any]], metric: str, ctx: Any
+) -> list[dict[str, Any]]:
+    """One row per finished trial with a finite ``metric``, in the order the trials finished."""
+    rows = []
+    for tid, rec in trials.items():
+        v = (rec.get("metrics") or {}).get(metric)
+        if rec.get("state") != "TERMINATED" or not is_number(v):
+            continue
+        cfg = ctx.full_config(rec.get("params") or {})
+        rows.append(
+            {
+                "trial_id": str(tid),
+                "r": float(cfg.get("r", 0.0)),
+                "guidance": cfg.get("guidance"),
+                "steps": cfg.get("steps"),
+                "value": float(v),
+                "time": rec.get("time") or 0,
+                "pool_key": rec.get("pool_key"),
+                "group": group_of(cfg),
+                "config": cfg,
+            }
+        )
+    rows.sort(key=lambda r: (r["time"], r["trial_id"]))
+    return rows
+
+
+def load_study(folder: Path, name: str):
+    """The search's Optuna study from ``optuna.db``, or None without one."""
+    db = folder / "optuna.db"
+    if not db.is_file():
+        return None
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{db.resolve()}"
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # another study name: take the only one there is
+        names = optuna.get_all_study_names(storage)
+        return optuna.load_study(study_name=names[0], storage=storage) if len(names) == 1 else None
+
+
+def _g(v: Any) -> Any:
+    """Settings (R, guidance) as written, not padded to 4 decimals."""
+    return f"{v:g}" if is_number(v) else v
+
+
+def pool_table(home: Home, rows: list[dict[str, Any]], mode: str) -> list[list[Any]]:
+    """Per pool used by a trial with R > 0: its settings, trials, best value, quality figures."""
+    from ..pools import load_pool
+
+    sign = 1.0 if mode == "max" else -1.0
+    by_pool: dict[str, list[float]] = {}
+    for r in rows:
+        if r["pool_key"] and r["r"] > 0:
+            by_pool.setdefault(r["pool_key"], []).append(r["value"])
+    out = []
+    for key, values in sorted(by_pool.items()):
+        try:
+            m = load_pool(home, key).manifest
+        except RatioSearchError:
+            m = {}
+        q = m.get("quality") or {}
+        out.append([
+            key, _g(m.get("guidance")), m.get("steps"), m.get("n"), len(values), max(values, key=lambda v: sign * v),
+            q.get("fd"), q.get("kid"), q.get("precision"), q.get("recall"), q.get("c2st"),
+            q.get("memorisation"), q.get("label_agreement"),
+        ])  # fmt: skip
+    return out

@@ -1,0 +1,417 @@
+"""Collect what the report shows and render it through the Jinja2 template ``report.html.j2``."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._io import atomic_write_bytes, atomic_write_text, is_number, utc_now
+from ..errors import RatioSearchError
+from ..evidence.confirm import label_of
+from ..evidence.stats import usable_ratio
+from ..home import Home
+from . import figures
+from .inputs import _g, find_confirmation, load_study, pool_table, trial_rows
+
+REPORT_NAME = "report.html"
+NO_TRIAL = "No finished trial: nothing to report yet."
+
+
+# ------------------------------------------------------------------------------ formatting
+
+
+def fmt(v: Any, digits: int = 4) -> str:
+    """A table cell: 4 decimals for floats, a dash for missing or non-finite values."""
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.{digits}f}" if is_number(v) else "—"
+    return str(v)
+
+
+def pm(iv: Mapping[str, Any] | None) -> str:
+    """``mean ± half width`` of an interval (the mean alone over a single run)."""
+    if not iv:
+        return "—"
+    if not is_number(iv.get("half_width")):
+        return f"{iv['mean']:.4f}"
+    return f"{iv['mean']:.4f} ± {iv['half_width']:.4f}"
+
+
+def _environment():
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("ratio_search.report", "templates"),
+        autoescape=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["fmt"] = fmt
+    return env
+
+
+# ------------------------------------------------------------------------------- the answer
+
+
+def summary_text(
+    metric: str,
+    best_cfg: Mapping[str, Any] | None,
+    confirm: Mapping[str, Any] | None,
+    usable: Mapping[str, Any],
+    best_trial: Mapping[str, Any] | None,
+    baseline_trial: float | None,
+) -> str:
+    """The answer in one paragraph (plain text)."""
+    short = metric.removeprefix("val_")
+    if best_cfg is None:
+        return NO_TRIAL
+    gen = ""
+    if float(best_cfg.get("r", 0)) > 0 and best_cfg.get("guidance") is not None:
+        gen = f" (guidance {best_cfg['guidance']:g}, {best_cfg.get('steps')} steps)"
+    r = float(best_cfg.get("r", 0.0))
+    if confirm:
+        tkey = f"test_{short}"
+        ch, base = confirm["test"].get("chosen", {}), confirm["test"].get("baseline", {})
+        n = len(confirm.get("seeds", []))
+        if confirm["chosen"].get("is_baseline") and tkey in ch:
+            text = (
+                f"Best R = 0 (real images only): test {short} {pm(ch[tkey])} (mean ± 95 % CI over "
+                f"{n} seeds); no mix of synthetic images beat it after confirmation"
+            )
+        elif tkey in ch and tkey in base:
+            text = (
+                f"Best R = {r:.2f}{gen}: test {short} {pm(ch[tkey])} vs {pm(base[tkey])} at R = 0 "
+                f"(mean ± 95 % CI over {n} seeds)"
+            )
+            diff = confirm["test"].get("diff", {}).get(tkey)
+            if diff:
+                sig = (
+                    "excludes 0"
+                    if diff["low"] > 0 or diff["high"] < 0
+                    else "includes 0: no clear difference"
+                )
+                text += f"; paired difference {pm(diff)} ({sig})"
+        else:
+            text = f"Best R = {r:.2f}{gen} (confirmed over {n} seeds)"
+    else:
+        text = f"Best R = {r:.2f}{gen}: {short} {best_trial['value']:.4f} on validation (one run, not confirmed)"
+        if baseline_trial is not None:
+            text += f" vs {baseline_trial:.4f} at R = 0"
+    flag = "" if usable.get("confirmed") else " (resting on a single unconfirmed trial)"
+    text += (
+        f"; usable synthetic ratio {usable['r']:g}{flag}: the largest R whose {short} stays within "
+        f"{usable['tolerance']:g} of the best."
+    )
+    return text
+
+
+def _best_row(
+    trials: Mapping[str, Mapping[str, Any]], rows: list[dict[str, Any]], metric: str, mode: str
+) -> dict[str, Any] | None:
+    """The row of the search's best trial among ``rows`` (the one best-trial rule)."""
+    from ..search.trials import best_trial
+
+    by_id = {r["trial_id"]: r for r in rows}
+    best = best_trial({tid: trials[tid] for tid in by_id}, metric, mode)
+    return None if best is None else by_id[str(best["trial_id"])]
+
+
+# ------------------------------------------------------------------------------- the figures
+
+
+def _optuna_figures(folder, name, rows, metric, mode, notes):
+    """History and importance figures from ``optuna.db`` (else the history of trials.jsonl)."""
+    figs: list[tuple[str, str, bytes]] = []
+    study, importances = None, {}
+    try:
+        study = load_study(folder, name)
+    except Exception as e:  # noqa: BLE001 - a damaged optuna.db loses two figures, not the report
+        notes.append(f"optuna.db could not be read ({type(e).__name__}: {e})")
+    if study is not None:
+        import optuna
+
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.values]
+        hist = figures.fig_history(study, metric, "Optuna study order")
+        if len(done) >= 2:
+            try:
+                importances = dict(
+                    optuna.importance.get_param_importances(
+                        study, evaluator=figures.importance_evaluator()
+                    )
+                )
+            except Exception as e:  # noqa: BLE001 - e.g. every parameter constant
+                notes.append(f"parameter importances not available ({type(e).__name__}: {e})")
+        else:
+            notes.append("parameter importances need at least 2 completed trials")
+    else:
+        values = [r["value"] for r in rows]
+        hist = (
+            figures.fig_history(figures.values_study(values, mode), metric, "trials.jsonl order")
+            if values
+            else None
+        )
+    if hist is not None:
+        figs.append(("history.png", "optimisation history", hist))
+    imp = figures.fig_importances(study, importances, metric) if importances else None
+    if imp is not None:
+        figs.append(("importances.png", "parameter importances", imp))
+    return figs, importances
+
+
+def _grids(
+    ctx, home, confirm, trials, rows, metric, mode, grid_n, classifier_path, classifier_kwargs
+):
+    """Best/worst grids of the chosen pool, ranked by a real-trained classifier; None if no pool."""
+    from ..quality import rank_by_confidence, real_classifier
+
+    cfg, key = None, None
+    if confirm and float(confirm["chosen"]["params"].get("r", 0)) > 0:
+        cfg, key = (
+            confirm["chosen"].get("config") or confirm["chosen"]["params"],
+            confirm["chosen"].get("pool_key"),
+        )
+    if cfg is None:  # no confirmed pick with generated images: the best trial with R > 0
+        top = _best_row(trials, [r for r in rows if r["r"] > 0], metric, mode)
+        if top is None:
+            return None
+        cfg, key = top["config"], top["pool_key"]
+    images = np.asarray(ctx.pool_images(cfg, key))
+    data = ctx.data
+    clf = real_classifier(
+        home.cache / "quality", data, path=classifier_path, **(classifier_kwargs or {})
+    )
+    label = int(data.synthetic_label)
+    order, score = rank_by_confidence(images, clf, label)
+    n = min(grid_n, len(order) // 2 if len(order) > 1 else len(order))
+    cls = data.class_names[label]
+    what = f"pool {key or label_of(cfg)}"
+    best_i, worst_i = order[:n], order[::-1][:n]
+    return [
+        ("best_generated.png", f"best-generated images of {what}",
+         figures.fig_image_grid(images[best_i], score[best_i],
+                                f"most confidently {cls} (real-trained classifier's P({cls}))")),
+        ("worst_generated.png", f"worst-generated images of {what}",
+         figures.fig_image_grid(images[worst_i], score[worst_i],
+                                f"least confidently {cls} (real-trained classifier's P({cls}))")),
+    ]  # fmt: skip
+
+
+# ------------------------------------------------------------------------------- the report
+
+
+def build_report(
+    home: Home,
+    name: str,
+    out_dir: str | Path | None = None,
+    *,
+    best_path: str | Path | None = None,
+    tolerance: float = 0.01,
+    grid_n: int = 16,
+    classifier_path: str | Path | None = None,
+    classifier_kwargs: dict[str, Any] | None = None,
+    context: Any = None,
+    track: bool = True,
+) -> dict[str, Any]:
+    """Write the report of run ``name``; return ``{"html", "pngs", "summary", "best_r", ...}``.
+
+    ``tolerance`` applies when there is no confirmation (the export's own tolerance is used
+    otherwise). ``grid_n``: images per best/worst grid (0: no grids). ``classifier_path``: the
+    real-trained classifier that ranks generated images (default: trained on the real training
+    images once and cached, as for pool quality). ``context``: a
+    :class:`ratio_search.evidence.confirm.RunContext` (tests pass a prepared one).
+    """
+    from ..evidence.confirm import RunContext
+    from ..search.runs import find_run, read_run_json
+    from ..search.trials import read_trials
+
+    folder = find_run(home, name)
+    info = read_run_json(folder)
+    metric, mode = info.get("metric", "val_accuracy"), info.get("mode", "max")
+    ctx = context if context is not None else RunContext(home, folder, info)
+    trials = read_trials(folder)
+    rows = trial_rows(trials, metric, ctx)
+    confirm, confirm_path = find_confirmation(home, folder, name, best_path)
+    out = Path(out_dir) if out_dir is not None else folder / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+
+    best = _best_row(trials, rows, metric, mode)
+    base_trials = [r["value"] for r in rows if r["r"] == 0.0]
+    baseline_trial = float(np.mean(base_trials)) if base_trials else None
+    if confirm:
+        usable = confirm["usable_ratio"]
+        best_cfg = confirm["chosen"].get("config") or confirm["chosen"]["params"]
+        base_conf = next((c for c in confirm["configurations"] if c["role"] == "baseline"), None)
+        baseline = (
+            base_conf["val"][metric]["mean"]
+            if base_conf and metric in base_conf["val"]
+            else baseline_trial
+        )
+        confirmed = confirm["configurations"]
+    else:
+        table = [{"r": r["r"], "value": r["value"], "group": r["group"]} for r in rows]
+        usable = usable_ratio(table, tolerance, mode).as_dict() if rows else {}
+        best_cfg = best["config"] if best else None
+        baseline, confirmed = baseline_trial, []
+        notes.append(
+            f"No confirmation found (best.yaml with expected.confirm): every number below is a single "
+            f"run. Run `ratio-search export {name}` to confirm the best configurations with several "
+            "seeds and evaluate the test split."
+        )
+
+    figs: list[tuple[str, str, bytes]] = []  # (file name, caption, png)
+    if rows:
+        figs.append(("metric_vs_r.png", f"{metric} against R",
+                     figures.fig_metric_vs_r(rows, confirmed, usable, metric, mode, baseline)))  # fmt: skip
+    gs = figures.fig_guidance_steps(rows, metric, mode)
+    if gs is not None:
+        figs.append(("guidance_steps.png", "guidance x steps", gs))
+    more, importances = _optuna_figures(folder, name, rows, metric, mode, notes)
+    figs += more
+
+    # Best- and worst-generated images of the chosen (else best R > 0) pool.
+    if grid_n > 0:
+        grid_note = None
+        try:
+            grids = _grids(ctx, home, confirm, trials, rows, metric, mode, grid_n,
+                           classifier_path, classifier_kwargs)  # fmt: skip
+            if grids is None:
+                grid_note = "no trial used generated images (R = 0 only): no image grids"
+            else:
+                figs += grids
+        except RatioSearchError as e:
+            grid_note = f"image grids not drawn: {e}"
+        if grid_note:
+            notes.append(grid_note)
+
+    summary = (
+        summary_text(metric, best_cfg, confirm, usable, best, baseline_trial) if rows else NO_TRIAL
+    )
+    pngs = []
+    for fname, _, png in figs:
+        atomic_write_bytes(out / fname, png)
+        pngs.append(str(out / fname))
+
+    page = render_page(
+        name=name, info=info, summary=summary, notes=notes, figs=figs, rows=rows,
+        confirm=confirm, confirm_path=confirm_path, usable=usable,
+        pool_rows=pool_table(home, rows, mode), importances=importances, metric=metric,
+    )  # fmt: skip
+    html_path = atomic_write_text(out / REPORT_NAME, page)
+
+    result: dict[str, Any] = {
+        "html": str(html_path),
+        "pngs": pngs,
+        "summary": summary,
+        "best_r": None if best_cfg is None else float(best_cfg.get("r", 0.0)),
+        "usable_r": usable.get("r") if usable else None,
+        "usable_confirmed": usable.get("confirmed") if usable else None,
+        "confirmed": confirm is not None,
+        "n_trials": len(rows),
+    }
+    if track:
+        result["mlflow"] = _log_report(info, folder, out)
+    return result
+
+
+def _tables(rows, confirm, usable, pool_rows, importances, metric) -> dict[str, Any]:
+    """The page's tables as ``{"header", "rows", "left"}`` (``left``: left-aligned columns)."""
+
+    def t(header: list[str], body: list[list[Any]], left: int = 1) -> dict[str, Any]:
+        return {"header": header, "rows": body, "left": left}
+
+    out: dict[str, Any] = {}
+    if usable and usable.get("points"):
+        out["usable"] = t(
+            ["R", "value", "runs", "confirmed", "95 % CI low", "95 % CI high", "generation"],
+            [[_g(p["r"]), p["value"], p["n"], p["confirmed"], (p.get("interval") or {}).get("low"),
+              (p.get("interval") or {}).get("high"), p.get("group")] for p in usable["points"]],
+            left=0,
+        )  # fmt: skip
+    if confirm:
+        out["confirmation"] = t(
+            ["configuration", "role", "search trial", f"confirmed {metric}", "difference to R = 0"],
+            [[c["label"], c["role"], c.get("trial_value"), pm(c["val"].get(metric)),
+              pm(c["diff_vs_baseline"].get(metric))] for c in confirm["configurations"]],
+            left=2,
+        )  # fmt: skip
+        test = confirm["test"]
+        keys = [k for k in test.get("chosen", {}) if k in test.get("baseline", {})]
+        out["test"] = t(
+            ["metric", f"chosen: {confirm['chosen']['label']}", "R = 0", "paired difference"],
+            [[k, pm(test["chosen"][k]), pm(test["baseline"][k]), pm(test.get("diff", {}).get(k))]
+             for k in keys],
+        )  # fmt: skip
+    if importances:
+        out["importances"] = t(
+            ["parameter", "importance"], [[k, v] for k, v in importances.items()]
+        )
+    if pool_rows:
+        out["pools"] = t(
+            ["pool", "guidance", "steps", "images", "trials", f"best {metric}", "FD", "KID",
+             "precision", "recall", "C2ST", "memorised", "called its class"],
+            pool_rows,
+        )  # fmt: skip
+    out["trials"] = t(
+        ["trial", "R", "guidance", "steps", metric, "pool"],
+        [[r["trial_id"], _g(r["r"]), _g(r["guidance"]), r["steps"], r["value"], r["pool_key"]]
+         for r in rows],
+    )  # fmt: skip
+    return out
+
+
+# The alt text of the two figures whose caption names the metric or reads differently.
+_ALT = {"metric_vs_r.png": "metric vs R", "guidance_steps.png": "guidance x steps"}
+
+
+def render_page(
+    *, name, info, summary, notes, figs, rows, confirm, confirm_path, usable, pool_rows,
+    importances, metric,
+) -> str:  # fmt: skip
+    """The HTML page (figures embedded as base64 PNGs) from the template."""
+    embedded = {
+        f: {"alt": _ALT.get(f, cap), "data": base64.b64encode(png).decode("ascii")}
+        for f, cap, png in figs
+    }
+    return (
+        _environment()
+        .get_template("report.html.j2")
+        .render(
+            name=name,
+            state=str(info.get("state")),
+            n_rows=len(rows),
+            metric=metric,
+            mode=info.get("mode", "max"),
+            generated=utc_now(),
+            confirm_path=str(confirm_path) if confirm_path else None,
+            summary=summary,
+            notes=notes,
+            figs=embedded,
+            confirm=confirm,
+            tables=_tables(rows, confirm, usable, pool_rows, importances, metric),
+        )
+    )
+
+
+def _log_report(info: Mapping[str, Any], folder: Path, out: Path) -> dict[str, Any] | None:
+    """Log the report folder as ``report/`` artifacts of the search's parent run."""
+    ml = info.get("mlflow") or {}
+    uri, parent = ml.get("tracking_uri"), ml.get("parent_run_id")
+    if not uri or not parent:
+        return None
+    try:
+        from .. import tracking
+
+        tracker = tracking.SearchTracker(uri, run_dir=folder)
+        tracker.client.log_artifacts(parent, str(out), "report")
+        return {"parent_run_id": parent, "artifact_path": "report"}
+    except Exception as e:  # noqa: BLE001 - the report on disk is what matters
+        return {"error": f"{type(e).__name__}: {e}"}
