@@ -3,8 +3,8 @@
 A saved model is one flat folder ``home.models/<hash>/``::
 
     config.json                          # the network's diffusers config (save_pretrained)
-    diffusion_pytorch_model.safetensors  # its (EMA) weights (tiny; SD: a pipeline's subfolders)
-    meta.json                            # data key, resolved config, classes, backend, stats, versions
+    diffusion_pytorch_model.safetensors  # its (EMA) weights (SD: a pipeline's subfolders)
+    meta.json                            # data key, resolved config, classes, backend, stats
     samples.png                          # a grid of a few samples per class
 
 ``meta.json`` is written last and the folder is renamed into place, so a folder with a
@@ -287,7 +287,7 @@ def is_complete(path: Path) -> bool:
 # ------------------------------------------------------------------------------------ the grid
 
 
-def save_grid(images: np.ndarray, rows: int, path: Path, labels: list[str] | None = None) -> Path:
+def save_grid(images: np.ndarray, rows: int, path: Path) -> Path:
     """Save uint8 (N, C, H, W) images as a PNG grid with ``rows`` rows (one per class)."""
     from PIL import Image
 

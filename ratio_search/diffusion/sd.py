@@ -60,6 +60,7 @@ from .base import (
     read_meta,
 )
 from .sd_pipeline import (
+    NO_SAFETY_CHECKER,
     SD_CONFIG_FILE,
     SD_DEFAULTS,
     base_hash,
@@ -161,7 +162,7 @@ class SDModel(GenerativeModel):
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SDModel:
-        """Open a folder written by :func:`finetune_sd` (plus the common code's ``meta.json``).
+        """Open a folder written by :func:`finetune_sd` (plus the ``meta.json`` of ``finetune``).
 
         Without a ``meta.json`` (a bare :func:`finetune_sd` output) the dataset's size, channels
         and classes come from ``sd_config.json`` and the hash from the UNet weights.
@@ -188,9 +189,7 @@ class SDModel(GenerativeModel):
             try:
                 pipe = _guided_pipeline_class().from_pretrained(
                     self.path,
-                    safety_checker=None,
-                    feature_extractor=None,
-                    requires_safety_checker=False,
+                    **NO_SAFETY_CHECKER,
                     **{_dtype_argument(): dtype},
                 )
             except Exception as e:  # broken config / weights: one clear line, not a traceback

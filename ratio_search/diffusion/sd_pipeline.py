@@ -32,6 +32,14 @@ REQUIRED_PARTS = {
     "scheduler": "scheduler_config.json",
 }
 
+# No safety checker, in every pipeline we build or load: these are medical scans, and the
+# checker's CLIP model would cost memory for nothing.
+NO_SAFETY_CHECKER: dict[str, Any] = {
+    "safety_checker": None,
+    "feature_extractor": None,
+    "requires_safety_checker": False,
+}
+
 # Written next to the saved pipeline: what SDModel needs beyond the diffusers folder.
 SD_CONFIG_FILE = "sd_config.json"
 

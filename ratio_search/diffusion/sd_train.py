@@ -30,6 +30,7 @@ from ..config import FinetuneConfig
 from ..errors import DataError, ModelError
 from ..home import resolve_device
 from .sd_pipeline import (
+    NO_SAFETY_CHECKER,
     SD_CONFIG_FILE,
     check_pipeline_folder,
     class_prompt,
@@ -353,19 +354,10 @@ def _train(
 def _save_pipeline(base: Path, out_dir: Path, unet, vae, text_encoder, tokenizer) -> None:
     """Save the base pipeline with the fine-tuned UNet into ``out_dir`` (safetensors).
 
-    No safety checker: these are medical scans, and the checker's CLIP model would cost memory
-    for nothing. The sampler is the base pipeline's (its config seeds DDIM / DPM-Solver later).
+    No safety checker (:data:`NO_SAFETY_CHECKER`). The sampler is the base pipeline's (its config seeds DDIM / DPM-Solver later).
     """
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(
-        base,
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    parts = {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer}
+    pipe = StableDiffusionPipeline.from_pretrained(base, **parts, **NO_SAFETY_CHECKER)
     pipe.save_pretrained(out_dir, safe_serialization=True)

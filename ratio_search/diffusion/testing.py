@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
+from .sd_pipeline import NO_SAFETY_CHECKER
 
 # Words the tiny tokenizer knows whole; anything else is spelled out byte by byte (still valid).
 _TINY_WORDS = ("oct", "scan", "showing", "cnv", "normal", "dme", "drusen", "class", "image", "of")
@@ -111,16 +112,8 @@ def build_tiny_pipeline(path: str | os.PathLike, image_size: int = 32, seed: int
         set_alpha_to_one=False,
         steps_offset=1,
     )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    parts = {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "unet": unet}
+    pipe = StableDiffusionPipeline(**parts, scheduler=scheduler, **NO_SAFETY_CHECKER)
     out = Path(path)
     pipe.save_pretrained(out, safe_serialization=True)
     return out

@@ -112,7 +112,7 @@ class _EMA:
 
 
 def _train_images(data, resolution: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training split only, as [-1, 1] floats on the device (small: thousands of small images)."""
+    """The training split only, as [-1, 1] floats on the device (thousands of small images)."""
     train_x = np.array(data.train_x)  # a writable copy of the (memory-mapped) cache
     train_y = np.array(data.train_y)
     if train_x.ndim != 4 or len(train_x) != len(train_y) or len(train_x) == 0:
