@@ -66,7 +66,7 @@ FAKE_MODEL_SRC = textwrap.dedent(
             out = np.empty((n, *s), dtype=np.uint8)
             for i in range(n):
                 rng = np.random.default_rng([seed, i, int(guidance * 1000), steps, class_index])
-                # bright and flat, like the tiny generator's samples (PHANTOM.md)
+                # bright and flat, like the tiny generator's samples of the phantom data
                 out[i] = np.clip(rng.normal(150, 12, size=s), 0, 255).astype(np.uint8)
             return out
     '''

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 from .build import (
-    SCHEDULERS,
     build_one,
     build_space_pools,
     generate,
@@ -39,7 +38,6 @@ from .store import (
 __all__ = [
     "POOL_FORMAT",
     "POSTPROCESS",
-    "SCHEDULERS",
     "STALE_TMP_SECONDS",
     "Pool",
     "build_one",

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..config import GenerateConfig
+from ..diffusion.base import check_scheduler
 from ..errors import ConfigError, PoolError
 from ..home import Home, resolve_device
 from .postprocess import POSTPROCESS, class_reference, postprocess, reference_key
@@ -27,19 +28,12 @@ if TYPE_CHECKING:
     from ..data import Dataset
     from ..diffusion import GenerativeModel
 
-#: The allowed ``generate.scheduler`` values (from the config field, the one list of them).
-SCHEDULERS: tuple[str, ...] = tuple(
-    GenerateConfig.__dataclass_fields__["scheduler"].metadata["choices"]
-)
-
 OnDone = Callable[[dict[str, Any]], Any]
 
 
 def _check_gen(gen: GenerateConfig, n: int) -> None:
-    if gen.scheduler not in SCHEDULERS:
-        raise ConfigError(
-            f"generate.scheduler: {gen.scheduler!r} is not one of: {', '.join(SCHEDULERS)}"
-        )
+    """ConfigError naming the first bad setting, before any model is loaded or called."""
+    check_scheduler(gen.scheduler)
     if gen.postprocess not in POSTPROCESS:
         raise ConfigError(
             f"generate.postprocess: {gen.postprocess!r} is not one of: {', '.join(POSTPROCESS)}"

@@ -14,7 +14,8 @@
   in pixel space). An independent sample of the real distribution scores about ``quantile``;
   copies score 1.
 
-Inputs are features ``(N, D)`` or uint8 images ``(N, C, H, W)`` (tests/test_quality.py).
+Inputs are features ``(N, D)`` or uint8 images ``(N, C, H, W)``, so that each figure is tested
+on cases with a known answer (tests/test_quality.py).
 """
 
 from __future__ import annotations
