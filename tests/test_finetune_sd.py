@@ -305,3 +305,18 @@ def test_mixed_precision_path_trains_on_synthetic_class_train_images_only(
     assert math.isfinite(stats["final_loss"])
     allowed = {img.tobytes() for img in data.train_x[data.train_y == data.synthetic_label]}
     assert len(seen) == 2 and all(img.tobytes() in allowed for batch in seen for img in batch)
+
+
+@pytest.mark.edges
+def test_a_checkpoint_moved_aside_by_a_crash_mid_swap_is_found_then_cleaned_up(tmp_path):
+    assert sd_train._find_checkpoint(tmp_path) is None
+    aside = tmp_path / ".old-checkpoint.123"  # what atomic_dir leaves if killed mid-swap
+    aside.mkdir()
+    (aside / "state.json").write_text("{}")
+    (aside / "unet.safetensors").write_bytes(b"")
+    half = tmp_path / ".tmp-checkpoint.abc"  # a half-written one: never resumed from
+    half.mkdir()
+    (half / "state.json").write_text("{}")
+    assert sd_train._find_checkpoint(tmp_path) == aside
+    sd_train._remove_checkpoints(tmp_path)
+    assert list(tmp_path.iterdir()) == []
