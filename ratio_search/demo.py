@@ -9,9 +9,8 @@ runs a new search (named ``demo-<timestamp>``).
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,9 @@ from .home import Home
 
 STAGES = ("data", "finetune", "generate", "search", "export", "report")
 
-
-def _stage_printer(progress: bool) -> Callable[[int, str], None]:
-    def say(i: int, text: str) -> None:
-        if progress:
-            print(f"\n[{i}/{len(STAGES)}] {text}", file=sys.stderr, flush=True)
-
-    return say
+# Stage headers and the confirmation's messages are log records; the CLI shows them as plain
+# lines on stderr (the long loops inside each stage draw their own tqdm bars).
+log = logging.getLogger(__name__)
 
 
 def run_demo(
@@ -44,10 +39,13 @@ def run_demo(
     from .diffusion import finetune
     from .pools import generate
     from .search import run_search
-    from .search.driver import pool_size
-    from .space import load_space
+    from .search.setup import pool_size
+    from .search.space import load_space
 
-    say = _stage_printer(progress)
+    def say(i: int, text: str) -> None:
+        if progress:
+            log.info("\n[%d/%d] %s", i, len(STAGES), text)
+
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
 
@@ -93,15 +91,14 @@ def run_demo(
         f"export: confirming the best configurations over {confirm_seeds} seeds, then the test split",
     )
     t = time.perf_counter()
-    from .confirm import export_with_confirmation
-    from .export import write_export
+    from .evidence.export import export_with_confirmation, write_export
 
     doc = export_with_confirmation(
         home,
         name,
         top_k=top_k,
         n_seeds=confirm_seeds,
-        progress=(lambda m: print(m, file=sys.stderr)) if progress else None,
+        progress=log.info if progress else None,
     )
     best = write_export(doc, home.runs / name / "best.yaml")
     timings["export"] = time.perf_counter() - t

@@ -21,8 +21,8 @@ from ratio_search.search import list_runs, run_status
 from ratio_search.search import runs as runs_mod
 from ratio_search.search.driver import check_address, pool_size, resolve_resources
 from ratio_search.search.procs import find_ray_processes, kill_ray_processes
-from ratio_search.search.trainable import load_state, save_state, trial_body
 from ratio_search.search.space import parse_space
+from ratio_search.search.trainable import load_state, save_state, trial_body
 
 TINY_DATA = {
     "image_size": 16,
@@ -320,23 +320,23 @@ def test_leftover_processes_found_and_killed_by_pid(tmp_path):
 # ---------------------------------------------------------------------------- CLI errors
 
 
-def _cli(*args: str, home: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ratio_search.cli", *args, "--home", str(home)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def _one_line_error(p: subprocess.CompletedProcess, match: str) -> None:
-    assert p.returncode == 2, p.stderr
-    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("ratio-search: error:"), p.stderr
+def _one_line_error(rc: int, err: str, match: str) -> None:
+    assert rc == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ratio-search: error:"), err
     assert match in lines[0], lines[0]
-    assert "Traceback" not in p.stderr
+    assert "Traceback" not in err
 
 
+def _space_file(tmp_path: Path, mutate=lambda d: None) -> Path:
+    doc = tiny_space()
+    mutate(doc)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(doc))
+    return space
+
+
+@pytest.mark.edges
 @pytest.mark.parametrize(
     "mutate, extra, match",
     [
@@ -347,51 +347,64 @@ def _one_line_error(p: subprocess.CompletedProcess, match: str) -> None:
         (lambda d: d["params"].update(r={"type": "float", "low": 0.5, "high": 0.5}), [], "params.r: empty range"),
         (lambda d: d["search"].update(metric="val_auc"), [], "search.metric: unknown metric 'val_auc'"),
         (lambda d: None, ["--metric", "accuracy"], "--metric: unknown metric 'accuracy'"),
-        (lambda d: None, ["--address", "127.0.0.1:9"], "cannot reach the Ray cluster at 127.0.0.1:9"),
     ],
 )  # fmt: skip
-def test_cli_run_bad_input_is_one_line_exit_2(tmp_path, mutate, extra, match):
+def test_cli_run_bad_input_is_one_line_exit_2(tmp_path, run_cli, mutate, extra, match):
     if "--gpus" in extra:
         import torch
 
         if torch.cuda.device_count() >= 8:
             pytest.skip("this machine has 8 GPUs")
-    doc = tiny_space()
-    mutate(doc)
-    space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump(doc))
-    p = _cli("run", "--space", str(space), "--trials", "1", *extra, home=tmp_path)
-    _one_line_error(p, match)
+    space = _space_file(tmp_path, mutate)
+    rc, _, err = run_cli(["run", "--space", space, "--trials", "1", *extra, "--home", tmp_path])
+    _one_line_error(rc, err, match)
     assert not (tmp_path / "runs").exists()  # nothing was started
 
 
-def test_cli_unknown_run_name(tmp_path):
-    _one_line_error(_cli("resume", "nope", home=tmp_path), "unknown run 'nope'")
-    _one_line_error(_cli("status", "nope", home=tmp_path), "unknown run 'nope'")
+@pytest.mark.e2e
+def test_cli_run_unreachable_cluster_in_a_subprocess(tmp_path):
+    """The real command (a subprocess: Ray's connection attempt stays out of the test process)."""
+    space = _space_file(tmp_path)
+    p = subprocess.run(
+        [sys.executable, "-m", "ratio_search.cli", "run", "--space", str(space), "--trials", "1",
+         "--address", "127.0.0.1:9", "--home", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    _one_line_error(p.returncode, p.stderr, "cannot reach the Ray cluster at 127.0.0.1:9")
+    assert not (tmp_path / "runs").exists()  # nothing was started
 
 
-def test_cli_run_refuses_an_existing_unfinished_name(tmp_path):
+@pytest.mark.edges
+def test_cli_unknown_run_name(tmp_path, run_cli):
+    _one_line_error(*run_cli(["resume", "nope", "--home", tmp_path])[::2], "unknown run 'nope'")
+    _one_line_error(*run_cli(["status", "nope", "--home", tmp_path])[::2], "unknown run 'nope'")
+
+
+@pytest.mark.edges
+def test_cli_run_refuses_an_existing_unfinished_name(tmp_path, run_cli):
     _fake_run(Home.resolve(tmp_path), "old", "interrupted", [])
-    space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump(tiny_space()))
-    p = _cli("run", "--space", str(space), "--name", "old", home=tmp_path)
-    _one_line_error(p, "run old exists and is unfinished; resume it with: ratio-search resume old")
+    space = _space_file(tmp_path)
+    rc, _, err = run_cli(["run", "--space", space, "--name", "old", "--home", tmp_path])
+    _one_line_error(
+        rc, err, "run old exists and is unfinished; resume it with: ratio-search resume old"
+    )
 
 
-def test_cli_status_json_and_table(tmp_path):
+@pytest.mark.unit
+def test_cli_status_json_and_table(tmp_path, run_cli):
     home = Home.resolve(tmp_path)
     _fake_run(home, "s1", "finished", [
         {"trial_id": "a", "state": "TERMINATED", "params": {"r": 0.5, "guidance": 2.0, "steps": 10},
          "metrics": {"val_accuracy": 0.75}, "epoch": 2},
     ])  # fmt: skip
-    p = _cli("status", "s1", "--json", home=tmp_path)
-    assert p.returncode == 0, p.stderr
-    s = json.loads(p.stdout)
+    rc, out, err = run_cli(["status", "s1", "--json", "--home", tmp_path])
+    assert rc == 0, err
+    s = json.loads(out)
     assert s["best"]["metric"] == 0.75 and s["done"] == 1 and s["state"] == "finished"
-    p = _cli("status", home=tmp_path)
-    assert p.returncode == 0 and "s1" in p.stdout and "1/3" in p.stdout
-    p = _cli("status", "s1", home=tmp_path)
-    assert p.returncode == 0 and "0.7500" in p.stdout and "TERMINATED" in p.stdout
+    rc, out, _ = run_cli(["status", "--home", tmp_path])
+    assert rc == 0 and "s1" in out and "1/3" in out
+    rc, out, _ = run_cli(["status", "s1", "--home", tmp_path])
+    assert rc == 0 and "0.7500" in out and "TERMINATED" in out
 
 
 def test_trials_lost_in_a_crash_are_marked_and_not_counted(tmp_path, monkeypatch):

@@ -128,6 +128,14 @@ def common(p: argparse.ArgumentParser) -> None:
     json_flag(p)
 
 
+def data_command(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
+    """A sub-command that reads a config and a dataset: --home, --config, --json, data flags."""
+    p = sub.add_parser(name, help=help)
+    common(p)
+    data_flags(p)
+    return p
+
+
 def emit(args: argparse.Namespace, obj: dict[str, Any], human: str) -> None:
     """Print one JSON object with --json, else the human summary."""
     if getattr(args, "json", False):

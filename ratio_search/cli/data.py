@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from ._flags import Parser, common, config_flag, data_flags, emit, json_flag, overrides, table
+from ._flags import (
+    Parser,
+    config_flag,
+    data_command,
+    emit,
+    json_flag,
+    overrides,
+    table,
+)
 
 
 def add_data(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
@@ -24,11 +32,9 @@ def add_data(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
 
 
 def add_data_info(dsub: argparse._SubParsersAction) -> None:
-    q = dsub.add_parser(
-        "info", help="load a dataset (decoding and caching it once) and show its splits"
+    q = data_command(
+        dsub, "info", "load a dataset (decoding and caching it once) and show its splits"
     )
-    common(q)
-    data_flags(q)
     q.set_defaults(handler=cmd_data_info)
 
 

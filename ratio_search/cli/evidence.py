@@ -6,15 +6,20 @@ import argparse
 import logging
 from typing import Any
 
-from ._flags import common, config_flag, data_flags, emit, home_flag, json_flag, overrides
+from ._flags import (
+    config_flag,
+    data_command,
+    emit,
+    home_flag,
+    json_flag,
+    overrides,
+)
 
 log = logging.getLogger("ratio_search.cli")
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train one classifier at one ratio R")
-    common(p)
-    data_flags(p)
+    p = data_command(sub, "train", "train one classifier at one ratio R")
     config_flag(p, "train.r")
     p.add_argument("--pool", help="pool key, pool folder, or any image folder of synthetic images")
     p.add_argument("--pool-n", type=int, help="use only the pool's first N images")
@@ -115,7 +120,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from ..home import Home
-    from ..trial import resolve_train_config, train_from_config
+    from ..train.trial import resolve_train_config, train_from_config
 
     cfg, yaml_pool, yaml_pool_n = resolve_train_config(
         args.config, overrides(args, ("data", "train"))
@@ -155,13 +160,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from ..export import build_export, write_export
+    from ..evidence.export import build_export, write_export
     from ..home import Home
 
     if getattr(args, "no_confirm", True):
         doc = build_export(Home.resolve(args.home), args.name, trial_id=args.trial)
     else:
-        from ..confirm import export_with_confirmation
+        from ..evidence.export import export_with_confirmation
 
         doc = export_with_confirmation(
             Home.resolve(args.home), args.name, trial_id=args.trial, top_k=args.top_k,

@@ -9,9 +9,8 @@ from typing import Any
 
 from ..errors import RatioSearchError
 from ._flags import (
-    common,
     config_flag,
-    data_flags,
+    data_command,
     emit,
     home_flag,
     json_flag,
@@ -24,9 +23,7 @@ log = logging.getLogger("ratio_search.cli")
 
 
 def add_finetune(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("finetune", help="fine-tune the diffusion generator once (the upfront job)")
-    common(p)
-    data_flags(p)
+    p = data_command(sub, "finetune", "fine-tune the diffusion generator once (the upfront job)")
     for key in ("backend", "base_model", "max_steps", "batch_size", "lr", "resolution",
                 "ema_decay", "seed", "device"):  # fmt: skip
         config_flag(p, f"finetune.{key}")
@@ -54,11 +51,9 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
 
 
 def add_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "generate", help="build cached pools of generated images (one, or a space's grid)"
+    p = data_command(
+        sub, "generate", "build cached pools of generated images (one, or a space's grid)"
     )
-    common(p)
-    data_flags(p)
     p.add_argument(
         "--model",
         default="latest",
@@ -175,7 +170,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         return
     space = None
     if args.space:
-        from ..space import load_space
+        from ..search.space import load_space
 
         space = load_space(args.space)
 

@@ -8,15 +8,13 @@ import sys
 from typing import Any
 
 from ..errors import RatioSearchError
-from ._flags import common, data_flags, emit, home_flag, json_flag, overrides
+from ._flags import data_command, emit, home_flag, json_flag, overrides
 
 
 def add_run(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "run", help="search R, guidance and steps (Ray Tune + Optuna, tracked in MLflow)"
+    p = data_command(
+        sub, "run", "search R, guidance and steps (Ray Tune + Optuna, tracked in MLflow)"
     )
-    common(p)
-    data_flags(p)
     p.add_argument(
         "--space",
         default="default",
