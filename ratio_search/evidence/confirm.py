@@ -12,8 +12,8 @@ its value is biased upwards (the winner's curse). So before anything is reported
    synthetic data did not help, and that is the answer).
 3. Only then is the test split touched, once: the S models of the chosen configuration and of
    the baseline are evaluated on it (mean ± CI, and the paired difference).
-4. The usable synthetic ratio (:func:`ratio_search.evidence.stats.usable_ratio`) is computed from the
-   search's trials plus every confirmation run. While the R it names rests on a single trial,
+4. The usable synthetic ratio (:func:`.stats.usable_ratio`) is computed from the search's
+   trials plus every confirmation run. While the R it names rests on a single trial,
    that R is confirmed too (at most ``usable_rounds`` times), so the headline number is backed by
    ``S`` seeds; extra R values can be asked for with ``confirm_r``.
 

@@ -213,8 +213,8 @@ def train_classifier(
     """Train a :class:`SimpleCNN` on uint8 images ``x`` / labels ``y``; validate after every epoch.
 
     The CNN's size is ``cfg.widths`` / ``cfg.fc``. Adam (``cfg.lr``), cross-entropy,
-    ``cfg.batch_size``, ``cfg.epochs``; initial weights and batch order are seeded from ``cfg.seed``. After each epoch ``report(epoch, metrics, state)``
-    is called with the 1-based epoch, the validation metrics (:func:`compute_metrics` plus
+    ``cfg.batch_size``, ``cfg.epochs``; initial weights and batch order are seeded from
+    ``cfg.seed``. After each epoch ``report(epoch, metrics, state)`` is called with the 1-based epoch, the validation metrics (:func:`compute_metrics` plus
     ``train_loss`` and ``val_loss``) and ``state = {"epoch", "model", "optimizer", "rng",
     "history"}`` (CPU copies). Passing that ``state`` back resumes after its epoch and ends with the
     same weights and metrics as an uninterrupted run.
