@@ -171,7 +171,7 @@ def make_tiny(tmp: Path) -> tuple[Home, Path, Path]:
     from ratio_search.data import load_dataset
     from ratio_search.diffusion import finetune
     from ratio_search.diffusion.tiny import TEST_UNET
-    from ratio_search.space import parse_space
+    from ratio_search.search.space import parse_space
 
     torch.set_num_threads(1)
     home = Home.resolve(tmp / "home")
@@ -309,6 +309,7 @@ def check_spread(home: Home, name: str, out: dict, cluster: Cluster) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_run_with_address_spreads_trials_over_both_nodes(cluster):
     home, model, space = cluster.home, cluster.model, cluster.space
     t0 = time.monotonic()
@@ -336,6 +337,7 @@ def test_run_with_address_spreads_trials_over_both_nodes(cluster):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_ray_job_submit_runs_the_search_on_the_cluster(cluster):
     """``ray job submit --working-dir REPO -- ratio-search run ...``: the code is uploaded to the
     cluster, the driver runs on the head and joins the cluster through the RAY_ADDRESS that Ray
@@ -367,6 +369,7 @@ def test_ray_job_submit_runs_the_search_on_the_cluster(cluster):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_asking_for_gpus_the_cluster_lacks_is_said_not_silent(cluster):
     """Ray would wait, without a word, for GPUs the cluster does not have: the driver says so
     (a warning: an autoscaling cluster would add them), and stops on SIGTERM."""
@@ -397,6 +400,7 @@ def test_asking_for_gpus_the_cluster_lacks_is_said_not_silent(cluster):
     assert "waits until the cluster has them" in warning[0]
 
 
+@pytest.mark.unit
 def test_cluster_shortfall_names_what_is_missing():
     from ratio_search.search.driver import cluster_shortfall
 

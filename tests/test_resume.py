@@ -16,9 +16,9 @@ import yaml
 from ratio_search.home import Home
 from ratio_search.search import run_status
 from ratio_search.search.procs import find_ray_processes
-from ratio_search.search.runs import pid_alive
+from ratio_search.home import pid_alive
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 TINY_DATA = {
     "image_size": 16,
@@ -35,7 +35,7 @@ def _tiny_model(home: Home) -> Path:
     from ratio_search.data import load_dataset
     from ratio_search.diffusion import finetune
     from ratio_search.diffusion.tiny import TEST_UNET
-    from ratio_search.space import parse_space
+    from ratio_search.search.space import parse_space
 
     data = load_dataset(parse_space({"data": TINY_DATA}).data_config(), home)
     cfg = FinetuneConfig(max_steps=2, from_scratch=True, batch_size=8)

@@ -72,6 +72,7 @@ def tiny(tmp_path_factory):
 # ------------------------------------------------------------------------------ the trial
 
 
+@pytest.mark.unit
 def test_trial_reports_contract_metrics_and_uses_a_cached_pool(tiny):
     home, space, data, ctx = tiny
     reports = []
@@ -98,6 +99,7 @@ def test_trial_reports_contract_metrics_and_uses_a_cached_pool(tiny):
     assert reports2[-1]["val_loss"] == m["val_loss"]  # same config -> same result
 
 
+@pytest.mark.unit
 def test_trial_at_r0_needs_no_model_or_pool(tiny):
     _, space, data, ctx = tiny
     ctx0 = dict(ctx, model_path=None, model_meta=None)
@@ -111,6 +113,7 @@ def test_trial_at_r0_needs_no_model_or_pool(tiny):
     assert reports[-1]["pool_key"] == "" and reports[-1]["n_synthetic"] == 0
 
 
+@pytest.mark.unit
 def test_trial_resumes_from_its_checkpoint(tiny, tmp_path):
     _, space, data, ctx = tiny
     cfg = dict(space.fixed, r=0.5, guidance=3.0, steps=2, epochs=3)
@@ -127,6 +130,7 @@ def test_trial_resumes_from_its_checkpoint(tiny, tmp_path):
     assert resumed[-1]["train_loss"] == pytest.approx(full[-1]["train_loss"], abs=1e-6)
 
 
+@pytest.mark.unit
 def test_pool_size_covers_the_largest_r(tiny):
     _, space, data, _ = tiny
     assert pool_size(space, data) == 8  # R=1 replace: all 8 synthetic-class images
@@ -141,6 +145,7 @@ def test_pool_size_covers_the_largest_r(tiny):
 # ----------------------------------------------------------------------- resources, address
 
 
+@pytest.mark.unit
 def test_resources_defaults_and_gpu_check(monkeypatch):
     from ratio_search.search import resources
 
@@ -159,6 +164,7 @@ def test_resources_defaults_and_gpu_check(monkeypatch):
     assert resolve_resources(8, 0.5, 1, 3, "10.0.0.1:6379")["gpus"] == 8
 
 
+@pytest.mark.edges
 def test_unreachable_address_fails_fast():
     t0 = time.time()
     with pytest.raises(SearchError, match="cannot reach the Ray cluster at 127.0.0.1:9"):
@@ -171,6 +177,7 @@ def test_unreachable_address_fails_fast():
 # --------------------------------------------------------------------------- the searcher
 
 
+@pytest.mark.unit
 def test_searcher_queues_baselines_snaps_and_prunes_asha_stops(tmp_path):
     from ratio_search.search.searcher import make_searcher
 
@@ -205,6 +212,7 @@ def test_searcher_queues_baselines_snaps_and_prunes_asha_stops(tmp_path):
     assert sum(t.state == optuna.trial.TrialState.RUNNING for t in study.trials) == 2
 
 
+@pytest.mark.unit
 def test_grid_searcher_visits_every_point_once(tmp_path):
     from ratio_search.search.searcher import make_searcher
     from ratio_search.search.space import load_space
@@ -235,6 +243,7 @@ def _fake_run(home: Home, name: str, state: str, trials: list[dict]) -> Path:
     return folder
 
 
+@pytest.mark.unit
 def test_status_last_line_wins_and_best(tmp_path):
     home = Home.resolve(tmp_path)
     t = lambda tid, state, acc, r: {  # noqa: E731
@@ -268,6 +277,7 @@ def test_status_last_line_wins_and_best(tmp_path):
         run_status(home, "nope")
 
 
+@pytest.mark.unit
 def test_run_json_is_written_atomically(tmp_path):
     runs_mod.write_run_json(tmp_path, {"name": "x", "state": "running"})
     assert json.loads((tmp_path / "run.json").read_text())["state"] == "running"
@@ -279,6 +289,7 @@ def test_run_json_is_written_atomically(tmp_path):
     assert json.loads((tmp_path / "run.json").read_text())["stats"] == [None, 1.0]
 
 
+@pytest.mark.unit
 def test_ray_temp_dir_is_short_and_per_run(tmp_path):
     a = runs_mod.ray_temp_dir(tmp_path / ("x" * 200) / "runs" / "a")
     b = runs_mod.ray_temp_dir(tmp_path / "runs" / "b")
@@ -288,6 +299,7 @@ def test_ray_temp_dir_is_short_and_per_run(tmp_path):
 # ------------------------------------------------------------------- leftover processes
 
 
+@pytest.mark.e2e
 def test_leftover_processes_found_and_killed_by_pid(tmp_path):
     temp_dir = f"/tmp/rs-test{os.getpid()}"
     os.makedirs(temp_dir, exist_ok=True)
@@ -407,6 +419,7 @@ def test_cli_status_json_and_table(tmp_path, run_cli):
     assert rc == 0 and "0.7500" in out and "TERMINATED" in out
 
 
+@pytest.mark.unit
 def test_trials_lost_in_a_crash_are_marked_and_not_counted(tmp_path, monkeypatch):
     """A trial the killed driver started after its last experiment snapshot is unknown to the
     restored experiment: marked LOST in trials.jsonl, not shown or counted by status."""
@@ -430,3 +443,96 @@ def test_trials_lost_in_a_crash_are_marked_and_not_counted(tmp_path, monkeypatch
     assert [t["trial_id"] for t in st["trials"]] == ["a", "b"]
     assert st["counts"]["LOST"] == 1 and st["done"] == 1
     assert _forget_lost_trials(folder, tracker=None) == 0  # idempotent
+
+
+# ------------------------------------------------------------- records: run.json, trials.jsonl
+
+
+@pytest.mark.unit
+def test_an_old_run_json_loads_and_keeps_unknown_keys(tmp_path):
+    from ratio_search.search.runinfo import RunInfo
+
+    old = {
+        "name": "old", "state": "interrupted", "created": "2026-01-01T00:00:00Z", "n_trials": 4,
+        "metric": "val_f1", "mode": "max", "space": {"params": {}}, "data_key": "d1",
+        "model_hash": None, "model_path": None, "model_meta": None, "pool_n": 0,
+        "mlflow": {"tracking_uri": None, "experiment_id": None, "parent_run_id": None},
+        "ray": {"temp_dir": "/tmp/rs-x", "address": None, "driver_pid": 1, "node": "n1"},
+        "argv": ["ratio-search", "run"], "seed": 3,
+        "options": {"scheduler": "asha", "resources": {"concurrency": 2}, "concurrency": 2},
+        "a_future_key": [1, 2],
+    }  # fmt: skip
+    (tmp_path / "run.json").write_text(json.dumps(old))
+    info = RunInfo.load(tmp_path)
+    assert info.state == "interrupted" and info.metric == "val_f1" and info.seed == 3
+    assert info.options.scheduler == "asha" and info.options.max_failures == 0
+    assert info.ray.temp_dir == "/tmp/rs-x" and info.extra == {"a_future_key": [1, 2]}
+    info.save(tmp_path)
+    back = json.loads((tmp_path / "run.json").read_text())
+    assert back["a_future_key"] == [1, 2] and back["ray"]["node"] == "n1"
+    # every value of the old file is written back as it was (missing ones get their defaults)
+    assert {k: back[k] for k in old if k != "options"} == {
+        k: v for k, v in old.items() if k != "options"
+    }
+    assert {k: back["options"][k] for k in old["options"]} == old["options"]
+    # a run.json that is not an object names the file
+    (tmp_path / "run.json").write_text("[1]")
+    with pytest.raises(SearchError, match="run.json: cannot read the run's state"):
+        RunInfo.load(tmp_path)
+
+
+@pytest.mark.unit
+def test_best_trial_finished_finite_ties_to_the_earliest():
+    from ratio_search.search.trials import best_trial
+
+    def rec(tid, state, v):
+        return {"trial_id": tid, "state": state, "metrics": {"val_loss": v, "val_accuracy": v}}
+
+    trials = {
+        "a": rec("a", "TERMINATED", 0.5),
+        "b": rec("b", "TERMINATED", 0.7),
+        "c": rec("c", "TERMINATED", 0.7),  # ties with b: b came first
+        "d": rec("d", "RUNNING", 0.9),  # not finished
+        "e": rec("e", "TERMINATED", float("nan")),  # no finite value
+        "f": rec("f", "ERROR", 0.1),
+    }
+    assert best_trial(trials, "val_accuracy", "max")["trial_id"] == "b"
+    assert best_trial(trials, "val_loss", "min")["trial_id"] == "a"
+    assert best_trial({"d": trials["d"]}, "val_accuracy", "max") is None
+
+
+@pytest.mark.unit
+def test_one_record_builder_carries_metrics_and_the_best_epoch(tmp_path):
+    import types
+
+    from ratio_search.search.trials import TrialLog, read_trials
+
+    trial = types.SimpleNamespace(trial_id="t1", config={"r": 0.5})
+    log = TrialLog(tmp_path, "val_accuracy", "max")
+    log.event(trial, "RUNNING")
+    result = {"epoch": 1, "val_accuracy": 0.6, "train_loss": float("nan"), "pool_key": "p",
+              "done": False, "time_total_s": 1.5, "flag": True, "confusion_matrix": "[[1]]"}  # fmt: skip
+    log.event(trial, "RUNNING", result)
+    log.event(trial, "RUNNING", dict(result, epoch=2, val_accuracy=0.5))
+    rec = log.event(trial, "ERROR", error="boom")
+    assert rec["metrics"] == {"val_accuracy": 0.5, "train_loss": None, "time_total_s": 1.5}
+    assert rec["best"] == {"value": 0.6, "epoch": 1} and rec["epoch"] == 2
+    assert rec["pool_key"] == "p" and rec["error"] == "boom" and rec["params"] == {"r": 0.5}
+    assert read_trials(tmp_path)["t1"] == rec
+    # a restored driver continues from the file: the best epoch is kept
+    assert TrialLog(tmp_path).best["t1"] == {"value": 0.6, "epoch": 1}
+
+
+@pytest.mark.unit
+def test_optuna_search_still_has_the_private_state_the_searcher_uses(tmp_path):
+    """The adapter around OptunaSearch's private attributes finds them on the installed Ray."""
+    from ratio_search.search.searcher import _Internals, make_searcher
+
+    space = parse_space({"params": {"r": {"type": "categorical", "choices": [0.0, 0.5]}}})
+    s = make_searcher(space, tmp_path, "t", "val_accuracy", "max", seed=0)
+    s.suggest("a")
+    ot = s.internals
+    assert ot.open("a") and not ot.frozen("a").state.is_finished()
+    assert ot.storage is ot.study._storage and "a" in ot.trials
+    with pytest.raises(SearchError, match="OptunaSearch lacks _ot_trials"):
+        _Internals(type("Bare", (), {"_ot_study": None, "_completed_trials": set()})())

@@ -14,7 +14,7 @@ from ratio_search.config import FinetuneConfig
 from ratio_search.home import Home
 from ratio_search.search.procs import find_ray_processes, kill_ray_processes
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 TINY_DATA = {
     "image_size": 16,
@@ -30,7 +30,7 @@ def make_tiny_model(home: Home, data_cfg: dict) -> Path:
     from ratio_search.data import load_dataset
     from ratio_search.diffusion import finetune
     from ratio_search.diffusion.tiny import TEST_UNET
-    from ratio_search.space import parse_space
+    from ratio_search.search.space import parse_space
 
     data = load_dataset(parse_space({"data": data_cfg}).data_config(), home)
     cfg = FinetuneConfig(max_steps=2, from_scratch=True, batch_size=8)
@@ -110,7 +110,7 @@ def test_pools_prebuilt_as_one_ray_task_per_gpu(tmp_path):
     from ratio_search.data import load_dataset
     from ratio_search.diffusion.common import read_meta
     from ratio_search.search.driver import build_pools, init_ray
-    from ratio_search.space import parse_space
+    from ratio_search.search.space import parse_space
 
     home = Home.resolve(tmp_path / "home")
     model = make_tiny_model(home, TINY_DATA)

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from ratio_search.errors import ConfigError
-from ratio_search.space import bundled_spaces, load_space, parse_space
+from ratio_search.search.space import bundled_spaces, load_space, parse_space
 
 
 def _space(**over):
@@ -37,6 +37,7 @@ def _space(**over):
     return doc
 
 
+@pytest.mark.unit
 def test_bundled_spaces_load():
     assert {"default.yaml", "reference_grid.yaml", "quick.yaml"} <= set(bundled_spaces())
     for name in ("default", "reference_grid.yaml", "quick"):
@@ -49,6 +50,7 @@ def test_bundled_spaces_load():
     assert d.params["r"].values()[:3] == [0.0, 0.05, 0.1] and len(d.params["r"].values()) == 21
 
 
+@pytest.mark.unit
 def test_reference_grid_is_the_study_sweep():
     s = load_space("reference_grid")
     assert s.search["sampler"] == "grid"
@@ -60,6 +62,7 @@ def test_reference_grid_is_the_study_sweep():
     assert s.baselines() == []
 
 
+@pytest.mark.unit
 def test_distributions_and_pool_grid():
     s = parse_space(_space())
     dist = s.distributions()
@@ -77,12 +80,14 @@ def test_distributions_and_pool_grid():
     assert all(g["scheduler"] == "ddim" for g in grid)
 
 
+@pytest.mark.unit
 def test_no_pools_when_r_is_zero():
     doc = _space()
     doc["params"]["r"] = {"type": "categorical", "choices": [0.0]}
     assert parse_space(doc).pool_grid() == []
 
 
+@pytest.mark.unit
 def test_baselines_r0_and_study_point():
     s = parse_space(_space())
     b = s.baselines()
@@ -98,6 +103,7 @@ def test_baselines_r0_and_study_point():
     assert parse_space(doc).baselines() == []
 
 
+@pytest.mark.unit
 def test_trial_config_snaps_float_noise():
     s = parse_space(_space())
     cfg = s.trial_config(
@@ -108,6 +114,7 @@ def test_trial_config_snaps_float_noise():
     assert cfg["lr"] == 0.001  # config default
 
 
+@pytest.mark.unit
 def test_file_and_name_resolution(tmp_path):
     p = tmp_path / "s.yaml"
     p.write_text(yaml.safe_dump(_space()))
@@ -116,6 +123,7 @@ def test_file_and_name_resolution(tmp_path):
         load_space("nope")
 
 
+@pytest.mark.edges
 @pytest.mark.parametrize(
     "mutate, match",
     [
@@ -162,6 +170,7 @@ def test_validation_names_the_key(mutate, match):
         parse_space(doc, origin="s.yaml")
 
 
+@pytest.mark.unit
 def test_grid_sampler_needs_discrete_params():
     doc = _space()
     doc["params"]["r"] = {"type": "float", "low": 0.0, "high": 1.0}
@@ -170,6 +179,7 @@ def test_grid_sampler_needs_discrete_params():
         parse_space(doc)
 
 
+@pytest.mark.unit
 def test_data_block_and_tiny_fixed_knobs():
     doc = _space(data={"image_size": 16, "phantom_n_per_class": 8})
     doc["fixed"].update(widths=[2, 4], fc=8, pool_size=16)

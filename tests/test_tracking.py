@@ -18,6 +18,8 @@ from ratio_search.tracking import (
 )
 
 
+pytestmark = pytest.mark.unit
+
 @dataclass
 class FakeTrial:
     """The attributes of ray.tune.experiment.Trial that the callback reads."""

@@ -22,7 +22,7 @@ import pytest
 from ratio_search.home import Home
 from ratio_search.tracking import MLflowTrialCallback, SearchTracker, wait_for_http
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def _chromium() -> str | None:
