@@ -11,7 +11,7 @@ Setup (all measured in one run):
 
 **Affordability choice (documented, and the reason this runs on a laptop CPU):** the objective at
 every R of the search space's 0.05 grid (21 values) is computed ONCE per seed by really training
-(:func:`ratio_search.trial.run_trial`) and cached in a table (``<home>/bench/``). The grid, TPE and
+(:func:`ratio_search.train.trial.run_trial`) and cached in a table (``<home>/bench/``). The grid, TPE and
 random search then *query* that table: a trial of any searcher at R with seed s gets exactly the
 number a real trial at (R, s) gets, because a trial is deterministic given (R, seed, data, pool).
 So the three searchers are compared on identical numbers, and the comparison costs 21 x seeds
@@ -57,7 +57,7 @@ from ratio_search.config import DataConfig, FinetuneConfig, GenerateConfig, Trai
 from ratio_search.data import load_dataset  # noqa: E402
 from ratio_search.diffusion import finetune, load_model  # noqa: E402
 from ratio_search.home import Home  # noqa: E402
-from ratio_search.trial import run_trial  # noqa: E402
+from ratio_search.train.trial import run_trial  # noqa: E402
 
 GRID = [round(0.1 * i, 2) for i in range(11)]  # the reference study's sweep
 SPACE = [round(0.05 * i, 2) for i in range(21)]  # the default search space's R grid

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ratio_search.home import Home
+from ratio_search.home import Home, pid_alive
 from ratio_search.search import run_status
 from ratio_search.search.procs import find_ray_processes
-from ratio_search.home import pid_alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

@@ -17,8 +17,8 @@ from ratio_search.tracking import (
     ui_command,
 )
 
-
 pytestmark = pytest.mark.unit
+
 
 @dataclass
 class FakeTrial:
