@@ -9,7 +9,6 @@ runs a new search (named ``demo-<timestamp>``).
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,8 @@ from .home import Home
 
 STAGES = ("data", "finetune", "generate", "search", "export", "report")
 
-# Stage headers and the confirmation's messages are log records; the CLI shows them as plain
-# lines on stderr (the long loops inside each stage draw their own tqdm bars).
-log = logging.getLogger(__name__)
+# Stage headers and the confirmation's messages go through the one progress logger (plain lines
+# on stderr); the long loops inside each stage draw their own tqdm bars.
 
 
 def run_demo(
@@ -38,13 +36,14 @@ def run_demo(
     from .data import load_dataset
     from .diffusion import finetune
     from .pools import generate
+    from .search import progress as _progress
     from .search import run_search
     from .search.setup import pool_size
     from .search.space import load_space
 
     def say(i: int, text: str) -> None:
         if progress:
-            log.info("\n[%d/%d] %s", i, len(STAGES), text)
+            _progress.logger.info("\n[%d/%d] %s", i, len(STAGES), text)
 
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -98,7 +97,7 @@ def run_demo(
         name,
         top_k=top_k,
         n_seeds=confirm_seeds,
-        progress=log.info if progress else None,
+        progress=_progress.logger.info if progress else None,
     )
     best = write_export(doc, home.runs / name / "best.yaml")
     timings["export"] = time.perf_counter() - t

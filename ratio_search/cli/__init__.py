@@ -6,14 +6,14 @@ One module per command group builds its sub-parsers and holds their handlers: :m
 config value are built from the config fields (:mod:`._flags`).
 
 Every handler calls into the library; any :class:`RatioSearchError` becomes one line on stderr
-and exit code 2, never a traceback. Progress follows one convention: tqdm bars for long loops,
-``logging`` (shown as plain lines on stderr, silent with ``--json``) for messages.
+and exit code 2, never a traceback. Progress follows one convention: tqdm bars for long loops and
+messages through the progress logger (:mod:`ratio_search.search.progress`: plain lines on
+stderr); with ``--json`` neither is shown and stdout holds one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from ..errors import RatioSearchError
@@ -51,32 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Plain messages on the current ``sys.stderr`` (looked up per record, so capture works)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setFormatter(logging.Formatter("%(message)s"))
-
-    @property  # type: ignore[override]
-    def stream(self):  # noqa: D102 - the stream of the moment, not the one at creation
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
-        pass
-
-
-def _configure_logging(quiet: bool) -> None:
-    """Messages of ``ratio_search.*`` loggers as plain lines on stderr; none with --json."""
-    logger = logging.getLogger("ratio_search")
-    for h in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
-        logger.removeHandler(h)
-    logger.addHandler(_StderrHandler())
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
-    logger.propagate = False
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -84,7 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 2
-    _configure_logging(quiet=getattr(args, "json", False))
     try:
         handler(args)
     except RatioSearchError as e:

@@ -144,6 +144,14 @@ def emit(args: argparse.Namespace, obj: dict[str, Any], human: str) -> None:
         print(human)
 
 
+def say(msg: str) -> None:
+    """A progress message of the library, shown as a plain line on stderr (the one progress
+    logger, :mod:`ratio_search.search.progress`)."""
+    from ..search.progress import logger
+
+    logger.info(msg)
+
+
 def table(*columns: str, title: str | None = None) -> Table:
     """A plain rich table: no borders, two spaces between left-aligned columns."""
     t = Table(title=title, box=None, pad_edge=False, show_edge=False, header_style="bold")

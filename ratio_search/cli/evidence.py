@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Any
 
 from ._flags import (
@@ -13,9 +12,8 @@ from ._flags import (
     home_flag,
     json_flag,
     overrides,
+    say,
 )
-
-log = logging.getLogger("ratio_search.cli")
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
@@ -171,7 +169,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         doc = export_with_confirmation(
             Home.resolve(args.home), args.name, trial_id=args.trial, top_k=args.top_k,
             n_seeds=args.confirm_seeds, tolerance=args.tolerance, confirm_r=args.confirm_r,
-            progress=None if args.json else log.info,
+            progress=None if args.json else say,
         )  # fmt: skip
     path = write_export(doc, args.out)
     exp = doc["expected"]

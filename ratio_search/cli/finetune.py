@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Any
 
@@ -16,10 +15,9 @@ from ._flags import (
     json_flag,
     overrides,
     print_table,
+    say,
     table,
 )
-
-log = logging.getLogger("ratio_search.cli")
 
 
 def add_finetune(sub: argparse._SubParsersAction) -> None:
@@ -218,7 +216,7 @@ def cmd_pools_quality(args: argparse.Namespace, home: Any) -> None:
 
     rows = pools_quality(
         home, args.keys, extractor_path=args.feature_extractor, force=args.force,
-        progress=None if args.json else log.info,
+        progress=None if args.json else say,
     )  # fmt: skip
     if args.json:
         emit(args, {"pools": rows}, "")
