@@ -38,26 +38,13 @@ class LazyModel(GenerativeModel):
         super().__init__(path, meta)
         self._model: GenerativeModel | None = None
 
-    def _sample(
-        self,
-        n: int,
-        class_index: int,
-        guidance: float,
-        steps: int,
-        scheduler: str,
-        seed: int,
-        batch_size: int,
-        device: str,
-        progress: bool,
-    ) -> np.ndarray:
-        """Load the saved model on first use and sample from it."""
+    def _sample(self, *args: Any) -> np.ndarray:
+        """Load the saved model on first use; sample from it (arguments already checked)."""
         if self._model is None:
             from ..diffusion import load_model
 
             self._model = load_model(self.path)
-        return self._model.sample(
-            n, class_index, guidance, steps, scheduler, seed, batch_size, device, progress
-        )
+        return self._model._sample(*args)
 
 
 def trial_config(cfg: dict[str, Any], n: int, device: str) -> TrialConfig:
