@@ -20,7 +20,8 @@ run, the confirmation in ``best.yaml`` (``expected.confirm``). Without a confirm
 says that its numbers are single, unconfirmed runs.
 
 Modules: :mod:`.inputs` reads the run folder, :mod:`.figures` draws (Optuna's own matplotlib
-plots for the study), :mod:`.page` collects and renders ``templates/report.html.j2``.
+plots for the study), :mod:`.text` words the answer, :mod:`.page` collects and renders
+``templates/report.html.j2``.
 """
 
 from .figures import (
@@ -32,7 +33,8 @@ from .figures import (
     pareto_front,
 )
 from .inputs import find_confirmation
-from .page import REPORT_NAME, build_report, render_page, summary_text
+from .page import REPORT_NAME, build_report, render_page
+from .text import summary_text
 
 __all__ = [
     "REPORT_NAME",

@@ -13,6 +13,7 @@ from .._io import is_number
 from ..errors import RatioSearchError
 from ..evidence.confirm import group_of
 from ..home import Home
+from .text import setting
 
 
 def find_confirmation(
@@ -87,11 +88,6 @@ def load_study(folder: Path, name: str):
         return optuna.load_study(study_name=names[0], storage=storage) if len(names) == 1 else None
 
 
-def _g(v: Any) -> Any:
-    """Settings (R, guidance) as written, not padded to 4 decimals."""
-    return f"{v:g}" if is_number(v) else v
-
-
 def pool_table(home: Home, rows: list[dict[str, Any]], mode: str) -> list[list[Any]]:
     """Per pool used by a trial with R > 0: its settings, trials, best value, quality figures."""
     from ..pools import load_pool
@@ -109,7 +105,7 @@ def pool_table(home: Home, rows: list[dict[str, Any]], mode: str) -> list[list[A
             m = {}
         q = m.get("quality") or {}
         out.append([
-            key, _g(m.get("guidance")), m.get("steps"), m.get("n"), len(values), max(values, key=lambda v: sign * v),
+            key, setting(m.get("guidance")), m.get("steps"), m.get("n"), len(values), max(values, key=lambda v: sign * v),
             q.get("fd"), q.get("kid"), q.get("precision"), q.get("recall"), q.get("c2st"),
             q.get("memorisation"), q.get("label_agreement"),
         ])  # fmt: skip
