@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from .._io import atomic_write_text
 from ..config import Config, FinetuneConfig, config_from_dict, save_config
 from ..errors import ConfigError, ModelError, RatioSearchError, SearchError
 from ..home import Home
@@ -288,7 +289,7 @@ def run_search(home: Home, options: SearchOptions | None = None, **kwargs: Any) 
     save_config(
         Config(data=dcfg, finetune=opts.finetune_cfg or FinetuneConfig()), folder / "config.yaml"
     )
-    (folder / "space.yaml").write_text(yaml.safe_dump(sp.to_dict(), sort_keys=False))
+    atomic_write_text(folder / "space.yaml", yaml.safe_dump(sp.to_dict(), sort_keys=False))
     info = RunInfo(
         name=name,
         state="running",

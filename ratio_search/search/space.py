@@ -308,7 +308,6 @@ def parse_space(doc: Any, origin: str = "space") -> Space:
     return space
 
 
-
 def _parse_search(raw: Any, origin: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin}: search must be a mapping")

@@ -243,5 +243,3 @@ def _check_fixed(name: str, value: Any, origin: str) -> Any:
         return _check_value(section, _field(section, fname), value)
     except ConfigError as e:
         raise ConfigError(f"{key}: {str(e).split(': ', 1)[-1]}") from None
-
-

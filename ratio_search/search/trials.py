@@ -175,9 +175,7 @@ class TrialLog:
         if not is_number(value):
             return
         best = self.best.get(trial_id)
-        if best is None or (
-            value > best["value"] if self.mode == "max" else value < best["value"]
-        ):
+        if best is None or (value > best["value"] if self.mode == "max" else value < best["value"]):
             self.best[trial_id] = {"value": float(value), "epoch": int(epoch)}
 
     def record(

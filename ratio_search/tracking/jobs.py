@@ -80,7 +80,6 @@ def log_job(
     return run_id
 
 
-
 def log_confirm_runs(
     tracking_uri: str,
     parent_run_id: str,

@@ -21,7 +21,6 @@ a killed driver left RUNNING as KILLED.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import warnings
 from collections.abc import Iterable, Mapping
@@ -326,11 +325,7 @@ class SearchTracker:
         finished = self.children(extra_filter=f"{trial} and attributes.status = 'FINISHED'")
         failed = self.children(extra_filter=f"{trial} and attributes.status = 'FAILED'")
         n_done = len(finished)
-        scored = [
-            r
-            for r in finished
-            if self.metric in r.data.metrics and math.isfinite(r.data.metrics[self.metric])
-        ]
+        scored = [r for r in finished if is_number(r.data.metrics.get(self.metric))]
         ts = now_ms()
         metrics = [
             Metric("trials_finished", float(n_done), ts, n_done),
@@ -364,5 +359,3 @@ class SearchTracker:
         ps = [Param(k, param_str(v)) for k, v in params.items()]
         for chunk in chunks(ps, _MAX_PARAMS):
             self.client.log_batch(run_id, params=chunk)
-
-

@@ -64,7 +64,6 @@ def chunks(items: list, n: int) -> Iterable[list]:
         yield items[i : i + n]
 
 
-
 def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
     """The id of experiment ``name``; created (or restored from the bin) when needed.
 
@@ -111,7 +110,6 @@ def log_artifacts(
             raise RatioSearchError(f"artifact to log not found: {p}")
 
 
-
 def confusion_figure(cm: list[list[int]], class_names: list[str] | None = None):
     """A confusion-matrix figure built on the Agg canvas (no pyplot, no global state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -135,5 +133,3 @@ def confusion_figure(cm: list[list[int]], class_names: list[str] | None = None):
     ax.set_title("validation confusion matrix")
     fig.tight_layout()
     return fig
-
-

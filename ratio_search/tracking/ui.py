@@ -143,5 +143,3 @@ def serve_ui(
         signal.signal(signal.SIGTERM, old)
         if log_file:
             out.close()
-
-
