@@ -313,6 +313,7 @@ def test_existing_output_folder_is_not_overwritten(env, run_train):
 # ------------------------------------------------------------------- the YAML reader, in-process
 
 
+@pytest.mark.unit
 def test_read_train_yaml_accepts_sections_pool_expected(tmp_path):
     (tmp_path / "p").mkdir()
     f = tmp_path / "best.yaml"
@@ -324,6 +325,7 @@ def test_read_train_yaml_accepts_sections_pool_expected(tmp_path):
     assert cfg.train.r == 0.25 and pool2 == pool and cfg.train.lr == 1e-3
 
 
+@pytest.mark.unit
 def test_read_train_yaml_pool_may_be_a_mapping_or_a_key(tmp_path):
     f = tmp_path / "best.yaml"
     f.write_text("pool:\n  key: abc123\n  n: 40\n")
@@ -340,11 +342,13 @@ def test_read_train_yaml_pool_may_be_a_mapping_or_a_key(tmp_path):
         read_train_yaml(f)
 
 
+@pytest.mark.unit
 def test_resolve_train_config_validates_values(tmp_path):
     with pytest.raises(ConfigError, match="train.epochs"):
         resolve_train_config(None, {"train.epochs": 0})
 
 
+@pytest.mark.unit
 def test_load_pool_images_from_a_pool_folder_and_by_key(tmp_path):
     from ratio_search.errors import PoolError
     from ratio_search.home import Home
