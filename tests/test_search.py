@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+from ratio_search._io import utc_now
 from ratio_search.config import FinetuneConfig
 from ratio_search.errors import ConfigError, SearchError
 from ratio_search.home import Home
@@ -23,6 +24,7 @@ from ratio_search.search.driver import check_address, pool_size, resolve_resourc
 from ratio_search.search.procs import find_ray_processes, kill_ray_processes
 from ratio_search.search.space import parse_space
 from ratio_search.search.trainable import load_state, save_state, trial_body
+from ratio_search.search.trials import append_trial
 
 TINY_DATA = {
     "image_size": 16,
@@ -235,11 +237,11 @@ def _fake_run(home: Home, name: str, state: str, trials: list[dict]) -> Path:
     folder.mkdir(parents=True)
     runs_mod.write_run_json(
         folder,
-        {"name": name, "state": state, "created": runs_mod.now_iso(), "n_trials": 3,
+        {"name": name, "state": state, "created": utc_now(), "n_trials": 3,
          "metric": "val_accuracy", "mode": "max", "ray": {"driver_pid": None}},
     )  # fmt: skip
     for rec in trials:
-        runs_mod.append_trial_line(folder, rec)
+        append_trial(folder, rec)
     return folder
 
 
@@ -427,7 +429,7 @@ def test_trials_lost_in_a_crash_are_marked_and_not_counted(tmp_path, monkeypatch
 
     import ray.tune
 
-    from ratio_search.search.driver import _forget_lost_trials
+    from ratio_search.search.tuner import forget_lost_trials
 
     home = Home.resolve(tmp_path)
     rec = lambda tid, state: {"trial_id": tid, "state": state, "params": {"r": 0.5}, "metrics": {}}  # noqa: E731
@@ -438,11 +440,11 @@ def test_trials_lost_in_a_crash_are_marked_and_not_counted(tmp_path, monkeypatch
     monkeypatch.setattr(
         ray.tune, "ExperimentAnalysis", lambda path: types.SimpleNamespace(trials=trials)
     )
-    assert _forget_lost_trials(folder, tracker=None) == 1
+    assert forget_lost_trials(folder, tracker=None) == 1
     st = run_status(home, "c")
     assert [t["trial_id"] for t in st["trials"]] == ["a", "b"]
     assert st["counts"]["LOST"] == 1 and st["done"] == 1
-    assert _forget_lost_trials(folder, tracker=None) == 0  # idempotent
+    assert forget_lost_trials(folder, tracker=None) == 0  # idempotent
 
 
 # ------------------------------------------------------------- records: run.json, trials.jsonl

@@ -23,12 +23,12 @@ from typing import Any
 
 import yaml
 
-from .._io import atomic_write_text
+from .._io import atomic_write_text, utc_now
 from ..config import Config, FinetuneConfig, config_from_dict, save_config
 from ..errors import ConfigError, ModelError, RatioSearchError, SearchError
 from ..home import Home
 from . import runs
-from .options import TUNE_SCHEDULERS, SearchOptions
+from .options import SearchOptions
 from .procs import find_ray_processes, is_driver, kill_ray_processes
 from .progress import say
 from .resources import (  # noqa: F401 - check_address, cuda_device_count: importers' names
@@ -47,8 +47,6 @@ from .tuner import forget_lost_trials, make_trainable, restore_or_make_tuner
 
 logger = logging.getLogger(__name__)
 
-SCHEDULERS = TUNE_SCHEDULERS  # the old name
-_forget_lost_trials = forget_lost_trials  # the old name
 # The parameters shown for the best trial of a finished search.
 _SUMMARY_KEYS = (
     "r", "guidance", "steps", "scheduler", "postprocess", "mode", "lr", "batch_size", "epochs",
@@ -293,7 +291,7 @@ def run_search(home: Home, options: SearchOptions | None = None, **kwargs: Any) 
     info = RunInfo(
         name=name,
         state="running",
-        created=runs.now_iso(),
+        created=utc_now(),
         n_trials=n_trials,
         metric=metric,
         mode=mode,

@@ -15,14 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._io import utc_now as now_iso  # noqa: F401 - the old name, for importers
 from ..errors import SearchError
 from ..home import Home, pid_alive
 from .runinfo import RUN_JSON, STATES, RunInfo  # noqa: F401
-from .trials import TRIALS_JSONL, append_trial, best_trial, metric_value, read_trials  # noqa: F401
 
-# The old name of trials.append_trial (removed at integration).
-append_trial_line = append_trial
+# trials.jsonl names that importers know from here (best_trial, read_trials: removed at integration)
+from .trials import TRIALS_JSONL, best_trial, metric_value, read_trials  # noqa: F401
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
