@@ -31,8 +31,8 @@ import torch
 
 from ratio_search.home import Home
 from ratio_search.search import run_search
-from ratio_search.search.trainable import trial_body
 from ratio_search.search.space import parse_space
+from ratio_search.search.trainable import trial_body
 
 
 def make_space(trials: int, epochs: int, image_size: int, per_class: int) -> dict:

@@ -115,7 +115,7 @@ def main() -> None:
         print(f"| get_pool + copy to memory | {c:.3f} s | {w * 1e3:.3f} ms | {c / w:,.0f}x |")
 
         if args.epochs > 0:
-            from ratio_search.trial import run_trial
+            from ratio_search.train.trial import run_trial
 
             # R = 0.5 replaces half of the 100 real synthetic-class images: needs n >= 50.
             r = min(0.5, args.n / 100)

@@ -39,7 +39,7 @@ from ratio_search.data.imagefolder import pil_to_array  # noqa: E402
 from ratio_search.data.phantom import render_phantom  # noqa: E402
 from ratio_search.diffusion import finetune, load_model  # noqa: E402
 from ratio_search.home import Home  # noqa: E402
-from ratio_search.trainer import evaluate, predict_proba, train_classifier  # noqa: E402
+from ratio_search.train.loop import evaluate, predict_proba, train_classifier  # noqa: E402
 
 JUDGE_SEED = 7  # a phantom seed stream that neither the demo (seed 0) nor the base model uses
 

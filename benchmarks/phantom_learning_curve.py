@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ratio_search.config import DataConfig, TrainConfig  # noqa: E402
 from ratio_search.data import load_dataset  # noqa: E402
 from ratio_search.home import Home  # noqa: E402
-from ratio_search.trainer import evaluate, train_classifier  # noqa: E402
+from ratio_search.train.loop import evaluate, train_classifier  # noqa: E402
 
 
 def subset(y: np.ndarray, n_per_class: int, seed: int) -> np.ndarray:

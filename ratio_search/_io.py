@@ -23,6 +23,7 @@ PACKAGES = (
     "ratio-search",
     "torch",
     "numpy",
+    "pillow",
     "diffusers",
     "transformers",
     "safetensors",
@@ -85,18 +86,6 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], Any]) -> 
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (temp file + fsync + rename)."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-
-    return atomic_write_with(path, write)
-
-
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
 
@@ -107,6 +96,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.fsync(f.fileno())
 
     return atomic_write_with(path, write)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (temp file + fsync + rename)."""
+    return atomic_write_bytes(path, text.encode())
 
 
 def atomic_write_json(

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from ratio_search.config import Config, save_config
-from ratio_search.confirm import confirm
 from ratio_search.data import load_dataset
+from ratio_search.evidence.confirm import confirm
 from ratio_search.home import Home
 from ratio_search.report import build_report, pareto_front
 

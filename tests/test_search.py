@@ -52,8 +52,7 @@ def tiny_space(**search) -> dict:
 def tiny(tmp_path_factory):
     """A home with tiny phantom data and a tiny generator (2 fine-tune steps, ~10k parameters)."""
     from ratio_search.data import load_dataset
-    from ratio_search.diffusion import finetune
-    from ratio_search.diffusion.common import read_meta
+    from ratio_search.diffusion import finetune, read_meta
     from ratio_search.diffusion.tiny import TEST_UNET
 
     home = Home.resolve(tmp_path_factory.mktemp("home"))

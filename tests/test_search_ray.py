@@ -108,7 +108,7 @@ def test_pools_prebuilt_as_one_ray_task_per_gpu(tmp_path):
     import ray
 
     from ratio_search.data import load_dataset
-    from ratio_search.diffusion.common import read_meta
+    from ratio_search.diffusion import read_meta
     from ratio_search.search.driver import build_pools, init_ray
     from ratio_search.search.space import parse_space
 

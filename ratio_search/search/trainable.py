@@ -19,7 +19,7 @@ import numpy as np
 from ..config import POOL_FIELDS, GenerateConfig, TrialConfig
 from ..diffusion.base import GenerativeModel
 from ..home import Home
-from ..mixing import synthetic_needed
+from ..train.mixing import synthetic_needed
 from .space import parse_space
 
 STATE_FILE = "state.pt"

@@ -1,1 +1,0 @@
-from . import GenerativeModel, ModelInfo, finetune, list_models, load_model, read_meta  # noqa: F401  # shim: removed at integration

@@ -1,1 +1,0 @@
-from .evidence.export import *  # noqa: F403  # shim: removed at integration

@@ -1,1 +1,0 @@
-from .train.mixing import MODES, Mixed, mix, synthetic_needed  # noqa: F401  # shim: removed at integration

@@ -1,1 +1,0 @@
-from .train.trial import *  # noqa: F403  # shim: removed at integration
