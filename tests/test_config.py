@@ -7,6 +7,8 @@ import pytest
 from ratio_search.config import Config, config_from_dict, config_to_dict, load_config, save_config
 from ratio_search.errors import ConfigError, RatioSearchError
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults_are_the_studys():
     cfg = Config()
@@ -68,3 +70,17 @@ def test_bool_and_optional_values():
     assert cfg.data.max_per_class is None
     with pytest.raises(ConfigError, match="data.max_per_class"):
         load_config(overrides={"data.max_per_class": 0})
+
+
+def test_trial_config_round_trip_and_unknown_key():
+    from ratio_search.config import TrialConfig
+
+    flat = {"r": 0.5, "guidance": 3, "widths": [4, 4], "fc": 8, "pool_size": 100}
+    t = TrialConfig.from_flat(flat)
+    assert t.train.widths == [4, 4] and t.train.fc == 8 and t.generate.n == 100
+    assert t.generate.guidance == 3.0
+    assert TrialConfig.from_flat(t.to_flat()) == t
+    with pytest.raises(ConfigError, match="unknown key 'zz'"):
+        TrialConfig.from_flat({"zz": 1})
+    with pytest.raises(ConfigError, match="train.widths"):
+        TrialConfig.from_flat({"widths": [4, 0]})
