@@ -71,6 +71,11 @@ class TrainConfig:
     # The study's CNN is 16/32/64 conv channels + 128 hidden units; tests shrink it to stay fast.
     widths: list[int] = _f([16, 32, 64], "classifier conv channels per block", lo=1)
     fc: int = _f(128, "classifier hidden units", lo=1)
+    # k > 1 trains seed, seed+1, ..., seed+k-1 together (train/multi.py) and reports their mean;
+    # a search trial takes k from its space's search.seeds_per_trial.
+    n_seeds: int = _f(
+        1, "seeds trained together (seed, seed+1, ...); metrics are their mean", lo=1, hi=64
+    )
 
 
 @dataclass

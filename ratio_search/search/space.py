@@ -31,7 +31,16 @@ metric), ``n_startup_trials`` (random trials before TPE models, default 4), ``ba
 (queue R=0 and the reference study's R=0.5 at guidance 12.5 first, default true), ``sampler``
 (``tpe`` [default], ``random``, or ``grid``: every combination once, all params discrete),
 ``n_trials`` (the default budget of ``ratio-search run``), ``grace_period`` (ASHA's minimum epochs,
-default 1) and ``objective`` (``single``, the only one so far).
+default 1), ``objective`` (``single``, the only one so far), ``seeds_per_trial`` (k: a trial
+trains k seeds of its configuration together and reports their mean; default 1), ``tolerance``
+(the smallest difference of the metric that matters, in its units; default 0.01 = one accuracy
+point) and ``calibrate`` (the R = 0 training-budget check before the trials,
+:mod:`.calibrate`: ``auto`` raises ``epochs`` when more training gains more than the tolerance,
+``pin`` refuses instead, ``off`` skips it).
+
+At R = 0 no generated image is used, so the pool parameters (guidance, steps, scheduler,
+postprocess) cannot change a trial: :meth:`Space.trial_config` sets them to one canonical value
+there, so that equivalent trials have one config (and the trainable measures it once).
 
 Rules, each a :class:`ConfigError` naming the key: no unknown keys; ``low < high`` and non-empty
 ``choices``; R within [0, 1]; values valid for their config field (e.g. ``scheduler`` in ddim,
@@ -77,7 +86,11 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "n_trials": None,
     "grace_period": 1,
     "objective": "single",
+    "seeds_per_trial": 1,
+    "tolerance": 0.01,
+    "calibrate": "auto",
 }
+CALIBRATE = ("auto", "pin", "off")
 TOP_KEYS = ("description", "params", "fixed", "search", "data")
 # The reference study's operating point (the published diffusion-augmentation study this
 # tool reproduces): R = 0.5 at guidance 12.5, 50 sampling steps.
@@ -158,7 +171,19 @@ class Space:
                 cfg[name] = p.snap(params[name])
         for name in ("r", *POOL_PARAMS, "mode", "seed", "epochs", "batch_size", "lr"):
             cfg.setdefault(name, self.value(name, params))
+        if float(cfg["r"]) == 0.0:  # no generated image is used: one canonical pool
+            cfg.update({name: self.value(name) for name in POOL_PARAMS})
         return cfg
+
+    @property
+    def seeds_per_trial(self) -> int:
+        """k: seeds trained (together) per trial; the trial reports their mean."""
+        return int(self.search["seeds_per_trial"])
+
+    @property
+    def tolerance(self) -> float:
+        """The smallest difference of the metric that matters (``search.tolerance``)."""
+        return float(self.search["tolerance"])
 
     def baselines(self) -> list[dict[str, Any]]:
         """Points queued before the sampler starts (Optuna ``points_to_evaluate``).
@@ -326,9 +351,17 @@ def _parse_search(raw: Any, origin: str) -> dict[str, Any]:
             raise ConfigError(f"{key}: {v!r} is not one of: {', '.join(SAMPLERS)}")
         if k == "objective" and v != "single":
             raise ConfigError(f"{key}: {v!r} is not supported; allowed: single")
+        if k == "calibrate" and v not in CALIBRATE:
+            raise ConfigError(f"{key}: {v!r} is not one of: {', '.join(CALIBRATE)}")
+        if k == "tolerance" and (
+            isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf
+        ):
+            raise ConfigError(f"{key}: expected a number >= 0, got {v!r}")
         if k == "baselines" and not isinstance(v, bool):
             raise ConfigError(f"{key}: expected true or false, got {v!r}")
-        if k in ("n_startup_trials", "n_trials", "grace_period") and v is not None:
+        if k in ("n_startup_trials", "n_trials", "grace_period", "seeds_per_trial") and (
+            v is not None or k == "seeds_per_trial"
+        ):
             if (
                 isinstance(v, bool)
                 or not isinstance(v, int)

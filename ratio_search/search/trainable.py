@@ -7,20 +7,26 @@ Nothing here imports MLflow: the driver's callback records what :func:`ray.tune.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._io import atomic_write_json
 from ..config import POOL_FIELDS, GenerateConfig, TrialConfig
 from ..diffusion.base import GenerativeModel
 from ..home import Home
 from ..train.mixing import synthetic_needed
 from .space import parse_space
+from .sysmetrics import RESULT_KEY as SYSTEM_KEY
+from .sysmetrics import Sampler
 
 STATE_FILE = "state.pt"
 # trainer metric name -> reported name
@@ -45,6 +51,104 @@ class LazyModel(GenerativeModel):
 
             self._model = load_model(self.path)
         return self._model._sample(*args)
+
+
+class Measured:
+    """The run's record of measured configurations: ``<run>/measured/<key>.json``.
+
+    ``key`` hashes a trial's complete config (:meth:`Space.trial_config`, which makes every
+    R = 0 trial one config) and its seed count. The first trial of a key trains it and stores
+    its final result; later equivalent trials report that result instead of training. While one
+    trains, ``<key>.lock`` (its pid and host, touched every epoch) makes the others wait; a lock
+    whose process is gone, or untouched for ``STALE_S`` seconds, is taken over.
+    """
+
+    STALE_S = 300.0
+    POLL_S = 0.5
+
+    def __init__(self, folder: Path, key: str, config: dict[str, Any], trial_id: str) -> None:
+        self.folder, self.key, self.config, self.trial_id = folder, key, config, trial_id
+        self.result_path = folder / f"{key}.json"
+        self.lock_path = folder / f"{key}.lock"
+        self.owner = False
+
+    @classmethod
+    def open(
+        cls, run_dir: str | None, cfg: dict[str, Any], n_seeds: int, trial_id: str
+    ) -> Measured | None:
+        """The record for ``cfg`` in ``run_dir`` (None without a writable run folder)."""
+        if not run_dir:
+            return None
+        folder = Path(run_dir) / "measured"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None
+        config = dict(cfg, n_seeds=int(n_seeds))
+        blob = json.dumps(config, sort_keys=True, default=str).encode()
+        return cls(folder, hashlib.sha256(blob).hexdigest()[:16], config, trial_id)
+
+    def _reuse(self) -> dict[str, Any] | None:
+        try:
+            doc = json.loads(self.result_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return dict(doc["result"], reused=1, reused_from=str(doc.get("trial_id", "")))
+
+    def _stale(self) -> bool:
+        try:
+            owner = json.loads(self.lock_path.read_text())
+            age = time.time() - self.lock_path.stat().st_mtime
+        except (OSError, ValueError):
+            return True  # gone, or torn mid-write: try again
+        if owner.get("host") == socket.gethostname():
+            try:
+                os.kill(int(owner["pid"]), 0)
+            except ProcessLookupError:
+                return True
+            except (OSError, KeyError, ValueError):
+                pass
+        return age > self.STALE_S
+
+    def claim(self) -> dict[str, Any] | None:
+        """The measured result (to reuse), or None after taking the lock (this trial trains)."""
+        while True:
+            hit = self._reuse()
+            if hit is not None:
+                return hit
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self._stale():
+                    self.lock_path.unlink(missing_ok=True)
+                else:
+                    time.sleep(self.POLL_S)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(
+                    {"pid": os.getpid(), "host": socket.gethostname(), "trial": self.trial_id}, f
+                )
+            self.owner = True
+            hit = self._reuse()  # stored between our look and our lock
+            if hit is not None:
+                self.release()
+            return hit
+
+    def heartbeat(self) -> None:
+        if self.owner:
+            try:
+                os.utime(self.lock_path)
+            except OSError:
+                pass
+
+    def store(self, result: dict[str, Any]) -> None:
+        doc = {"trial_id": self.trial_id, "key": self.key, "config": self.config, "result": result}
+        atomic_write_json(self.result_path, doc)
+
+    def release(self) -> None:
+        if self.owner:
+            self.lock_path.unlink(missing_ok=True)
+            self.owner = False
 
 
 def trial_config(cfg: dict[str, Any], n: int, device: str) -> TrialConfig:
@@ -72,12 +176,20 @@ def trial_body(
     state: dict[str, Any] | None = None,
     device: str = "cpu",
     node_id: str = "",
+    trial_id: str = "",
 ) -> dict[str, Any]:
     """Run one trial: ``report(metrics, state)`` after every epoch; returns ``run_trial``'s dict.
 
     ``ctx``: ``home`` (root path), ``space`` (the space dict), ``pool_n`` (images per pool),
-    ``model_path`` / ``model_meta`` (None when no trial needs a pool). ``state`` resumes after
-    the epoch it holds.
+    ``model_path`` / ``model_meta`` (None when no trial needs a pool), optionally ``run_dir``
+    (the run folder: enables the reuse of measured configurations, :mod:`.measured`).
+    ``state`` resumes after the epoch it holds. The space's ``search.seeds_per_trial`` (k) seeds
+    are trained together; the reported metrics are their mean, with ``<metric>_sd``,
+    ``n_seeds`` and each seed's ``seed_accuracy_<i>`` (seed ``seed + i``).
+
+    A configuration equivalent to one the run already measured (same complete config, e.g. any
+    R = 0 trial whatever its sampled guidance) is not trained again: its measured result is
+    reported once, with ``reused = 1`` and ``reused_from`` (the trial that measured it).
     """
     from ..pools import get_pool
     from ..pools.postprocess import reference_for
@@ -87,6 +199,13 @@ def trial_body(
     cfg = space.trial_config(config)
     trial = trial_config(cfg, int(ctx.get("pool_n") or 0), device)
     tcfg, gen = trial.train, trial.generate
+    tcfg.n_seeds = space.seeds_per_trial
+    memo = Measured.open(ctx.get("run_dir"), cfg, tcfg.n_seeds, trial_id)
+    if state is None and memo is not None:
+        hit = memo.claim()  # waits while an equivalent trial is being trained elsewhere
+        if hit is not None:
+            report(hit, {})
+            return {"metrics": hit, "reused_from": hit.get("reused_from")}
     syn = int(data.synthetic_label)
     n_class = int((np.asarray(data.train_y) == syn).sum())
     n_synthetic = synthetic_needed(n_class, tcfg.r, tcfg.mode) if tcfg.r > 0 else 0
@@ -109,13 +228,18 @@ def trial_body(
 
     model_hash = (ctx.get("model_meta") or {}).get("model_hash", "")
     class_names = json.dumps(list(data.class_names))
+    sampler = Sampler(device)  # issue 14 (tracking): system metrics per epoch, search/sysmetrics.py
 
     def on_epoch(epoch: int, metrics: dict[str, Any], st: dict[str, Any]) -> None:
         out: dict[str, Any] = {"epoch": int(epoch), "epochs": int(tcfg.epochs)}
-        for k in _VAL_KEYS:
-            out[f"val_{k}"] = float(metrics[k])
-        out["val_loss"] = float(metrics["val_loss"])
+        for k in (*_VAL_KEYS, "loss"):
+            out[f"val_{k}"] = float(metrics[k if k != "loss" else "val_loss"])
+            if tcfg.n_seeds > 1:  # the seeds' spread: the trial's standard error is sd / sqrt(k)
+                out[f"val_{k}_sd"] = float(metrics[f"{k if k != 'loss' else 'val_loss'}_sd"])
         out["train_loss"] = float(metrics["train_loss"])
+        out["n_seeds"] = int(tcfg.n_seeds)
+        for i, m in enumerate(metrics.get("per_seed", [])):
+            out[f"seed_accuracy_{i}"] = float(m["accuracy"])
         # Every epoch, not only the last: ASHA may stop a trial at any epoch.
         out["confusion_matrix"] = json.dumps(metrics["confusion_matrix"])
         out["class_names"] = class_names
@@ -129,9 +253,18 @@ def trial_body(
             node_id=node_id,
             device=device,
         )
+        if memo is not None:
+            memo.heartbeat()
+            if epoch == tcfg.epochs:  # measured at the full budget: equivalent trials reuse it
+                memo.store(out)
+        out[SYSTEM_KEY] = sampler.sample()  # issue 14 (tracking): logged as system/... metrics
         report(out, st)
 
-    return run_trial(tcfg, data, pool_images, report=on_epoch, state=state)
+    try:
+        return run_trial(tcfg, data, pool_images, report=on_epoch, state=state)
+    finally:
+        if memo is not None:
+            memo.release()
 
 
 def save_state(state: dict[str, Any], folder: str | os.PathLike) -> Path:
@@ -172,4 +305,7 @@ def train_fn(config: dict[str, Any], ctx: dict[str, Any] | None = None, data: An
             save_state(st, d)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-    trial_body(config, ctx, data, report=report, state=state, device=device, node_id=node_id)
+    trial_body(
+        config, ctx, data, report=report, state=state, device=device, node_id=node_id,
+        trial_id=str(tune.get_context().get_trial_id() or ""),
+    )  # fmt: skip

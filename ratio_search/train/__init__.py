@@ -3,7 +3,9 @@
 - :mod:`.mixing`: the pure mixing function (R, replace/augment; no torch);
 - :mod:`.cnn`: the reference study's CNN and its fixed input normalisation;
 - :mod:`.loop`: the training loop and its metrics (torch, scikit-learn);
-- :mod:`.trial`: :func:`run_trial` (mix + train, no Ray, no MLflow) and ``ratio-search train``.
+- :mod:`.multi`: several seeds of one configuration trained together (one vectorised model);
+- :mod:`.trial`: :func:`run_trial` / :func:`train_seeds` (mix + train, no Ray, no MLflow) and
+  ``ratio-search train``.
 
 May import ``config``, ``errors``, ``home``, ``_io``, ``data`` and ``pools``; nothing above them.
 Names are loaded on first use, so that importing the mixing function does not import torch.
@@ -30,6 +32,9 @@ _WHERE = {
     "predict_proba": "loop",
     "train_classifier": "loop",
     "run_trial": "trial",
+    "train_seeds": "trial",
+    "train_seeds_tensors": "multi",
+    "aggregate": "multi",
     "read_train_yaml": "trial",
     "resolve_train_config": "trial",
     "load_pool_images": "trial",

@@ -40,10 +40,16 @@ def run_trial(
     which never depends on R. ``report`` and ``state`` are passed to
     :func:`ratio_search.train.loop.train_classifier` (per-epoch metrics; resume after an epoch).
     The CNN's size comes from ``cfg.widths`` / ``cfg.fc`` (tests shrink it there).
+    ``cfg.n_seeds`` > 1 trains seeds ``cfg.seed .. cfg.seed + n_seeds - 1`` together
+    (:func:`train_seeds`); the metrics are then their mean (:func:`.multi.aggregate`).
 
     Returns ``{"metrics", "history", "n_real", "n_synthetic", "n_train", "device"}``: the final
-    validation metrics, one metrics dict per epoch, and the training-set composition.
+    validation metrics, one metrics dict per epoch, and the training-set composition
+    (+ ``"seeds"`` and ``"per_seed"`` when ``n_seeds`` > 1).
     """
+    if int(getattr(cfg, "n_seeds", 1)) > 1:
+        seeds = [int(cfg.seed) + i for i in range(int(cfg.n_seeds))]
+        return train_seeds(cfg, data, pool_images, seeds, report=report, state=state)
     from .loop import train_classifier
 
     mixed = mix(
@@ -56,12 +62,7 @@ def run_trial(
         cfg.seed,
     )
     device = resolve_device(cfg.device)
-    import torch
-
-    threads_before = torch.get_num_threads()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with _threads(cfg):
         result = train_classifier(
             mixed.x,
             mixed.y,
@@ -74,19 +75,96 @@ def run_trial(
             state=state,
             positive_label=data.synthetic_label,
         )
-    finally:
-        torch.set_num_threads(threads_before)
-    # Counted from the per-image flags, so they mean the same whatever mix() reports per class.
-    n_train = int(len(mixed.y))
-    n_synthetic = int(np.asarray(mixed.is_synthetic).sum())
     return {
         "metrics": result.metrics,
         "history": result.history,
-        "n_real": n_train - n_synthetic,
-        "n_synthetic": n_synthetic,
-        "n_train": n_train,
+        **_composition(mixed),
         "device": str(device),
     }
+
+
+def train_seeds(
+    cfg: TrainConfig,
+    data: Any,
+    pool_images: np.ndarray | None,
+    seeds: list[int],
+    report: ReportFn | None = None,
+    state: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """:func:`run_trial` of ``cfg`` at each of ``seeds``, trained together as one vectorised model.
+
+    Seed ``s`` is mixed, initialised and shuffled exactly as ``run_trial`` with ``cfg.seed = s``
+    alone (:mod:`.multi`); its numbers equal that run's up to float summation order. One seed
+    runs ``run_trial``'s own loop (bit-exact). ``report(epoch, metrics, state)`` gets the
+    seeds' aggregate (:func:`.multi.aggregate`, with ``per_seed``). Returns ``run_trial``'s
+    dict with aggregated ``metrics`` / ``history`` plus ``seeds`` and ``per_seed``
+    (``[{"seed", "metrics", "history", "model"}]``), which a confirmation can use directly.
+    """
+    from .multi import aggregate, train_seeds_tensors
+
+    seeds = [int(s) for s in seeds]
+    mixed = [
+        mix(data.train_x, data.train_y, pool_images, cfg.r, cfg.mode, data.synthetic_label, s)
+        for s in seeds
+    ]
+    device = resolve_device(cfg.device)
+
+    def on_epoch(epoch: int, per_seed: list[dict[str, Any]], st: dict[str, Any]) -> None:
+        report(epoch, aggregate(per_seed, seeds), st)  # type: ignore[misc]
+
+    with _threads(cfg):
+        results = train_seeds_tensors(
+            [m.x for m in mixed],
+            [m.y for m in mixed],
+            data.val_x,
+            data.val_y,
+            cfg,
+            seeds,
+            n_classes=len(data.class_names),
+            device=device,
+            report=on_epoch if report is not None else None,
+            state=state,
+            positive_label=data.synthetic_label,
+        )
+    n_epochs = len(results[0].history)
+    history = [aggregate([r.history[e] for r in results], seeds) for e in range(n_epochs)]
+    return {
+        "metrics": aggregate([r.metrics for r in results], seeds),
+        "history": history,
+        **_composition(mixed[0]),  # the same counts at every seed (R and the class sizes fix them)
+        "device": str(device),
+        "seeds": seeds,
+        "per_seed": [
+            {"seed": s, "metrics": r.metrics, "history": r.history, "model": r.model}
+            for s, r in zip(seeds, results, strict=True)
+        ],
+    }
+
+
+class _threads:
+    """``cfg.threads`` torch CPU threads inside the block (0: unchanged), restored after."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.n = int(cfg.threads)
+
+    def __enter__(self) -> None:
+        import torch
+
+        self.before = torch.get_num_threads()
+        if self.n > 0:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: Any) -> None:
+        import torch
+
+        torch.set_num_threads(self.before)
+
+
+def _composition(mixed: Any) -> dict[str, int]:
+    """Training-set composition, counted from the per-image flags (whatever mix() reports)."""
+    n_train = int(len(mixed.y))
+    n_synthetic = int(np.asarray(mixed.is_synthetic).sum())
+    return {"n_real": n_train - n_synthetic, "n_synthetic": n_synthetic, "n_train": n_train}
 
 
 # ------------------------------------------------------------------ `ratio-search train` helpers
@@ -310,6 +388,7 @@ def train_from_config(
             "skipped_images": int(data.info.get("skipped", 0)),
             "pool": pool_info,
             "history": result["history"],
+            **({"seeds": result["seeds"]} if "seeds" in result else {}),
         }
     )
 
