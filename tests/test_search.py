@@ -428,7 +428,7 @@ def test_trials_lost_in_a_crash_are_marked_and_not_counted(tmp_path, monkeypatch
 
     import ray.tune
 
-    from ratio_search.search.tuner import forget_lost_trials
+    from ratio_search.search.tuner import reconcile_trials
 
     home = Home.resolve(tmp_path)
     rec = lambda tid, state: {"trial_id": tid, "state": state, "params": {"r": 0.5}, "metrics": {}}  # noqa: E731
@@ -439,11 +439,11 @@ def test_trials_lost_in_a_crash_are_marked_and_not_counted(tmp_path, monkeypatch
     monkeypatch.setattr(
         ray.tune, "ExperimentAnalysis", lambda path: types.SimpleNamespace(trials=trials)
     )
-    assert forget_lost_trials(folder, tracker=None) == 1
+    assert reconcile_trials(folder, tracker=None) == (1, 0)
     st = run_status(home, "c")
     assert [t["trial_id"] for t in st["trials"]] == ["a", "b"]
     assert st["counts"]["LOST"] == 1 and st["done"] == 1
-    assert forget_lost_trials(folder, tracker=None) == 0  # idempotent
+    assert reconcile_trials(folder, tracker=None) == (0, 0)  # idempotent
 
 
 # ------------------------------------------------------------- records: run.json, trials.jsonl
@@ -478,7 +478,7 @@ def test_an_old_run_json_loads_and_keeps_unknown_keys(tmp_path):
     assert {k: back["options"][k] for k in old["options"]} == old["options"]
     # a run.json that is not an object names the file
     (tmp_path / "run.json").write_text("[1]")
-    with pytest.raises(SearchError, match="run.json: cannot read the run's state"):
+    with pytest.raises(SearchError, match=r"run.json: cannot read the run's state .*JSON list"):
         RunInfo.load(tmp_path)
 
 

@@ -20,9 +20,12 @@ def add_run(sub: argparse._SubParsersAction) -> None:
         default="default",
         help="search space YAML: a path or a bundled name (default, reference_grid, quick)",
     )
-    p.add_argument("--trials", type=int, help="number of trials (default: the space's n_trials)")
     p.add_argument(
-        "--name", help="run name (default: search-YYYYmmdd-HHMMSS); its folder is runs/NAME"
+        "--trials", type=int, help="number of trials, at least 1 (default: the space's n_trials)"
+    )
+    p.add_argument(
+        "--name",
+        help="run name (default: search-YYYYmmdd-HHMMSS, made unique); its folder is runs/NAME",
     )
     p.add_argument(
         "--resume",
@@ -178,10 +181,12 @@ def cmd_status(args: argparse.Namespace) -> None:
             t.add_column(col)
         for r in rows:
             best = "" if r["best_metric"] is None else f"{r['metric']} {r['best_metric']:.4f}"
-            t.add_row(
-                r["name"], str(r["state"]), f"{r['done']}/{r['n_trials']}", best, str(r["created"])
-            )
+            trials = f"{r['done']}/{r['n_trials']}" if r["n_trials"] is not None else "?"
+            t.add_row(r["name"], str(r["state"]), trials, best, str(r["created"] or ""))
         console.print(t)
+        for r in rows:
+            if r.get("error"):
+                print(f"{r['name']}: {r['error']}", file=sys.stderr)
         return
     s = run_status(home, args.name)
     if args.json:

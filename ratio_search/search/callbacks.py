@@ -15,6 +15,7 @@ from ray.tune import Callback
 
 from .._io import is_number
 from ..errors import SearchError
+from .procs import kill_point
 from .progress import say
 from .runinfo import RunInfo
 from .trials import TrialLog, read_trials, trial_error
@@ -63,6 +64,7 @@ class TrackingCallback(Callback):
 
     def on_trial_start(self, *a: Any, **k: Any) -> None:
         self.inner().on_trial_start(*a, **k)
+        kill_point("trial")  # fault injection (tests, bench_faults); a no-op otherwise
 
     def on_trial_restore(self, *a: Any, **k: Any) -> None:
         self.inner().on_trial_restore(*a, **k)
@@ -75,6 +77,7 @@ class TrackingCallback(Callback):
 
     def on_trial_complete(self, *a: Any, **k: Any) -> None:
         self.inner().on_trial_complete(*a, **k)
+        kill_point("between")
 
     def on_trial_error(self, *a: Any, **k: Any) -> None:
         self.inner().on_trial_error(*a, **k)

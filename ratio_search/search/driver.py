@@ -4,10 +4,17 @@ One process (the driver) owns the run folder: it writes run.json (:class:`RunInf
 study (``optuna.db``), the Tune experiment (``tune/``) and, through the tracking callback, MLflow
 and ``trials.jsonl``. Trials run in Ray workers and only report metrics and checkpoints back.
 
-Resuming (``resume_search``) restores the Tune experiment (trials, checkpoints, the searcher's
-state and with it the Optuna study) after Ctrl-C, a crash or a SIGKILL: leftover Ray processes of
-the run are killed by PID first, stale MLflow runs are closed, and the search goes on until it has
-exactly the number of trials it was asked for.
+The driver holds the run's lock (``runs.RunLock``) from before its first write to after its
+last clean-up step, so there is one driver per run. run.json is written (state "starting") before
+any long step and records each set-up phase as it ends (``setup.prepare``), so a search killed at
+any moment (Ctrl-C, SIGTERM, SIGKILL, a lost machine) can be resumed. Resuming (``resume_search``)
+waits for an old driver still shutting down, kills the run's leftover Ray processes by PID, redoes
+the set-up steps that are missing, restores the Tune experiment (trials, checkpoints, the
+searcher's state and with it the Optuna study), closes stale MLflow runs, rebuilds any trial record
+that was lost, and goes on until it has exactly the number of trials it was asked for.
+
+Clean-up runs every step whatever failed before it (run.json, MLflow parent, Ray, leftover
+processes, the lock), and the first error is the one reported.
 """
 
 from __future__ import annotations
@@ -16,7 +23,6 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,26 +30,30 @@ from typing import Any
 import yaml
 
 from .._io import atomic_write_text, utc_now
-from ..config import Config, FinetuneConfig, config_from_dict, save_config
-from ..errors import ConfigError, ModelError, RatioSearchError, SearchError
+from ..config import Config, FinetuneConfig, save_config
+from ..errors import ConfigError, RatioSearchError, SearchError
 from ..home import Home
 from . import runs
 from .options import SearchOptions
-from .procs import find_ray_processes, is_driver, kill_ray_processes
+from .procs import Signals, find_ray_processes, is_driver, kill_ray_processes, our_error
 from .progress import say
 from .resources import (  # noqa: F401 - check_address, cuda_device_count: importers' names
+    EnvironmentProblem,
     check_address,
+    check_tracking_uri,
     cluster_shortfall,
     cuda_device_count,
     init_ray,
     quiet_tune_env,
     resolve_resources,
 )
+from .runfiles import read_run_config, read_run_space
 from .runinfo import MlflowInfo, RayInfo, RunInfo, RunOptions
-from .setup import build_pools, load_data, model_for, pool_size
-from .space import METRICS, Space, load_space, parse_space
-from .trials import read_trials
-from .tuner import forget_lost_trials, make_trainable, restore_or_make_tuner
+from .runs import resume_command
+from .setup import build_pools, enter_phase, open_tracker, pool_size, prepare, prepare_pools
+from .space import METRICS, Space, load_space
+from .trials import TrialLogError, read_trials
+from .tuner import make_trainable, reconcile_trials, restore_or_make_tuner
 
 logger = logging.getLogger(__name__)
 
@@ -52,15 +62,6 @@ _SUMMARY_KEYS = (
     "r", "guidance", "steps", "scheduler", "postprocess", "mode", "lr", "batch_size", "epochs",
     "seed",
 )  # fmt: skip
-
-
-def resume_command(home: Home, name: str) -> str:
-    """The exact command that resumes this run."""
-    here = Path(os.getcwd()).resolve()
-    env_home = os.environ.get("RATIO_SEARCH_HOME")
-    if home.root == here or (env_home and Path(env_home).resolve() == home.root):
-        return f"ratio-search resume {name}"
-    return f"ratio-search resume {name} --home {home.root}"
 
 
 def _summary(home: Home, run_dir: Path, info: RunInfo) -> dict[str, Any]:
@@ -85,34 +86,61 @@ def _summary(home: Home, run_dir: Path, info: RunInfo) -> dict[str, Any]:
         "mlflow_parent_run_id": info.mlflow.parent_run_id,
         "tracking_uri": info.mlflow.tracking_uri,
     }
-    if info.state == "interrupted":
+    if info.state != "finished":
         out["resume_command"] = resume_command(home, info.name)
     return out
 
 
-def _close(home: Home, info: RunInfo, run_dir: Path, tracker: Any, status: str) -> None:
-    """Record the outcome in run.json and MLflow, stop Ray and what it left behind."""
-    import ray
+# How long ``resume`` waits for an old driver that has stopped and is cleaning up.
+SHUTDOWN_WAIT_S = 60.0
 
-    info.state = status
-    info.save(run_dir)
-    if tracker is not None:
-        try:
+
+def _close(
+    home: Home, info: RunInfo, run_dir: Path, tracker: Any, status: str, lock: runs.RunLock
+) -> list[str]:
+    """Record the outcome in run.json and MLflow, stop Ray and what it left behind, release the
+    lock: every step runs whatever failed before it. Returns what failed, in order."""
+    ray = sys.modules.get("ray")  # not imported: the search stopped before Ray started
+
+    def save_state() -> None:
+        info.state = status
+        info.save(run_dir)
+
+    def finish_parent() -> None:
+        if tracker is not None:
             tracker.finish_parent(
                 {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
             )
-        except Exception as e:
-            logger.warning("could not close the MLflow parent run: %s", e)
-    if ray.is_initialized():
-        ray.shutdown()
-    temp_dir = str(info.ray.temp_dir)
-    if not info.options.address:
-        if find_ray_processes(temp_dir):
-            kill_ray_processes(temp_dir)
-        if status == "finished":
-            shutil.rmtree(temp_dir, ignore_errors=True)
-    if status == "interrupted":
-        say(f"search interrupted; resume it with: {resume_command(home, info.name)}")
+
+    def stop_ray() -> None:
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
+
+    def leftovers() -> None:
+        temp_dir = str(info.ray.temp_dir)
+        if not info.options.address and info.ray.temp_dir:
+            if find_ray_processes(temp_dir):
+                kill_ray_processes(temp_dir)
+            if status == "finished":
+                shutil.rmtree(temp_dir, ignore_errors=True)
+
+    steps = (
+        ("record the run's state in run.json", save_state),
+        ("close the MLflow parent run", finish_parent),
+        ("shut Ray down", stop_ray),
+        ("stop the run's leftover Ray processes", leftovers),
+        ("release the run's lock", lock.release),
+    )
+    failed = []
+    for what, step in steps:
+        try:
+            step()
+        except Exception as e:  # noqa: BLE001 - the next steps must run all the same
+            failed.append(f"could not {what}: {type(e).__name__}: {e}")
+            logger.warning(failed[-1])
+    if status != "finished":
+        say(f"search {status}; resume it with: {resume_command(home, info.name)}")
+    return failed
 
 
 def _fit(
@@ -124,65 +152,98 @@ def _fit(
     tracker: Any,
     progress: bool,
     restore: bool,
-) -> dict[str, Any]:
-    """Start (or restore) Ray and the Tuner, run until done or interrupted, record the outcome."""
-    import ray
-
+    sig: Signals,
+) -> str:
+    """Start (or join) Ray, build the pools on GPUs, run (or restore) the Tuner until done or
+    interrupted; returns the outcome ("finished" or "interrupted")."""
     quiet_tune_env()
     # Tune logs where its results are and how to open TensorBoard at INFO: not our interface.
     for logger_name in ("ray.tune", "ray.train"):
         logging.getLogger(logger_name).setLevel(logging.WARNING)
     opts, res = info.options, info.options.resources
-    status = "failed"
-    old_term = signal.getsignal(signal.SIGTERM)
-    try:
-        init_ray(
-            str(info.ray.temp_dir), opts.address, res["num_cpus"], res["gpus"], opts.address_timeout
-        )
-        if opts.address:
-            # Ray waits, silently, for resources a cluster lacks; say so. A warning, not an
-            # error: an autoscaling cluster adds the nodes a pending request asks for.
-            short = cluster_shortfall(res, [n["Resources"] for n in ray.nodes() if n["Alive"]])
-            if short:
-                say(f"warning: {short}; the search waits until the cluster has them")
-        if info.model_path and not info.pools_built:
-            build_pools(
-                home, space, data, info.model_path, info.model_meta or {}, info.pool_n,
-                res["gpus"], progress,
-            )  # fmt: skip
-            info.pools_built = True
-            info.save(run_dir)
-        ctx = {
-            "home": str(home.root),
-            "space": space.to_dict(),
-            "pool_n": info.pool_n,
-            "model_path": info.model_path,
-            "model_meta": info.model_meta,
-        }
-        trainable = make_trainable(ctx, data, res["cpus_per_trial"], res["gpus_per_trial"])
-        from .callbacks import make_callbacks
+    init_ray(
+        str(info.ray.temp_dir), opts.address, res["num_cpus"], res["gpus"], opts.address_timeout
+    )
+    if opts.address:
+        import ray
 
-        callbacks = make_callbacks(run_dir, info, progress, tracker is not None)
-        tuner = restore_or_make_tuner(run_dir, info, space, trainable, callbacks, restore)
-        # SIGTERM (kill PID) stops like Ctrl-C: Tune saves its state and returns.
-        if hasattr(signal, "SIGUSR1"):
-            signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
+        # Ray waits, silently, for resources a cluster lacks; say so. A warning, not an
+        # error: an autoscaling cluster adds the nodes a pending request asks for.
+        short = cluster_shortfall(res, [n["Resources"] for n in ray.nodes() if n["Alive"]])
+        if short:
+            say(f"warning: {short}; the search waits until the cluster has them")
+    prepare_pools(home, run_dir, info, space, data, progress)  # GPUs: one Ray task per GPU
+    info.state = "running"
+    enter_phase(run_dir, info, "trials")
+    ctx = {
+        "home": str(home.root),
+        "space": space.to_dict(),
+        "pool_n": info.pool_n,
+        "model_path": info.model_path,
+        "model_meta": info.model_meta,
+    }
+    trainable = make_trainable(ctx, data, res["cpus_per_trial"], res["gpus_per_trial"])
+    from .callbacks import make_callbacks
+
+    callbacks = make_callbacks(run_dir, info, progress, tracker is not None)
+    tuner = restore_or_make_tuner(run_dir, info, space, trainable, callbacks, restore)
+    sig.trials()
+    try:
         # Tune prints an experiment box on stdout whatever its verbosity; stdout is for our one
         # JSON object (--json), so everything Ray prints goes to stderr.
         with contextlib.redirect_stdout(sys.stderr):
             tuner.fit()
-        if restore:
-            forget_lost_trials(run_dir, tracker)
-        trials = read_trials(run_dir)
-        done = sum(1 for t in trials.values() if t.get("state") in ("TERMINATED", "ERROR"))
-        status = "finished" if done >= int(info.n_trials) else "interrupted"
-    except KeyboardInterrupt:
-        status = "interrupted"
+    except Exception as e:
+        ours = our_error(e)
+        if ours is not None:
+            raise ours from None
         raise
     finally:
-        signal.signal(signal.SIGTERM, old_term)
-        _close(home, info, run_dir, tracker, status)
-    return _summary(home, run_dir, info)
+        sig.setup()
+    lost, rebuilt = reconcile_trials(run_dir, tracker, info.metric, info.mode)
+    if rebuilt:
+        say(f"rebuilt {rebuilt} trial records from the Tune experiment", progress)
+    trials = read_trials(run_dir)
+    done = sum(1 for t in trials.values() if t.get("state") in ("TERMINATED", "ERROR"))
+    return "finished" if done >= int(info.n_trials) else "interrupted"
+
+
+def _drive(
+    home: Home,
+    folder: Path,
+    info: RunInfo,
+    space: Space,
+    cfg: Config,
+    lock: runs.RunLock,
+    progress: bool,
+    restore: bool,
+) -> dict[str, Any]:
+    """Set-up, trials and clean-up of a run whose lock is held and whose run.json is written."""
+    sig = Signals()
+    tracker, status, error = None, "failed", None
+    try:
+        data = prepare(home, folder, info, space, cfg, progress)
+        # --- set-up hook: the issue-11 training-budget calibration is called here (after the
+        # data and the generator, before the tracker and the trials) ---
+        tracker = open_tracker(folder, info, progress)
+        if not info.options.resources.get("gpus"):
+            prepare_pools(home, folder, info, space, data, progress)  # serially, before Ray
+        status = _fit(home, folder, info, space, data, tracker, progress, restore, sig)
+    except KeyboardInterrupt as e:
+        status, error = "interrupted", e
+    except (TrialLogError, EnvironmentProblem) as e:
+        status, error = "interrupted", e
+    except BaseException as e:
+        status, error = "failed", e
+    finally:
+        sig.quiet()
+        failed = _close(home, info, folder, tracker, status, lock)
+        sig.restore()
+    if error is not None:
+        raise error
+    if failed:
+        raise SearchError(f"run {info.name}: {failed[0]}")
+    return _summary(home, folder, info)
 
 
 # ------------------------------------------------------------------------------ public API
@@ -190,13 +251,18 @@ def _fit(
 
 def _check(sp: Space, opts: SearchOptions) -> tuple[str, str, int]:
     """The search's metric, mode and number of trials (ConfigError naming the flag)."""
+    if not sp.params:
+        raise ConfigError(
+            f"{sp.path or 'the search space'}: no parameters to search (the file is empty or "
+            "has no params:); see search_spaces/quick.yaml for one that works"
+        )
     if opts.metric is not None and opts.metric not in METRICS:
         raise ConfigError(
             f"--metric: unknown metric {opts.metric!r}; allowed: {', '.join(METRICS)}"
         )
     metric = opts.metric or sp.metric
     mode = sp.mode if metric == sp.metric else METRICS[metric]
-    n_trials = int(opts.n_trials or sp.default_trials())
+    n_trials = int(opts.n_trials if opts.n_trials is not None else sp.default_trials())
     if n_trials < 1:
         raise ConfigError(f"--trials: must be >= 1, got {n_trials}")
     return metric, mode, n_trials
@@ -224,32 +290,6 @@ def _data_config(sp: Space, opts: SearchOptions):
     return dcfg
 
 
-def _start_tracker(folder: Path, info: RunInfo, uri: str) -> Any:
-    """The search's MLflow parent run (its id recorded in run.json)."""
-    from .. import tracking as tr
-
-    tracker = tr.SearchTracker(uri, tr.EXPERIMENT_NAME, folder, metric=info.metric, mode=info.mode)
-    res = info.options.resources
-    params = {
-        "n_trials": info.n_trials,
-        "metric": info.metric,
-        "mode": info.mode,
-        "scheduler": info.options.scheduler,
-        "seed": info.seed,
-        "data_key": info.data_key,
-        "model_hash": info.model_hash,
-        "concurrency": res["concurrency"],
-        "gpus": res["gpus"],
-        "gpus_per_trial": res["gpus_per_trial"],
-    }
-    parent = tracker.start_parent(
-        info.name, params, [folder / "space.yaml", folder / "config.yaml"]
-    )
-    info.mlflow.experiment_id, info.mlflow.parent_run_id = tracker.experiment_id, parent
-    info.save(folder)
-    return tracker
-
-
 def run_search(home: Home, options: SearchOptions | None = None, **kwargs: Any) -> dict[str, Any]:
     """Run a search; returns ``{name, run_dir, state, best {params, metric}, n_trials,
     mlflow_parent_run_id, ...}``.
@@ -270,127 +310,124 @@ def run_search(home: Home, options: SearchOptions | None = None, **kwargs: Any) 
     )
     if address:
         check_address(address, opts.address_timeout)
-    name = runs.check_name(opts.name or runs.default_name())
-    _refuse_existing(home, name)
-
-    dcfg = _data_config(sp, opts)
-    data = load_data(dcfg, home)
     uri = opts.tracking_uri or home.tracking_uri()
-    model_path, model_meta = None, None
-    if sp.pool_grid():
-        model_path, model_meta = model_for(
-            opts.model, data, home, opts.finetune_cfg, opts.progress, uri if opts.tracking else None
+    if opts.tracking:
+        check_tracking_uri(uri)
+    dcfg = _data_config(sp, opts)
+    if opts.name:
+        runs.check_name(opts.name)
+    name, folder = runs.new_run_folder(home, opts.name)
+    lock = runs.RunLock(folder).acquire()  # refuses, naming the holder, if a driver has it
+    try:
+        _refuse_existing(home, name)
+        save_config(
+            Config(data=dcfg, finetune=opts.finetune_cfg or FinetuneConfig()),
+            folder / "config.yaml",
         )
-
-    folder = home.runs / name
-    folder.mkdir(parents=True, exist_ok=True)
-    save_config(
-        Config(data=dcfg, finetune=opts.finetune_cfg or FinetuneConfig()), folder / "config.yaml"
-    )
-    atomic_write_text(folder / "space.yaml", yaml.safe_dump(sp.to_dict(), sort_keys=False))
-    info = RunInfo(
-        name=name,
-        state="running",
-        created=utc_now(),
-        n_trials=n_trials,
-        metric=metric,
-        mode=mode,
-        space_path=sp.path,
-        space=sp.to_dict(),
-        data_key=data.key,
-        model_hash=(model_meta or {}).get("model_hash"),
-        model_path=model_path,
-        model_meta=model_meta,
-        pool_n=pool_size(sp, data) if model_path else 0,
-        mlflow=MlflowInfo(tracking_uri=uri if opts.tracking else None),
-        ray=RayInfo(temp_dir=runs.ray_temp_dir(folder), address=address, driver_pid=os.getpid()),
-        argv=list(opts.argv if opts.argv is not None else sys.argv),
-        seed=opts.seed,
-        options=RunOptions(
-            scheduler=opts.scheduler,
-            address=address,
-            address_timeout=opts.address_timeout,
-            max_failures=opts.max_failures,
-            resources=resources,
-            concurrency=resources["concurrency"],
-        ),
-    )
-    info.save(folder)
-    tracker = _start_tracker(folder, info, uri) if opts.tracking else None
+        atomic_write_text(folder / "space.yaml", yaml.safe_dump(sp.to_dict(), sort_keys=False))
+        info = RunInfo(
+            name=name,
+            state="starting",
+            host=runs.hostname(),
+            created=utc_now(),
+            n_trials=n_trials,
+            metric=metric,
+            mode=mode,
+            space_path=sp.path,
+            space=sp.to_dict(),
+            mlflow=MlflowInfo(tracking_uri=uri if opts.tracking else None),
+            ray=RayInfo(
+                temp_dir=runs.ray_temp_dir(folder), address=address, driver_pid=os.getpid()
+            ),
+            argv=list(opts.argv if opts.argv is not None else sys.argv),
+            seed=opts.seed,
+            options=RunOptions(
+                scheduler=opts.scheduler,
+                address=address,
+                address_timeout=opts.address_timeout,
+                max_failures=opts.max_failures,
+                resources=resources,
+                concurrency=resources["concurrency"],
+                model=opts.model,
+            ),
+        )
+        info.save(folder)
+    except BaseException:
+        lock.release()
+        raise
     say(
         f"search {name}: {n_trials} trials, {resources['concurrency']} at a time, "
         f"run folder {folder}",
         opts.progress,
     )
-    return _fit(home, folder, info, sp, data, tracker, opts.progress, restore=False)
+    cfg = Config(data=dcfg, finetune=opts.finetune_cfg or FinetuneConfig())
+    return _drive(home, folder, info, sp, cfg, lock, opts.progress, restore=False)
 
 
-def _resume_tracker(folder: Path, info: RunInfo, progress: bool) -> Any:
-    """The run's MLflow tracker, its parent run taken over and stale child runs closed."""
-    ml = info.mlflow
-    if not (ml.tracking_uri and ml.parent_run_id):
-        return None
-    from .. import tracking as tr
-
-    tracker = tr.SearchTracker(
-        ml.tracking_uri, tr.EXPERIMENT_NAME, folder, metric=info.metric, mode=info.mode
-    )
-    tracker.resume_parent(ml.parent_run_id)
-    closed = tracker.close_stale_runs(ml.parent_run_id)
-    if closed:
-        say(f"closed {closed} MLflow runs the interrupted driver left RUNNING", progress)
-    return tracker
+def _take_over(home: Home, folder: Path, name: str, progress: bool) -> runs.RunLock:
+    """The run's lock for a resume: refused (naming the holder) while a driver runs it; an old
+    driver that has stopped and is cleaning up is waited for (up to SHUTDOWN_WAIT_S)."""
+    had_lock = (folder / runs.LOCK_FILE).is_file()
+    lock = runs.RunLock(folder)
+    try:
+        lock.acquire()
+    except SearchError:
+        if RunInfo.load(folder).state in ("starting", "running"):
+            raise
+        say(f"waiting for the old driver of {name} to finish shutting down", progress)
+        lock.acquire(wait=SHUTDOWN_WAIT_S)
+    info = RunInfo.load(folder)
+    pid = info.ray.driver_pid
+    if (
+        not had_lock  # a run of an older version: only its pid tells
+        and info.state == "running"
+        and pid
+        and int(pid) != os.getpid()
+        and (not info.host or info.host == runs.hostname())
+        and runs.pid_alive(int(pid))
+        and is_driver(int(pid))
+    ):
+        lock.release()
+        raise SearchError(f"run {name} is still running (driver pid {pid}); stop it first")
+    return lock
 
 
 def resume_search(home: Home, name: str, progress: bool = True) -> dict[str, Any]:
     """Continue an interrupted or crashed search where it stopped (see the module docstring)."""
     folder = runs.find_run(home, name)
-    info = RunInfo.load(folder)
-    if info.state == "finished":
-        raise SearchError(
-            f"run {name} is finished ({info.n_trials} trials); see: ratio-search status {name}"
-        )
-    pid = info.ray.driver_pid
-    if (
-        info.state == "running"
-        and pid
-        and int(pid) != os.getpid()
-        and runs.pid_alive(int(pid))
-        and is_driver(int(pid))
-    ):
-        raise SearchError(f"run {name} is still running (driver pid {pid}); stop it first")
-    temp_dir = info.ray.temp_dir or runs.ray_temp_dir(folder)
-    if not info.ray.address:
-        killed = kill_ray_processes(temp_dir)
-        if killed:
-            say(f"stopped {len(killed)} leftover Ray processes of {name}: {killed}", progress)
-
-    space = parse_space(
-        yaml.safe_load((folder / "space.yaml").read_text()), origin=str(folder / "space.yaml")
-    )
-    cfg = config_from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
-    data = load_data(cfg.data, home)
-    if data.key != info.data_key:
-        raise SearchError(
-            f"the data of run {name} changed (key {info.data_key} -> {data.key}); "
-            "a resumed search must see the same data"
-        )
-    if info.model_path and not Path(info.model_path).is_dir():
-        raise ModelError(f"the generator of run {name} is gone: {info.model_path}")
-
-    info.state = "running"
-    info.ray.temp_dir, info.ray.driver_pid = temp_dir, os.getpid()
-    info.save(folder)
-    tracker = _resume_tracker(folder, info, progress)
+    RunInfo.load(folder)  # a broken run.json: one line naming it, before anything else
+    lock = _take_over(home, folder, name, progress)
+    try:
+        info = RunInfo.load(folder)  # as the last driver left it
+        if info.state == "finished":
+            lock.release()
+            say(f"run {name} is finished ({info.n_trials} trials): nothing left to do", progress)
+            return _summary(home, folder, info)
+        space, cfg = read_run_space(folder), read_run_config(folder)  # issue 10: one-line errors
+        if info.mlflow.tracking_uri:
+            check_tracking_uri(info.mlflow.tracking_uri)
+        temp_dir = info.ray.temp_dir or runs.ray_temp_dir(folder)
+        if not info.ray.address:
+            killed = kill_ray_processes(temp_dir)
+            if killed:
+                say(f"stopped {len(killed)} leftover Ray processes of {name}: {killed}", progress)
+        info.state, info.host = "starting", runs.hostname()
+        info.ray.temp_dir, info.ray.driver_pid = temp_dir, os.getpid()
+        info.save(folder)
+    except BaseException:
+        lock.release()
+        raise
     say(f"resuming search {name} ({info.n_trials} trials)", progress)
-    return _fit(home, folder, info, space, data, tracker, progress, restore=True)
+    return _drive(home, folder, info, space, cfg, lock, progress, restore=True)
 
 
 __all__ = [
+    "EnvironmentProblem",
     "RatioSearchError",
     "SearchOptions",
     "build_pools",
     "check_address",
+    "check_tracking_uri",
     "cluster_shortfall",
     "init_ray",
     "pool_size",

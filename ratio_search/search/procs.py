@@ -12,7 +12,10 @@ ever signalled: not by name, not by process group.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
+from typing import Any
 
 import psutil
 
@@ -94,3 +97,78 @@ def is_driver(pid: int) -> bool:
     except (psutil.Error, OSError):
         return False
     return "python" in cmd or "ratio-search" in cmd or "ratio_search" in cmd
+
+
+# Fault injection for the tests and benchmarks/bench_faults.py: a driver started with
+# RATIO_SEARCH_TEST_KILL_AT=<point> SIGKILLs itself when it reaches that point: the start of
+# a phase (data, model, tracking, pools, trials), the 2nd fine-tune step (finetune), the first
+# pool built (pool), the first trial started (trial) or finished (between). Unset (always, outside those tests), nothing happens.
+KILL_AT_ENV = "RATIO_SEARCH_TEST_KILL_AT"
+
+
+def kill_point(point: str) -> None:
+    """SIGKILL this process if ``$RATIO_SEARCH_TEST_KILL_AT`` names ``point``."""
+    if os.environ.get(KILL_AT_ENV) == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ------------------------------------------------------------------ the driver's signals
+
+
+class Signals:
+    """SIGTERM and SIGINT from the driver's first second: KeyboardInterrupt during the set-up,
+    Tune's graceful stop during the trials, ignored during the clean-up (which is short)."""
+
+    def __init__(self) -> None:
+        self.main = threading.current_thread() is threading.main_thread()
+        self.old = {}
+        if self.main:
+            self.old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+            self.setup()
+
+    @staticmethod
+    def _raise(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    def _set(self, term: Any, intr: Any) -> None:
+        if self.main:
+            signal.signal(signal.SIGTERM, term)
+            signal.signal(signal.SIGINT, intr)
+
+    def setup(self) -> None:
+        self._set(self._raise, self._raise)
+
+    def trials(self) -> None:
+        """Before ``tuner.fit``: Tune installs its own SIGINT/SIGUSR1 handlers (stop, save the
+        experiment, return); SIGTERM is forwarded as SIGUSR1 once they are there."""
+        usr1 = getattr(signal, "SIGUSR1", None)
+        before = signal.getsignal(usr1) if usr1 else None
+
+        def term(signum: int, frame: Any) -> None:
+            cur = signal.getsignal(usr1) if usr1 else None
+            if callable(cur) and cur is not before:
+                os.kill(os.getpid(), usr1)
+            else:
+                raise KeyboardInterrupt
+
+        self._set(term, signal.default_int_handler)
+
+    def quiet(self) -> None:
+        self._set(signal.SIG_IGN, signal.SIG_IGN)
+
+    def restore(self) -> None:
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def our_error(e: BaseException | None) -> BaseException | None:
+    """The RatioSearchError behind an exception Tune raised (e.g. a TrialLogError in a callback)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        from ..errors import RatioSearchError
+
+        if isinstance(e, RatioSearchError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None

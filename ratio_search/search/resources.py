@@ -11,8 +11,13 @@ import logging
 import os
 import socket
 from typing import Any
+from urllib.parse import urlparse
 
 from ..errors import ConfigError, SearchError
+
+
+class EnvironmentProblem(SearchError):
+    """Something outside the run failed (MLflow store, Ray): the run is kept, resumable."""
 
 
 def quiet_tune_env() -> None:
@@ -108,7 +113,8 @@ def check_address(address: str, timeout: float = 5.0) -> None:
 def init_ray(
     temp_dir: str, address: str | None, num_cpus: int, num_gpus: int, timeout: float = 5.0
 ) -> None:
-    """Start a private local Ray (own temp dir, no dashboard) or join ``address``."""
+    """Start a private local Ray (own temp dir, no dashboard) or join ``address``
+    (:class:`EnvironmentProblem` / SearchError in one line when it cannot)."""
     import ray
 
     if ray.is_initialized():
@@ -125,9 +131,26 @@ def init_ray(
         num_gpus=num_gpus,
         include_dashboard=False,
         _temp_dir=temp_dir,
+        _node_ip_address="127.0.0.1",  # issue 10: a private Ray listens on loopback only
         logging_level=logging.WARNING,
         log_to_driver=False,
     )
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, in one line, when an HTTP(S) MLflow store does not answer (before any step)."""
+    u = urlparse(uri)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        return
+    port = u.port or (443 if u.scheme == "https" else 80)
+    try:
+        with socket.create_connection((u.hostname, port), timeout=timeout):
+            pass
+    except OSError as e:
+        raise SearchError(
+            f"cannot reach the MLflow store at {uri}: {e}; start it, give another "
+            "--tracking-uri, or run with --no-tracking"
+        ) from None
 
 
 def cluster_shortfall(res: dict[str, Any], nodes: list[dict[str, Any]]) -> str | None:
@@ -145,7 +168,9 @@ def cluster_shortfall(res: dict[str, Any], nodes: list[dict[str, Any]]) -> str |
 
 
 __all__ = [
+    "EnvironmentProblem",
     "check_address",
+    "check_tracking_uri",
     "cluster_shortfall",
     "cuda_device_count",
     "init_ray",

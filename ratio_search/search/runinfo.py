@@ -1,7 +1,9 @@
 """``run.json``: the identity and state of one search, as one typed record (:class:`RunInfo`).
 
-The driver writes it atomically at every change of state; ``status``, ``export``, ``report`` and
-``resume`` read it. A run.json written by an older version loads too: keys this version does not
+The driver writes it atomically at every change of state, the first time (state "starting")
+before any long step, so that a search killed in its set-up can be resumed; ``phase`` says which
+step it is in (data, model, tracking, pools, trials). ``status``, ``export``, ``report`` and
+``resume`` read it; a file that is not an object or holds a bad value is named with its repair. A run.json written by an older version loads too: keys this version does not
 know are kept (``extra``) and written back unchanged, missing ones take their defaults.
 """
 
@@ -18,7 +20,9 @@ from .._io import atomic_write_json, utc_now
 from ..errors import SearchError
 
 RUN_JSON = "run.json"
-STATES = ("running", "finished", "interrupted", "failed")
+STATES = ("starting", "running", "finished", "interrupted", "failed")
+# The set-up steps and the trials, in order (``RunInfo.phase``).
+PHASES = ("data", "model", "tracking", "pools", "trials")
 
 _T = TypeVar("_T")
 
@@ -79,6 +83,7 @@ class RunOptions:
     # gpus, gpus_per_trial, cpus_per_trial, concurrency, num_cpus (resources.resolve_resources)
     resources: dict[str, Any] = field(default_factory=dict)
     concurrency: int = 1
+    model: str | None = "latest"  # the generator asked for (a folder, or "latest")
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -88,6 +93,7 @@ class RunInfo:
 
     name: str = ""
     state: str = "running"  # one of STATES
+    host: str | None = None  # the machine the driver runs on (with ray.driver_pid)
     created: str | None = None
     n_trials: int = 0
     metric: str = "val_accuracy"
@@ -105,6 +111,7 @@ class RunInfo:
     seed: int = 0
     options: RunOptions = field(default_factory=RunOptions)
     pools_built: bool = False
+    phase: str | None = None  # one of PHASES while the driver runs
     updated: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -112,8 +119,25 @@ class RunInfo:
     def from_dict(cls, doc: dict[str, Any]) -> RunInfo:
         """A RunInfo from a parsed run.json (unknown keys kept in ``extra``)."""
         if not isinstance(doc, dict):
-            raise ValueError("run.json must hold a JSON object")
-        return _build(cls, doc)
+            raise ValueError(f"it holds a JSON {type(doc).__name__}, not an object")
+        for key in _NESTED:
+            if doc.get(key) is not None and not isinstance(doc[key], dict):
+                raise ValueError(f"{key}: must be an object, got {doc[key]!r}")
+        info = _build(cls, doc)
+        info._validate()
+        return info
+
+    def _validate(self) -> None:
+        """ValueError naming the first field whose value no reader could use."""
+        if self.state not in STATES:
+            raise ValueError(f"state: {self.state!r} is not one of {', '.join(STATES)}")
+        pid = self.ray.driver_pid
+        if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0):
+            raise ValueError(f"ray.driver_pid: {pid!r} is not a process id")
+        if isinstance(self.n_trials, bool) or not isinstance(self.n_trials, int):
+            raise ValueError(f"n_trials: {self.n_trials!r} is not a whole number")
+        if self.mode not in ("max", "min"):
+            raise ValueError(f"mode: {self.mode!r} is not max or min")
 
     def to_dict(self) -> dict[str, Any]:
         """The run.json object (``extra`` keys included, as read)."""
@@ -121,12 +145,15 @@ class RunInfo:
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> RunInfo:
-        """Read ``folder/run.json``; SearchError naming the file when it is unreadable."""
+        """Read ``folder/run.json``; SearchError naming the file and the repair when it is broken."""
         p = Path(folder) / RUN_JSON
         try:
             return cls.from_dict(json.loads(p.read_text()))
-        except (OSError, ValueError) as e:
-            raise SearchError(f"{p}: cannot read the run's state ({e})") from None
+        except (OSError, ValueError, TypeError) as e:
+            raise SearchError(
+                f"{p}: cannot read the run's state ({e}); repair the file, or remove the run "
+                f"with: ratio-search clean runs --name {Path(folder).name} --yes"
+            ) from None
 
     def save(self, folder: str | os.PathLike) -> None:
         """Write ``folder/run.json`` atomically, stamping ``updated``."""
@@ -137,4 +164,4 @@ class RunInfo:
 _NESTED: dict[str, type] = {"mlflow": MlflowInfo, "ray": RayInfo, "options": RunOptions}
 
 
-__all__ = ["RUN_JSON", "STATES", "MlflowInfo", "RayInfo", "RunInfo", "RunOptions"]
+__all__ = ["PHASES", "RUN_JSON", "STATES", "MlflowInfo", "RayInfo", "RunInfo", "RunOptions"]

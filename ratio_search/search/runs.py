@@ -5,16 +5,27 @@ driver), ``config.yaml`` and ``space.yaml`` (what it searched), ``optuna.db`` (t
 ``tune/`` (the Ray Tune experiment) and ``trials.jsonl`` (one line per trial event; the last line
 per trial wins). ``ratio-search status`` reads only run.json and trials.jsonl, so it works while
 a search runs, after it crashed, and on a machine without Ray.
+
+One driver per run: the driver holds ``driver.lock`` (a :mod:`filelock` lock, released by the
+kernel when its process dies, however it dies) for its whole life, clean-up included, and writes
+who holds it (host, pid, since) to ``driver.json``. ``run`` and ``resume`` of a locked run refuse
+with one line naming the holder; ``status`` asks the lock whether a "running" search is alive.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
+from .._io import atomic_write_json, utc_now
 from ..errors import SearchError
 from ..home import Home, pid_alive
 from .runinfo import RUN_JSON, STATES, RunInfo  # noqa: F401
@@ -25,9 +36,97 @@ from .trials import TRIALS_JSONL, best_trial, metric_value, read_trials  # noqa:
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
+LOCK_FILE = "driver.lock"
+HOLDER_FILE = "driver.json"
+
+
 def default_name() -> str:
     """``search-YYYYmmdd-HHMMSS`` (UTC)."""
     return time.strftime("search-%Y%m%d-%H%M%S", time.gmtime())
+
+
+def new_run_folder(home: Home, name: str | None) -> tuple[str, Path]:
+    """The name and folder of a new run. A default name is made unique by creating its folder
+    exclusively (``-2``, ``-3``, ... when two searches start in the same second); a given name's
+    folder may exist (the lock and run.json decide whether it may be used)."""
+    home.runs.mkdir(parents=True, exist_ok=True)
+    if name:
+        folder = home.runs / check_name(name)
+        folder.mkdir(exist_ok=True)
+        return name, folder
+    base = default_name()
+    for i in range(1, 1000):
+        cand = base if i == 1 else f"{base}-{i}"
+        try:
+            (home.runs / cand).mkdir()
+        except FileExistsError:
+            continue
+        return cand, home.runs / cand
+    raise SearchError(f"no free run name like {base} in {home.runs}; give --name")
+
+
+def hostname() -> str:
+    return socket.gethostname()
+
+
+class RunLock:
+    """The lock of one run folder, held by its driver from the first second to the last."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self._lock = FileLock(str(self.folder / LOCK_FILE))
+
+    def acquire(self, wait: float = 2.0) -> RunLock:
+        """Take the lock within ``wait`` s; SearchError naming the holder otherwise."""
+        try:
+            self._lock.acquire(timeout=wait)
+        except Timeout:
+            raise SearchError(f"run {self.folder.name} {held_by(self.folder)}") from None
+        me = {"host": hostname(), "pid": os.getpid(), "since": utc_now()}
+        atomic_write_json(self.folder / HOLDER_FILE, me)
+        return self
+
+    @property
+    def held(self) -> bool:
+        return self._lock.is_locked
+
+    def release(self) -> None:
+        if self._lock.is_locked:
+            (self.folder / HOLDER_FILE).unlink(missing_ok=True)
+            self._lock.release(force=True)
+
+
+def read_holder(folder: Path) -> dict[str, Any]:
+    """What ``driver.json`` says about the lock's holder ({} when unreadable)."""
+    try:
+        doc = json.loads((Path(folder) / HOLDER_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def held_by(folder: Path) -> str:
+    """``is in use by the driver on HOST (pid PID, since T); ...`` for a refusal."""
+    h = read_holder(folder)
+    who = f"on {h.get('host', '?')} (pid {h.get('pid', '?')}, since {h.get('since', '?')})"
+    return f"is in use by the driver {who}; wait for it to end or stop it first"
+
+
+def lock_holder(folder: Path) -> dict[str, Any] | None:
+    """The live driver holding ``folder``'s lock (``driver.json``'s {host, pid, since}), or None
+    when nobody holds it. Never waits; a folder without a lock file (an older run) has none."""
+    path = Path(folder) / LOCK_FILE
+    if not path.is_file():
+        return None
+    probe = FileLock(str(path))
+    try:
+        probe.acquire(timeout=0)
+    except Timeout:
+        return read_holder(folder)
+    except OSError:  # a read-only home: cannot tell
+        return None
+    probe.release(force=True)
+    return None
 
 
 def check_name(name: str) -> str:
@@ -81,6 +180,15 @@ def find_run(home: Home, name: str) -> Path:
     return folder
 
 
+def resume_command(home: Home, name: str) -> str:
+    """The exact command that resumes this run."""
+    here = Path(os.getcwd()).resolve()
+    env_home = os.environ.get("RATIO_SEARCH_HOME")
+    if home.root == here or (env_home and Path(env_home).resolve() == home.root):
+        return f"ratio-search resume {name}"
+    return f"ratio-search resume {name} --home {home.root}"
+
+
 def run_status(home: Home, name: str) -> dict[str, Any]:
     """Everything ``ratio-search status NAME`` shows: the run's state, counts, trials and best."""
     folder = find_run(home, name)
@@ -111,8 +219,7 @@ def run_status(home: Home, name: str) -> dict[str, Any]:
         )
     best = best_trial(trials, metric, mode)
     state = info.state
-    pid = info.ray.driver_pid
-    if state == "running" and pid and not pid_alive(int(pid)):
+    if state in ("starting", "running") and not driver_alive(folder, info):
         state = "crashed"  # run.json says running but its driver is gone: resume it
     return {
         "name": info.name or name,
@@ -137,13 +244,29 @@ def run_status(home: Home, name: str) -> dict[str, Any]:
     }
 
 
+def driver_alive(folder: Path, info: RunInfo) -> bool:
+    """Whether the run's driver still runs: its lock is held (on any host sharing the folder);
+    for a run without a lock file (an older version), its pid on this host."""
+    if (Path(folder) / LOCK_FILE).is_file():
+        return lock_holder(folder) is not None
+    host, pid = info.host, info.ray.driver_pid
+    if host and host != hostname():
+        return True  # another machine's process: cannot tell from here
+    return bool(pid) and pid_alive(int(pid))
+
+
 def list_runs(home: Home) -> list[dict[str, Any]]:
-    """One summary per search in ``home.runs``, oldest first."""
+    """One summary per search in ``home.runs``, oldest first; a run whose run.json is broken is
+    listed with state "broken" and the error (the others are listed all the same)."""
     out = []
     for name in known_runs(home):
         try:
             s = run_status(home, name)
-        except SearchError:
+        except SearchError as e:
+            out.append(
+                {"name": name, "state": "broken", "done": 0, "n_trials": None,
+                 "best_metric": None, "metric": None, "created": None, "error": str(e)}
+            )  # fmt: skip
             continue
         out.append(
             {
@@ -156,4 +279,4 @@ def list_runs(home: Home) -> list[dict[str, Any]]:
                 "created": s["created"],
             }
         )
-    return sorted(out, key=lambda r: str(r["created"]))
+    return sorted(out, key=lambda r: str(r["created"] or ""))

@@ -9,7 +9,10 @@ without Ray or MLflow. A record::
      "metrics" (the last result's numbers), "best" ({"value", "epoch"} of the objective or None),
      "epoch", "pool_key", "model_hash", "mlflow_run_id", "node_id", "time", ["error"], ...}
 
-Nothing here imports Ray or MLflow.
+A write that fails is retried once and then raises :class:`TrialLogError` (the search stops and
+can be resumed; it never goes on with a record missing); a torn last line is repaired before the
+next append (:func:`repair_trials`); on resume the driver rebuilds any record the file lacks from
+the Tune experiment (``tuner.reconcile_trials``). Nothing here imports Ray or MLflow.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import is_number, json_safe
+from ..errors import SearchError
 
 TRIALS_JSONL = "trials.jsonl"
 
@@ -82,19 +86,60 @@ def read_trials(folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
     return out
 
 
-def append_trial(folder: str | os.PathLike, record: Mapping[str, Any]) -> None:
-    """Append one record (strict JSON: NaN/inf as null) with a single ``O_APPEND`` write.
+class TrialLogError(SearchError):
+    """trials.jsonl cannot be written: the search stops (resumable) instead of losing records."""
 
-    ``folder``: the run folder (or the ``.jsonl`` file's path).
-    """
+
+def repair_trials(folder: str | os.PathLike) -> int:
+    """End trials.jsonl on a whole line: a torn last line (a driver killed mid-write) is cut off,
+    a complete record that only lacks its newline gets one. Returns the bytes cut off."""
+    p = _path(folder)
+    if not p.is_file():
+        return 0
+    with open(p, "rb+") as f:
+        data = f.read()
+        if not data or data.endswith(b"\n"):
+            return 0
+        cut = data.rfind(b"\n") + 1
+        try:
+            json.loads(data[cut:])
+        except ValueError:
+            f.truncate(cut)
+            return len(data) - cut
+        f.write(b"\n")
+    return 0
+
+
+def append_trial(folder: str | os.PathLike, record: Mapping[str, Any]) -> None:
+    """Append one record (strict JSON: NaN/inf as null) with one ``O_APPEND`` write (OSError
+    when it fails). ``folder``: the run folder (or the ``.jsonl`` file's path)."""
     path = _path(folder)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = (json.dumps(json_safe(record), default=str) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, data)
+        while data:
+            data = data[os.write(fd, data) :]
     finally:
         os.close(fd)
+
+
+def append_or_raise(folder: str | os.PathLike, record: Mapping[str, Any]) -> None:
+    """:func:`append_trial`, retried once (after repairing a torn line); TrialLogError naming the
+    file when the second try fails too."""
+    try:
+        append_trial(folder, record)
+        return
+    except OSError:
+        time.sleep(0.2)
+    try:
+        repair_trials(folder)
+        append_trial(folder, record)
+    except OSError as e:
+        raise TrialLogError(
+            f"cannot write {_path(folder)} ({e}); the search stops here so that no trial record "
+            "is lost: fix the disk, then resume the run"
+        ) from None
 
 
 def metric_value(rec: Mapping[str, Any], metric: str) -> float | None:
@@ -164,6 +209,8 @@ class TrialLog:
     ) -> None:
         self.folder = Path(folder) if folder is not None else None
         self.metric, self.mode = metric, mode
+        if self.folder is not None:
+            repair_trials(self.folder)
         self.last: dict[str, dict[str, Any]] = read_trials(self.folder) if self.folder else {}
         self.best: dict[str, dict[str, Any]] = {
             tid: dict(rec["best"]) for tid, rec in self.last.items() if rec.get("best")
@@ -213,11 +260,12 @@ class TrialLog:
         return json_safe(rec)
 
     def event(self, trial: Any, state: str, result: Mapping[str, Any] | None = None, **kw: Any):
-        """Build the record of an event, remember it and append it to trials.jsonl."""
+        """Build the record of an event, append it to trials.jsonl and remember it
+        (:class:`TrialLogError` when the file cannot be written)."""
         rec = self.record(trial, state, result, **kw)
-        self.last[rec["trial_id"]] = rec
         if self.folder is not None:
-            append_trial(self.folder, rec)
+            append_or_raise(self.folder, rec)
+        self.last[rec["trial_id"]] = rec
         return rec
 
 
@@ -226,10 +274,13 @@ __all__ = [
     "RESULT_TAGS",
     "TRIALS_JSONL",
     "TrialLog",
+    "TrialLogError",
+    "append_or_raise",
     "append_trial",
     "best_trial",
     "metric_value",
     "read_trials",
+    "repair_trials",
     "result_epoch",
     "result_metrics",
     "trial_error",

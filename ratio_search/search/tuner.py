@@ -89,26 +89,75 @@ def restore_or_make_tuner(
     return make_tuner(run_dir, info, space, trainable, callbacks)
 
 
-def forget_lost_trials(run_dir: Path, tracker: Any) -> int:
-    """Trials a killed driver had started after its last experiment snapshot are unknown to the
-    restored experiment (Tune started new trials in their place). Mark their trials.jsonl entry
-    LOST and delete their MLflow child run, so that no trial is counted twice. Returns how many."""
-    import time
-
+def _experiment_trials(run_dir: Path) -> list:
+    """The trials of the run's Tune experiment as saved ([] when it cannot be read)."""
     from ray.tune import ExperimentAnalysis
 
     try:
-        known = {t.trial_id for t in ExperimentAnalysis(str(run_dir / "tune")).trials}
+        return list(ExperimentAnalysis(str(run_dir / "tune")).trials)
     except Exception as e:  # the bookkeeping must not fail a finished search
-        logger.warning("could not read the restored experiment: %s", e)
-        return 0
-    if not known:
-        return 0
-    lost = set()
+        logger.warning("could not read the Tune experiment: %s", e)
+        return []
+
+
+def _rebuild_child(tracker: Any, trial: Any, state: str, rec: dict) -> str | None:
+    """The MLflow child of a finished trial, made or ended to match Tune's state; its run id."""
+    status = "FINISHED" if state == "TERMINATED" else "FAILED"
+    run = tracker.find_child(str(trial.trial_id))
+    if run is None:
+        run_id = tracker.start_child(str(trial.trial_id), tracker.full_config(trial.config or {}))
+        tracker.log_epoch(run_id, int(rec.get("epoch") or 0), rec.get("metrics") or {})
+    else:
+        run_id = run.info.run_id
+        if run.info.status == status:
+            return run_id
+    tracker.end_child(run_id, status)
+    return run_id
+
+
+def reconcile_trials(
+    run_dir: Path, tracker: Any, metric: str = "val_accuracy", mode: str = "max"
+) -> tuple[int, int]:
+    """Make trials.jsonl (and MLflow) agree with the Tune experiment after a restore.
+
+    - Trials a killed driver had started after its last experiment snapshot are unknown to the
+      restored experiment (Tune started new trials in their place): their trials.jsonl entry is
+      marked LOST and their MLflow child deleted, so that no trial is counted twice.
+    - A trial the experiment has finished (TERMINATED/ERROR) whose final record is missing (the
+      driver died between the two writes, or the write failed) gets it rebuilt from the trial's
+      last result, and its MLflow child is ended (or made) to match.
+
+    Returns ``(lost, rebuilt)``.
+    """
+    import time
+
+    from .trials import TrialLog, trial_error
+
+    trials = _experiment_trials(run_dir)
+    if not trials:
+        return 0, 0
+    known = {str(t.trial_id): t for t in trials}
+    lost, rebuilt = set(), 0
     for tid, rec in read_trials(run_dir).items():
         if tid not in known and rec.get("state") != "LOST":
             lost.add(tid)
             append_trial(run_dir, dict(rec, state="LOST", time=time.time()))
+    log = TrialLog(run_dir, metric, mode)
+    for tid, t in known.items():
+        state = getattr(t, "status", None)
+        if state not in ("TERMINATED", "ERROR") or log.last.get(tid, {}).get("state") == state:
+            continue
+        rec = log.record(t, state, getattr(t, "last_result", None) or None)
+        run_id = None
+        if tracker is not None:
+            try:
+                run_id = _rebuild_child(tracker, t, state, rec)
+            except Exception as e:
+                logger.warning("could not rebuild the MLflow run of trial %s: %s", tid, e)
+        err = trial_error(t) if state == "ERROR" else None
+        log.event(t, state, getattr(t, "last_result", None) or None, mlflow_run_id=run_id,
+                  error=err, rebuilt=True)  # fmt: skip
+        rebuilt += 1
     if tracker is not None:
         try:
             for run in tracker.children():
@@ -118,7 +167,7 @@ def forget_lost_trials(run_dir: Path, tracker: Any) -> int:
                     tracker.client.delete_run(run.info.run_id)
         except Exception as e:
             logger.warning("could not remove the MLflow runs of lost trials: %s", e)
-    return len(lost)
+    return len(lost), rebuilt
 
 
-__all__ = ["forget_lost_trials", "make_trainable", "make_tuner", "restore_or_make_tuner"]
+__all__ = ["make_trainable", "make_tuner", "reconcile_trials", "restore_or_make_tuner"]
