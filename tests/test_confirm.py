@@ -17,13 +17,26 @@ from ratio_search.evidence.confirm import (
     paired,
     select_candidates,
 )
+from ratio_search.evidence.looks import look_count, read_looks
+from ratio_search.evidence.paired import BUDGET, EXCLUDES_ZERO, PRECISE
 from ratio_search.home import Home
 
 pytestmark = pytest.mark.unit
 
-# The "true" validation accuracy per R of the fake trainer: best at R = 0.2, within one point of
-# it up to R = 0.5.
-TRUE = {0.0: 0.85, 0.2: 0.86, 0.4: 0.855, 0.5: 0.853, 0.6: 0.835, 0.8: 0.82, 1.0: 0.60}
+
+@pytest.fixture(autouse=True)
+def fewer_replicates(monkeypatch):
+    """1,000 bootstrap replicates instead of 4,000: the tests check the logic, not the digits."""
+    import ratio_search.evidence.paired as paired_mod
+
+    monkeypatch.setattr(paired_mod, "N_BOOT", 1000)
+
+
+# The "true" accuracy per R of the fake trainer: best at R = 0.2, within one point of R = 0 up
+# to R = 0.5 (the default non-inferiority grid 0.25/0.5/0.75/1.0 included).
+TRUE = {0.0: 0.85, 0.2: 0.86, 0.25: 0.858, 0.4: 0.855, 0.5: 0.853, 0.6: 0.835, 0.75: 0.83,
+        0.8: 0.82, 1.0: 0.60}  # fmt: skip
+N_VAL, N_TEST = 400, 300
 DEFAULTS = {
     "r": 0.0,
     "guidance": 2.0,
@@ -39,12 +52,19 @@ DEFAULTS = {
 
 
 class FakeContext:
-    """Stands in for RunContext: a noisy but known accuracy per R, no training at all."""
+    """Stands in for RunContext: per-image correctness with a known accuracy per R, no training.
+
+    Image i of a split is classified correctly when its fixed difficulty u_i lies below the
+    model's accuracy ``TRUE[r] + seed effect (shared by every R) + a small own effect``: the same
+    images are hard for every arm, as with real models.
+    """
 
     data_key = "fake-data"
-    n_test = 123
+    n_test = N_TEST
 
-    def __init__(self):
+    def __init__(self, true=None, test_shift=-0.02):
+        self.true = dict(TRUE if true is None else true)
+        self.test_shift = test_shift
         self.trained: list[tuple[float, int]] = []
         self.tested: list[tuple[float, int]] = []
 
@@ -52,21 +72,36 @@ class FakeContext:
         return {**DEFAULTS, **params}
 
     @staticmethod
-    def _noise(seed, r, scale=0.001):
+    def _noise(seed, r, scale=0.004):
         shared = np.random.default_rng(seed).normal(0, scale)  # the seed's effect, shared by all R
         own = np.random.default_rng([seed, int(r * 100)]).normal(0, scale / 4)
         return shared + own
 
+    def _correct(self, r, seed, split):
+        n = N_VAL if split == "val" else N_TEST
+        # Evenly spread difficulties (in a fixed random order): accuracy p scores about p.
+        u = np.random.default_rng(11 if split == "val" else 12).permutation(
+            (np.arange(n) + 0.5) / n
+        )
+        p = self.true[r] + self._noise(seed, r) + (self.test_shift if split == "test" else 0.0)
+        return (u < p).astype(np.uint8)
+
     def train(self, config, seed, pool_key):
         r = float(config["r"])
         self.trained.append((r, seed))
-        acc = TRUE[r] + self._noise(seed, r)
-        return {"val_accuracy": acc, "val_f1": acc - 0.01}, {"w": torch.full((2,), float(seed))}
+        acc = float(self._correct(r, seed, "val").mean())
+        return {"val_accuracy": acc, "val_f1": acc - 0.01}, {"w": torch.tensor([float(seed), r])}
+
+    def correct(self, config, state, split):
+        seed, r = int(state["w"][0]), round(float(state["w"][1]), 3)
+        assert r == float(config["r"])
+        if split == "test":
+            self.tested.append((r, seed))
+        return self._correct(r, seed, split)
 
     def test(self, config, state):
-        r, seed = float(config["r"]), int(state["w"][0])
-        self.tested.append((r, seed))
-        return {"test_accuracy": TRUE[r] - 0.02 + self._noise(seed + 7, r)}
+        seed, r = int(state["w"][0]), round(float(state["w"][1]), 3)
+        return {"test_accuracy": float(self._correct(r, seed, "test").mean())}
 
 
 def make_run(tmp_path, trials, name="run1"):
@@ -109,66 +144,134 @@ def test_confirm_end_to_end_with_a_fake_trainer(tmp_path):
 
     # New seeds: none the search used (0, and 1000 of the running trial).
     assert out["seeds"] == [1001, 1002, 1003, 1004, 1005]
+    assert out["max_seeds"] == 10
     roles = {c["label"]: c["role"] for c in out["configurations"]}
     assert roles["R=0 (real only)"] == "baseline"
     top = [c for c in out["configurations"] if c["role"] == "top"]
     assert [c["params"]["r"] for c in top] == [0.8, 0.2, 0.5]  # the top 3 distinct by trial value
     assert top[0]["trial_value"] == 0.9
+    # The non-inferiority grid at the chosen settings: 0.25, 0.75, 1.0 (0.5 is a top one already).
+    grid = sorted(c["params"]["r"] for c in out["configurations"] if c["role"] == "grid")
+    assert grid == [0.25, 0.75, 1.0]
 
     # The lucky R = 0.8 does not survive confirmation; R = 0.2 is chosen.
     assert out["chosen"]["params"]["r"] == 0.2 and not out["chosen"]["is_baseline"]
     by_r = {c["params"]["r"]: c for c in out["configurations"]}
-    assert by_r[0.8]["val"]["val_accuracy"]["mean"] == pytest.approx(0.82, abs=0.002)
-    diff = by_r[0.2]["diff_vs_baseline"]["val_accuracy"]
-    assert diff["mean"] == pytest.approx(0.01, abs=0.001) and diff["low"] > 0
-    # Pairing by seed removes the shared seed effect: the difference is tighter than either arm.
-    assert diff["half_width"] < by_r[0.2]["val"]["val_accuracy"]["half_width"]
-    assert by_r[0.0]["diff_vs_baseline"] == {}
+    assert by_r[0.8]["val"]["val_accuracy"]["mean"] == pytest.approx(0.82, abs=0.01)
+    pv = by_r[0.2]["paired_val"]
+    assert pv["diff"] == pytest.approx(0.01, abs=0.004) and pv["n_images"] == N_VAL
+    assert pv["seeds"] == out["seeds"] and by_r[0.0]["paired_val"] is None
 
-    # The usable ratio first pointed at the lucky single trial at R = 0.6; it was confirmed,
-    # fell below the tolerance, and the confirmed R = 0.5 is the answer.
-    assert roles["R=0.60 guidance=2.0 steps=10"] == "usable"
+    # Usable ratio: the lucky single trial at R = 0.6 (truly 0.835) is no candidate at all; the
+    # largest confirmed R with its lower bound above -0.01 is 0.5 (truly -0.003).
     u = out["usable_ratio"]
-    assert u["r"] == 0.5 and u["confirmed"] and u["best_r"] == 0.2
-    assert u["threshold"] == pytest.approx(by_r[0.2]["mean"] - 0.01)
+    assert u["r"] == 0.5 and u["delta"] == 0.01 and u["failed_below"] == []
+    assert 0.6 not in [p["r"] for p in u["points"]]
+    passing = {p["r"]: p["passes"] for p in u["points"]}
+    assert passing == {0.2: True, 0.25: True, 0.5: True, 0.75: False, 0.8: False, 1.0: False}
 
-    # Training: 5 configurations x 5 seeds; the test split only for the chosen one and R = 0.
-    assert len(ctx.trained) == 25
-    assert sorted({r for r, _ in ctx.tested}) == [0.0, 0.2]
-    assert len(ctx.tested) == 10
-    assert out["test"]["n_test"] == 123
-    assert out["test"]["chosen"]["test_accuracy"]["n"] == 5
-    assert out["test"]["diff"]["test_accuracy"]["mean"] == pytest.approx(0.01, abs=0.003)
+    # The test split: R = 0.2 against R = 0 on the same seeds and images, seeds added as needed.
+    t = out["test"]
+    assert t["arm"] == "R=0.20 guidance=2.0 steps=10" and t["n_test"] == N_TEST
+    seq = t["paired"]
+    assert seq["schedule"] == [5, 7, 9, 10] and seq["look_level"] == pytest.approx(0.9875)
+    n = seq["final"]["n_seeds"]
+    assert (
+        t["seeds"] == list(range(1001, 1001 + n))
+        and len(seq["looks"]) == seq["schedule"].index(n) + 1
+    )
+    assert seq["reason"] in (EXCLUDES_ZERO, PRECISE, BUDGET)
+    assert seq["final"]["low"] <= 0.01 <= seq["final"]["high"]  # covers the planted +1 point
+    # Only the compared arm, R = 0 and the usable ratio's configuration ever saw the test split.
+    assert sorted({r for r, _ in ctx.tested}) == [0.0, 0.2, 0.5]
+    assert t["usable"]["r"] == 0.5 and t["usable"]["seeds"] == out["seeds"]
+    assert t["look"] == {"number": 1, "count": 1, "reused": False, "when": t["look"]["when"]}
+    assert out["answer"].startswith(("synthetic data helps", "no gain", "undecided"))
+    assert "R = 0.5" in out["answer"]
+    # 7 configurations x 5 seeds, plus the added seeds of both compared arms.
+    assert len(ctx.trained) == 35 + 2 * (n - 5)
 
-    # Everything cached: a second export trains nothing and gives the same numbers.
+    # A second export: cached runs, and the recorded numbers of look 1; nothing evaluated again.
     ctx2 = FakeContext()
     again = confirm(home, "run1", top_k=3, n_seeds=5, tolerance=0.01, context=ctx2, track=False)
-    assert ctx2.trained == []
-    assert again["usable_ratio"] == out["usable_ratio"]
-    assert again["test"]["chosen"] == out["test"]["chosen"]
+    assert ctx2.trained == [] and ctx2.tested == []
+    assert again["usable_ratio"] == out["usable_ratio"] and again["answer"] == out["answer"]
+    assert again["test"]["look"]["reused"] and again["test"]["look"]["number"] == 1
+    assert look_count(home.runs / "run1") == 1
+    # Asking for other configurations (here: the grid 0.25 only, another δ) is look number 2.
+    other = confirm(home, "run1", top_k=3, n_seeds=5, tolerance=0.02, context=FakeContext(),
+                    track=False)  # fmt: skip
+    assert other["test"]["look"] == {**other["test"]["look"], "number": 2, "reused": False}
+    looks = read_looks(home.runs / "run1")
+    assert [rec["look"] for rec in looks] == [1, 2]
+    assert looks[0]["configurations"][:2] == [t["arm"], "R=0 (real only)"]
+    assert looks[0]["seeds"][:5] == out["seeds"] and looks[0]["time"]
 
 
-def test_confirm_extra_r_values_and_baseline_wins(tmp_path):
-    # Every synthetic mix is worse: R = 0 is chosen and the usable ratio is 0.
+def test_confirm_baseline_wins_and_synthetic_data_hurts(tmp_path):
+    # Every synthetic mix is worse: R = 0 is chosen, the best R > 0 is paired with it on test.
+    true = {0.0: 0.85, 0.5: 0.80, 1.0: 0.70, 0.25: 0.83, 0.75: 0.75}
     home = make_run(tmp_path, [({"r": 0.0}, 0.85, "TERMINATED"), ({"r": 1.0}, 0.86, "TERMINATED")])
-    ctx = FakeContext()
-    out = confirm(home, "run1", top_k=2, n_seeds=3, confirm_r=[0.6, 1.0], context=ctx, track=False)
+    ctx = FakeContext(true)
+    out = confirm(home, "run1", top_k=2, n_seeds=3, confirm_r=[0.5, 1.0], context=ctx, track=False)
     assert out["chosen"]["is_baseline"] and out["chosen"]["params"]["r"] == 0.0
-    assert out["test"]["diff"] == {}
-    assert {r for r, _ in ctx.tested} == {0.0} and len(ctx.tested) == 3
+    assert out["test"]["arm"] == "R=0.50 guidance=2.0 steps=10"  # the best confirmed R > 0
     roles = [c["role"] for c in out["configurations"]]
-    assert roles.count("extra") == 1  # R = 1.0 was confirmed already as a top configuration
-    assert out["usable_ratio"]["r"] == 0.0
+    assert roles.count("grid") == 1  # R = 1.0 was confirmed already as a top configuration
+    assert out["usable_ratio"]["r"] == 0.0 and out["test"]["usable"] is None
+    assert out["test"]["paired"]["reason"] == EXCLUDES_ZERO
+    assert out["answer"].startswith("synthetic data hurts: -5.0 points")
+    assert "no R > 0 stays within 1 point(s) of R = 0" in out["answer"]
 
 
 def test_confirm_errors(tmp_path):
     home = make_run(tmp_path, [({"r": 0.3}, float("nan"), "ERROR")])
-    with pytest.raises(SearchError, match="no finished trial"):
+    with pytest.raises(SearchError, match="no trial finished its full budget"):
         confirm(home, "run1", context=FakeContext(), track=False)
     with pytest.raises(SearchError, match="confirm-seeds"):
         confirm(home, "run1", n_seeds=1, context=FakeContext(), track=False)
+    with pytest.raises(SearchError, match="max-seeds"):
+        confirm(home, "run1", n_seeds=3, max_seeds=2, context=FakeContext(), track=False)
     with pytest.raises(SearchError, match="unknown run"):
         confirm(home, "nope", context=FakeContext(), track=False)
+
+
+@pytest.mark.edges
+def test_an_empty_test_split_is_refused_before_any_training(tmp_path):
+    home = make_run(tmp_path, TRIALS)
+    ctx = FakeContext()
+    ctx.n_test = 0
+    with pytest.raises(SearchError, match="test split is empty or missing"):
+        confirm(home, "run1", n_seeds=2, context=ctx, track=False)
+    assert ctx.trained == [] and not (home.runs / "run1" / "confirm").exists()
+
+
+@pytest.mark.edges
+def test_trials_stopped_by_the_scheduler_are_not_candidates(tmp_path):
+    from ratio_search.config import Config, save_config
+    from ratio_search.evidence.export import export_with_confirmation
+
+    # t1 (R = 0.8) was stopped after 2 of 8 epochs with a high half-trained value.
+    home = make_run(tmp_path, [({"r": 0.0, "epochs": 8}, 0.80, "TERMINATED"),
+                               ({"r": 0.8, "epochs": 8}, 0.95, "TERMINATED"),
+                               ({"r": 0.2, "epochs": 8}, 0.85, "TERMINATED")])  # fmt: skip
+    folder = home.runs / "run1"
+    recs = [json.loads(x) for x in (folder / "trials.jsonl").read_text().splitlines()]
+    for rec in recs:
+        rec["epoch"] = 2 if rec["trial_id"] == "t1" else 8
+    (folder / "trials.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    save_config(Config(), folder / "config.yaml")
+    doc = export_with_confirmation(home, "run1", top_k=3, n_seeds=2, confirm_r=[0.2],
+                                   context=FakeContext(), track=False)  # fmt: skip
+    c = doc["expected"]["confirm"]
+    assert c["stopped_trials"] == ["t1"]
+    assert [x["params"]["r"] for x in c["configurations"] if x["role"] == "top"] == [0.2]
+    assert c["budget"]["epochs"] == 8 and doc["train"]["epochs"] == 8
+    # Exporting the stopped trial itself: best.yaml carries the full budget the runs trained at.
+    doc = export_with_confirmation(home, "run1", trial_id="t1", top_k=3, n_seeds=2,
+                                   confirm_r=[0.2], context=FakeContext(), track=False)  # fmt: skip
+    assert doc["train"]["epochs"] == 8
+    assert any("full budget 8" in n for n in doc["expected"]["notes"])
 
 
 def test_select_candidates_dedupes_and_finds_the_baseline_trial():
@@ -290,13 +393,21 @@ def test_confirm_through_the_real_trial_and_mlflow(tmp_path):
     ]
     (folder / "trials.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
 
-    out = confirm(home, "real", top_k=1, n_seeds=2, usable_rounds=0, track=True)
+    out = confirm(home, "real", top_k=1, n_seeds=2, max_seeds=2, confirm_r=[0.5], track=True)
     labels = [c["label"] for c in out["configurations"]]
     assert labels == ["R=0 (real only)", "R=0.50 guidance=2.0 steps=2"]
     for c in out["configurations"]:
         assert 0.0 <= c["val"]["val_accuracy"]["mean"] <= 1.0 and c["val"]["val_accuracy"]["n"] == 2
     assert out["test"]["n_test"] == len(data.test_y)
-    assert out["test"]["baseline"]["test_accuracy"]["n"] == 2
+    assert out["test"]["summary"]["baseline"]["test_accuracy"]["n"] == 2
+    # Per-image correctness of real models: the paired difference covers the test images.
+    f = out["test"]["paired"]["final"]
+    assert (
+        f["n_images"] == len(data.test_y)
+        and f["n_seeds"] == 2
+        and f["low"] <= f["diff"] <= f["high"]
+    )
+    assert out["test"]["paired"]["reason"] in (EXCLUDES_ZERO, PRECISE, BUDGET)
     assert len(list((folder / "confirm").rglob("*.safetensors"))) == 4
 
     # One confirm child run per configuration under the parent, with the interval metrics.
@@ -364,8 +475,8 @@ def test_export_keeps_the_trial_when_the_choice_is_the_same_configuration(tmp_pa
 
 
 def test_confirm_result_is_strict_json(tmp_path):
-    # A trial-only R (one run, no interval) must not put NaN into best.yaml / --json output.
+    # A single search trial (no interval) must not put NaN into best.yaml / --json output.
     home = make_run(tmp_path, TRIALS)
-    out = confirm(home, "run1", n_seeds=2, usable_rounds=0, context=FakeContext(), track=False)
-    text = json.dumps(out, allow_nan=False)  # raises on NaN
-    assert '"low": null' in text  # the unconfirmed single-trial points have no interval bounds
+    out = confirm(home, "run1", n_seeds=2, context=FakeContext(), track=False)
+    json.dumps(out, allow_nan=False)  # raises on NaN
+    assert all(c["val"]["val_accuracy"]["n"] >= 2 for c in out["configurations"])

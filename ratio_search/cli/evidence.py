@@ -64,18 +64,27 @@ def add_export(sub: argparse._SubParsersAction) -> None:
         help="configurations to confirm besides R=0 (default 3)",
     )
     p.add_argument(
+        "--max-seeds",
+        type=int,
+        metavar="M",
+        help="seed budget of the test-split confirmation: seeds are added (both arms) until the "
+        "paired interval decides or M seeds are spent (default 2 x --confirm-seeds)",
+    )
+    p.add_argument(
         "--tolerance",
         type=float,
         default=0.01,
-        metavar="T",
-        help="usable synthetic ratio: largest R within T of the best (metric units; default 0.01 = 1 point)",
+        metavar="DELTA",
+        help="δ, in metric units (default 0.01 = 1 point): the non-inferiority margin of the usable "
+        "synthetic ratio, and the precision (half-width δ/2) at which the confirmation stops",
     )
     p.add_argument(
         "--confirm-r",
         type=float,
         nargs="+",
         metavar="R",
-        help="also confirm these R values (chosen generation settings)",
+        help="the R values the usable ratio is tested at (chosen generation settings; default "
+        "0.25 0.5 0.75 1 within the space's range)",
     )
     p.set_defaults(handler=cmd_export)
 
@@ -168,8 +177,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
         doc = export_with_confirmation(
             Home.resolve(args.home), args.name, trial_id=args.trial, top_k=args.top_k,
-            n_seeds=args.confirm_seeds, tolerance=args.tolerance, confirm_r=args.confirm_r,
-            progress=None if args.json else say,
+            n_seeds=args.confirm_seeds, max_seeds=args.max_seeds, tolerance=args.tolerance,
+            confirm_r=args.confirm_r, progress=None if args.json else say,
         )  # fmt: skip
     path = write_export(doc, args.out)
     exp = doc["expected"]
@@ -187,24 +196,12 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def _confirm_line(c: dict[str, Any] | None) -> str:
-    """The confirmation's answer in one line (empty without a confirmation)."""
+    """The confirmation's answer and its test figures (empty without a confirmation)."""
     if not c:
         return ""
-    m = c["metric"]
-    ch, base = c["test"]["chosen"], c["test"]["baseline"]
-    tm = "test_" + m.removeprefix("val_")
-    text = f"\nconfirmed over {len(c['seeds'])} seeds: chosen {c['chosen']['label']}"
-    if tm in ch:
-        text += (
-            f"; test {tm.removeprefix('test_')} {ch[tm]['mean']:.4f} ± {ch[tm]['half_width']:.4f}"
-        )
-    if tm in ch and tm in base and not c["chosen"].get("is_baseline"):
-        text += f" vs {base[tm]['mean']:.4f} ± {base[tm]['half_width']:.4f} at R=0"
-    u = c["usable_ratio"]
-    flag = "" if u["confirmed"] else " (unconfirmed)"
-    return (
-        text + f"; usable synthetic ratio {u['r']:g}{flag} (within {u['tolerance']:g} of the best)"
-    )
+    from ..evidence.answer import confirm_lines
+
+    return "\n" + "\n".join(confirm_lines(c))
 
 
 def cmd_report(args: argparse.Namespace) -> None:

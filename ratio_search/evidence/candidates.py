@@ -118,9 +118,14 @@ def select_candidates(
         value = metric_value(rec, metric)
         if rec.get("state") == "TERMINATED" and value is not None:
             cfg = full_config(rec.get("params") or {})
+            if stopped_early(rec, cfg):
+                continue  # a half-trained value: never a candidate (confirmation trains in full)
             done.append((sign * value, str(tid), rec, value, cfg))
     if not done:
-        raise SearchError(f"no finished trial with a finite {metric}: nothing to confirm")
+        raise SearchError(
+            f"no trial finished its full budget with a finite {metric}: nothing to confirm "
+            "(trials stopped early by the scheduler are not candidates)"
+        )
     done.sort(key=lambda t: (-t[0], t[1]))  # a ranking: ties by trial id
     base_cfg = dict(done[0][4], r=0.0)
     base = Candidate(label_of(base_cfg), base_cfg, "baseline")
@@ -139,6 +144,12 @@ def select_candidates(
                 Candidate(label_of(cfg), cfg, "top", tid, value, rec.get("pool_key") or None)
             )
     return top, base
+
+
+def stopped_early(rec: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
+    """True when a scheduler (ASHA) stopped the trial before its planned epochs."""
+    epoch, planned = rec.get("epoch"), config.get("epochs")
+    return is_number(epoch) and is_number(planned) and 0 < int(epoch) < int(planned)
 
 
 def confirmation_seeds(n: int, used: set[int]) -> list[int]:

@@ -1,21 +1,25 @@
-"""Multi-seed confirmation of a finished search, the held-out test split, the usable ratio.
+"""Multi-seed confirmation of a finished search, the usable ratio, the held-out test split.
 
 A search ranks its trials by one run each, and its best trial was *selected* for looking good:
 its value is biased upwards (the winner's curse). So before anything is reported:
 
-1. The top ``k`` distinct configurations of the search and the R = 0 baseline are re-trained with
-   ``S`` new seeds (distinct from every seed the search used). Each configuration gets the mean
-   and 95 % t-interval of every validation metric, and the paired difference to R = 0 with its
-   interval (paired by seed: the same seed gives both arms the same initial weights and batch
-   order, so their difference is far less noisy than either).
-2. The configuration with the best *confirmed* mean is chosen (which may be R = 0 itself: then
-   synthetic data did not help, and that is the answer).
-3. Only then is the test split touched, once: the S models of the chosen configuration and of
-   the baseline are evaluated on it (mean ± CI, and the paired difference).
-4. The usable synthetic ratio (:func:`.stats.usable_ratio`) is computed from the search's
-   trials plus every confirmation run. While the R it names rests on a single trial,
-   that R is confirmed too (at most ``usable_rounds`` times), so the headline number is backed by
-   ``S`` seeds; extra R values can be asked for with ``confirm_r``.
+1. The top ``k`` distinct configurations of the search (trials that ran their full budget only:
+   a trial stopped early by ASHA is no candidate) and the R = 0 baseline are re-trained with
+   ``S`` new seeds (distinct from every seed the search used), at the full budget. Each gets the
+   mean and t-interval of every validation metric, and the paired difference to R = 0.
+2. The configuration with the best *confirmed* validation mean is chosen (which may be R = 0:
+   then synthetic data did not help, and that is the answer).
+3. **The usable synthetic ratio** (:mod:`.noninferiority`): a grid of R values (``confirm_r``,
+   default :data:`GRID` within the space's range) is confirmed at the chosen generation settings
+   with the same ``S`` seeds; the usable ratio is the largest R whose paired difference to R = 0
+   on validation (bootstrap over seeds and validation images) has its lower 95 % bound above
+   ``-tolerance``. Single trials are never candidates.
+4. **The test split** (:mod:`.testsplit`): the chosen configuration (or, when R = 0 won, the best
+   confirmed R > 0) is paired with R = 0 on the same seeds and the same test images; seeds are
+   added until the paired interval excludes 0, or its half-width is below half the tolerance, or
+   ``max_seeds`` is spent, at a Bonferroni-corrected level per planned look (:mod:`.paired`).
+   The usable ratio's configuration is evaluated against R = 0 on the test split once, with it.
+   Every look is recorded in ``test_looks.jsonl``; the same request shows the recorded numbers.
 
 Every confirmation run is cached (:mod:`.runs`), so an interrupted export resumes where it
 stopped and a second export re-trains nothing; the candidates and their summaries are
@@ -33,7 +37,9 @@ import numpy as np
 from .._io import is_number, json_safe
 from ..errors import SearchError
 from ..home import Home
-from ..search.trials import best_trial, metric_value, read_trials
+from ..search.trials import read_trials
+from . import paired as _paired
+from .answer import answer_text
 from .candidates import (
     METRICS,
     Candidate,
@@ -47,10 +53,13 @@ from .candidates import (
     select_candidates,
     summarise,
 )
-from .runs import ProgressFn, RunContext, load_state, train_cached
-from .stats import usable_ratio
+from .noninferiority import usable_ratio_ni
+from .paired import METHOD, STOPPING, look_confidence, look_schedule
+from .runs import ProgressFn, RunContext, train_cached
+from .testsplit import Scorer, test_phase
 
 __all__ = [
+    "GRID",
     "METRICS",
     "Candidate",
     "RunContext",
@@ -64,6 +73,35 @@ __all__ = [
     "summarise",
 ]
 
+# The R values the usable ratio is tested at by default (within the space's range of R).
+GRID = (0.25, 0.5, 0.75, 1.0)
+
+
+def check_test_split(ctx: Any, name: str) -> int:
+    """The number of test images; a SearchError before any training when there are none."""
+    n = int(ctx.n_test)
+    if n <= 0:
+        raise SearchError(
+            f"run {name}: the test split is empty or missing; export refuses to confirm (nothing "
+            "would be evaluated); add a test split (DATA/test/CLASS/...) or export --no-confirm"
+        )
+    return n
+
+
+def _grid(ctx: Any, confirm_r: list[float] | None) -> list[float]:
+    """The R values the usable ratio needs: ``confirm_r``, else :data:`GRID` in the space's range."""
+    if confirm_r:
+        return sorted({round(float(r), 3) for r in confirm_r if float(r) > 0})
+    lo, hi = 0.0, 1.0
+    space = getattr(ctx, "space", None)
+    spec = getattr(space, "params", {}).get("r") if space is not None else None
+    if getattr(spec, "type", None) == "categorical":
+        return sorted({round(float(r), 3) for r in spec.choices if float(r) > 0})
+    low, high = getattr(spec, "low", None), getattr(spec, "high", None)
+    if is_number(low) and is_number(high):
+        lo, hi = float(low), float(high)
+    return [r for r in GRID if lo <= r <= hi]
+
 
 def confirm(
     home: Home,
@@ -71,10 +109,11 @@ def confirm(
     *,
     top_k: int = 3,
     n_seeds: int = 5,
+    max_seeds: int | None = None,
     tolerance: float = 0.01,
     confirm_r: list[float] | None = None,
-    usable_rounds: int = 2,
     confidence: float = 0.95,
+    n_boot: int | None = None,
     context: Any = None,
     track: bool = True,
     progress: ProgressFn | None = None,
@@ -82,13 +121,9 @@ def confirm(
     """Confirm a finished search (see the module docstring); return the ``confirm`` block of best.yaml.
 
     ``context`` replaces the :class:`RunContext` (tests pass a small fake with ``full_config``,
-    ``train``, ``test``, ``n_test`` and ``data_key``). ``track``: log one ``confirm`` child run
-    per configuration under the search's MLflow parent run, when run.json names one.
-
-    The returned dict (YAML-safe) holds ``metric``, ``mode``, ``seeds``, ``configurations`` (per
-    configuration: params, per-seed metrics, mean/CI per metric, paired difference to R = 0),
-    ``chosen``, ``test`` (chosen and baseline on the test split, and their paired difference)
-    and ``usable_ratio``.
+    ``train``, ``test``, ``correct``, ``n_test`` and ``data_key``). ``max_seeds``: the seed
+    budget of the test-split confirmation (default ``2 * n_seeds``). ``track``: log one
+    ``confirm`` child run per configuration under the search's MLflow parent run.
     """
     from ..search.runs import find_run, read_run_json
 
@@ -96,6 +131,12 @@ def confirm(
         raise SearchError(f"--top-k: {top_k} must be >= 1")
     if n_seeds < 2:
         raise SearchError(f"--confirm-seeds: {n_seeds} must be >= 2 (one seed has no interval)")
+    max_seeds = 2 * n_seeds if max_seeds is None else int(max_seeds)
+    n_boot = _paired.N_BOOT if n_boot is None else int(n_boot)
+    if max_seeds < n_seeds:
+        raise SearchError(f"--max-seeds: {max_seeds} is below --confirm-seeds {n_seeds}")
+    if not (tolerance > 0 and np.isfinite(tolerance)):
+        raise SearchError(f"--tolerance: {tolerance!r} must be a number > 0")
     folder = find_run(home, name)
     info = read_run_json(folder)
     metric, mode = info.get("metric", "val_accuracy"), info.get("mode", "max")
@@ -105,7 +146,13 @@ def confirm(
         )
     trials = read_trials(folder)
     ctx = context if context is not None else RunContext(home, folder, info)
+    n_test = check_test_split(ctx, name)  # before any training
     top, base = select_candidates(trials, ctx.full_config, metric, mode, top_k)
+    stopped = sorted(
+        str(t)
+        for t, rec in trials.items()
+        if _is_stopped(rec, ctx.full_config(rec.get("params") or {}))
+    )
 
     used = set()
     for rec in trials.values():
@@ -114,12 +161,16 @@ def confirm(
             used.add(int(s))
     if isinstance(info.get("seed"), int):
         used.add(int(info["seed"]))
-    seeds = confirmation_seeds(n_seeds, used)
+    seeds_all = confirmation_seeds(max_seeds, used)
+    seeds = seeds_all[:n_seeds]
     cache = folder / "confirm"
+
+    def train_one(cand: Candidate, seed: int) -> None:
+        train_cached(ctx, cand, seed, cache, progress)
 
     def run(cand: Candidate) -> None:
         for s in seeds:
-            train_cached(ctx, cand, s, cache, progress)
+            train_one(cand, s)
 
     everyone: list[Candidate] = []
     for cand in [base, *top]:
@@ -134,64 +185,55 @@ def confirm(
 
     chosen = max(everyone, key=lambda c: (sign * mean_of(c), c is base))
 
-    # Extra R values asked for, at the chosen configuration's generation settings.
+    # The grid of R values the usable ratio needs, at the chosen generation settings.
     gen_source = chosen if chosen is not base else (top[0] if top else base)
-    for r in confirm_r or []:
+    for r in _grid(ctx, confirm_r):
         cfg = dict(gen_source.config, r=float(r))
         if any(config_signature(c.config) == config_signature(cfg) for c in everyone):
             continue
-        cand = Candidate(label_of(cfg), cfg, "extra", pool_key=gen_source.pool_key)
+        cand = Candidate(label_of(cfg), cfg, "grid", pool_key=gen_source.pool_key)
         run(cand)
         everyone.append(cand)
 
-    # The usable ratio: trials + confirmations; confirm the answer while it rests on one trial.
-    def table() -> list[dict[str, Any]]:
-        rows = []
-        for rec in trials.values():
-            value = metric_value(rec, metric)
-            if rec.get("state") != "TERMINATED" or value is None:
-                continue
-            cfg = ctx.full_config(rec.get("params") or {})
-            rows.append(
-                {"r": cfg.get("r", 0.0), "value": value, "confirmed": False, "group": group_of(cfg)}
-            )
-        for c in everyone:
-            for v in c.val:
-                rows.append(
-                    {
-                        "r": c.config.get("r", 0.0),
-                        "value": v[metric],
-                        "confirmed": True,
-                        "group": group_of(c.config),
-                    }
-                )
-        return rows
+    # Non-inferiority on validation: paired bootstrap over seeds and validation images.
+    scorer = Scorer(ctx)
+    ni_val: dict[str, dict[str, Any]] = {}
+    for c in everyone:
+        if c is not base and float(c.config.get("r", 0.0)) > 0:
+            d = scorer.paired(c, base, "val", confidence, n_boot)
+            if d is not None:
+                ni_val[c.label] = d
+    ni = usable_ratio_ni(
+        [{"r": float(c.config["r"]), "label": c.label, **ni_val[c.label]} for c in everyone if c.label in ni_val],
+        tolerance,
+    )  # fmt: skip
+    usable_cand = next((c for c in everyone if c.label == ni.label), None)
 
-    usable = usable_ratio(table(), tolerance, mode, confidence=confidence)
-    for _ in range(max(0, usable_rounds)):
-        if usable.confirmed:
-            break
-        cfg, pool_key = _trial_config_at(trials, ctx, usable, metric, mode)
-        cand = Candidate(label_of(cfg), cfg, "usable", pool_key=pool_key)
-        if any(config_signature(c.config) == config_signature(cfg) for c in everyone):
-            break  # already confirmed in another group; nothing new to learn
-        run(cand)
-        everyone.append(cand)
-        usable = usable_ratio(table(), tolerance, mode, confidence=confidence)
-
-    # The test split, once, for the chosen configuration and the baseline.
-    if progress:
-        progress(f"test split: {chosen.label} and {base.label}")
-    for cand in {id(chosen): chosen, id(base): base}.values():
-        cand.test = [ctx.test(cand.config, load_state(w)) for w in cand.weights]
-
+    # The test split: the chosen configuration (else the best confirmed R > 0) against R = 0.
+    synthetic = [c for c in everyone if c is not base and float(c.config.get("r", 0.0)) > 0]
+    arm = (
+        chosen
+        if chosen is not base
+        else (max(synthetic, key=lambda c: sign * mean_of(c)) if synthetic else None)
+    )
+    test = test_phase(
+        ctx, folder, scorer, train_one, arm=arm, base=base, usable=usable_cand,
+        seeds_all=seeds_all, start=n_seeds, tolerance=tolerance, confidence=confidence,
+        n_boot=n_boot, progress=progress,
+    )  # fmt: skip
+    schedule = look_schedule(n_seeds, max_seeds)
     result: dict[str, Any] = {
         "metric": metric,
         "mode": mode,
         "confidence": confidence,
         "seeds": seeds,
+        "max_seeds": max_seeds,
         "top_k": top_k,
-        "configurations": [candidate_dict(c, base, metric, confidence) for c in everyone],
+        "tolerance": tolerance,
+        "stopped_trials": stopped,
+        "calibration": info.get("calibration"),
+        "budget": _budget(chosen.config),
+        "configurations": [_with_ni(candidate_dict(c, base, metric, confidence), ni_val) for c in everyone],
         "baseline": base.label,
         "chosen": {
             "label": chosen.label,
@@ -200,34 +242,36 @@ def confirm(
             "pool_key": chosen.pool_key,
             "is_baseline": chosen is base,
         },
-        "test": {
-            "n_test": int(ctx.n_test),
-            "chosen": summarise(chosen.test, confidence),
-            "baseline": summarise(base.test, confidence),
-            "diff": paired(chosen, base, "test", confidence) if chosen is not base else {},
-            "per_seed": {"chosen": chosen.test, "baseline": base.test},
+        "method": {
+            "interval": METHOD,
+            "stopping": STOPPING,
+            "schedule": schedule,
+            "look_confidence": look_confidence(confidence, len(schedule)),
+            "accuracy_only": "the bootstrap intervals are on accuracy (per-image correctness)",
         },
-        "usable_ratio": usable.as_dict(),
-    }
+        "usable_ratio": {**ni.as_dict(), "split": "validation", "seeds": seeds},
+        "test": {**test, "n_test": n_test},
+    }  # fmt: skip
+    result["answer"] = answer_text(result)
     if track:
-        result["mlflow"] = _track(info, folder, everyone, base, chosen, result)
+        result["mlflow"] = _track(info, folder, everyone, base, arm, result)
     return json_safe(result)
 
 
-def _trial_config_at(
-    trials: Mapping[str, Mapping[str, Any]], ctx: Any, usable: Any, metric: str, mode: str
-) -> tuple[dict[str, Any], str | None]:
-    """The config (and pool) of the best trial at the usable ratio's R within its group."""
-    group = next(p.group for p in usable.points if p.r == usable.r)
+def _is_stopped(rec: Mapping[str, Any], cfg: Mapping[str, Any]) -> bool:
+    from .candidates import stopped_early
 
-    def at_usable_r(rec: Mapping[str, Any]) -> bool:
-        cfg = ctx.full_config(rec.get("params") or {})
-        return round(float(cfg.get("r", 0.0)), 3) == usable.r and group_of(cfg) == group
+    return rec.get("state") == "TERMINATED" and stopped_early(rec, cfg)
 
-    best = best_trial({t: rec for t, rec in trials.items() if at_usable_r(rec)}, metric, mode)
-    if best is None:  # cannot happen: an unconfirmed point comes from a trial
-        raise SearchError(f"no trial at R={usable.r} to confirm")
-    return ctx.full_config(best.get("params") or {}), best.get("pool_key") or None
+
+def _budget(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The training budget every confirmation run trained at."""
+    return {k: config.get(k) for k in ("epochs", "batch_size", "lr") if k in config}
+
+
+def _with_ni(d: dict[str, Any], ni_val: Mapping[str, Any]) -> dict[str, Any]:
+    d["paired_val"] = ni_val.get(d["label"])
+    return d
 
 
 # ------------------------------------------------------------------------------ tracking
@@ -248,7 +292,7 @@ def _track(
     folder: Path,
     everyone: list[Candidate],
     base: Candidate,
-    chosen: Candidate,
+    arm: Candidate | None,
     result: dict[str, Any],
 ) -> dict[str, Any] | None:
     """One ``confirm`` child run per configuration under the search's parent run.
@@ -268,16 +312,16 @@ def _track(
         summary = by_label[cand.label]
         flat = _interval_metrics("", summary["val"])
         flat.update(_interval_metrics("diff_", summary["diff_vs_baseline"]))
-        side = "chosen" if cand is chosen else ("baseline" if cand is base else None)
-        if side is not None:
-            flat.update(_interval_metrics("", result["test"][side]))
+        side = "arm" if cand is arm else ("baseline" if cand is base else None)
+        summary_test = (result["test"].get("summary") or {}).get(side or "", {})
+        flat.update(_interval_metrics("", summary_test))
         params = {k: str(v) for k, v in config_params(cand.config).items()}
         params["seeds"] = ",".join(map(str, cand.seeds))
         runs.append(
             {
                 "label": cand.label,
                 "role": cand.role,
-                "chosen": cand is chosen,
+                "chosen": cand.label == result["chosen"]["label"],
                 "params": params,
                 "history": [{f"seed_{k}": x for k, x in v.items()} for v in cand.val],
                 "metrics": {k: v for k, v in flat.items() if is_number(v)},

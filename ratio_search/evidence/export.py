@@ -277,5 +277,13 @@ def export_with_confirmation(
             f"the confirmation chose {chosen['label']}, which the search never ran as a trial; "
             f"the exported trial is the best single trial {exported}"
         )
+    # best.yaml carries the budget the confirmation trained at (never a scheduler's stopped epoch).
+    planned = doc["expected"]["params"].get("epochs")
+    if isinstance(planned, int) and doc["train"]["epochs"] != planned:
+        doc["expected"].setdefault("notes", []).append(
+            f"epochs {doc['train']['epochs']} (where the scheduler stopped the trial) replaced by "
+            f"the full budget {planned} that the confirmation trained at"
+        )
+        doc["train"]["epochs"] = planned
     doc["expected"]["confirm"] = result
     return doc

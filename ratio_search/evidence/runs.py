@@ -174,6 +174,26 @@ class RunContext:
         m = evaluate(model, data.test_x, data.test_y, positive_label=data.synthetic_label)
         return _test_metrics(m)
 
+    def correct(
+        self, config: Mapping[str, Any], state: Mapping[str, Any], split: str
+    ) -> np.ndarray:
+        """Per image of ``split`` ("val" or "test"): 1 where the model classifies it correctly.
+
+        The paired bootstrap (:mod:`.paired`) resamples these, so that intervals cover the images
+        as well as the seeds.
+        """
+        from ..train.cnn import build_model
+        from ..train.loop import predict_proba
+
+        data = self.data
+        x, y = (data.val_x, data.val_y) if split == "val" else (data.test_x, data.test_y)
+        c, h, w = data.train_x.shape[1:]
+        cfg = TrialConfig.from_flat(dict(config)).train
+        model = build_model(cfg, c, len(data.class_names), (h, w))
+        model.load_state_dict(dict(state))
+        pred = predict_proba(model, x).argmax(axis=1)
+        return (pred == np.asarray(y)).astype(np.uint8)
+
     @property
     def n_test(self) -> int:
         """Images in the test split."""

@@ -12,7 +12,6 @@ import numpy as np
 from .._io import atomic_write_bytes, atomic_write_text, utc_now
 from ..errors import RatioSearchError
 from ..evidence.confirm import label_of
-from ..evidence.stats import usable_ratio
 from ..home import Home
 from . import figures
 from .inputs import find_confirmation, load_study, pool_table, trial_rows
@@ -142,8 +141,8 @@ def build_report(
 ) -> dict[str, Any]:
     """Write the report of run ``name``; return ``{"html", "pngs", "summary", "best_r", ...}``.
 
-    ``tolerance`` applies when there is no confirmation (the export's own tolerance is used
-    otherwise). ``grid_n``: images per best/worst grid (0: no grids). ``classifier_path``: the
+    ``tolerance``: kept for the command line; the usable ratio and its δ come from the export's
+    confirmation (without one, the page names no usable ratio). ``grid_n``: images per best/worst grid (0: no grids). ``classifier_path``: the
     real-trained classifier that ranks generated images (default: trained on the real training
     images once and cached, as for pool quality). ``context``: a
     :class:`ratio_search.evidence.confirm.RunContext` (tests pass a prepared one).
@@ -162,6 +161,12 @@ def build_report(
     out = Path(out_dir) if out_dir is not None else folder / "report"
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
+    if confirm and "delta" not in (confirm.get("usable_ratio") or {}):
+        notes.append(
+            f"{confirm_path} holds a confirmation of an older ratio-search (no non-inferiority "
+            f"test, no paired test interval); run `ratio-search export {name}` again"
+        )
+        confirm, confirm_path = None, None
 
     best = _best_row(trials, rows, metric, mode)
     base_trials = [r["value"] for r in rows if r["r"] == 0.0]
@@ -177,8 +182,7 @@ def build_report(
         )
         confirmed = confirm["configurations"]
     else:
-        table = [{"r": r["r"], "value": r["value"], "group": r["group"]} for r in rows]
-        usable = usable_ratio(table, tolerance, mode).as_dict() if rows else {}
+        usable = {}  # a non-inferiority test needs confirmation runs: single trials never decide
         best_cfg = best["config"] if best else None
         baseline, confirmed = baseline_trial, []
         notes.append(
@@ -233,7 +237,7 @@ def build_report(
         "summary": summary,
         "best_r": None if best_cfg is None else float(best_cfg.get("r", 0.0)),
         "usable_r": usable.get("r") if usable else None,
-        "usable_confirmed": usable.get("confirmed") if usable else None,
+        "usable_confirmed": bool(usable) if usable else None,
         "confirmed": confirm is not None,
         "n_trials": len(rows),
     }
@@ -251,25 +255,22 @@ def _tables(rows, confirm, usable, pool_rows, importances, metric) -> dict[str, 
     out: dict[str, Any] = {}
     if usable and usable.get("points"):
         out["usable"] = t(
-            ["R", "value", "runs", "confirmed", "95 % CI low", "95 % CI high", "generation"],
-            [[setting(p["r"]), p["value"], p["n"], p["confirmed"], (p.get("interval") or {}).get("low"),
-              (p.get("interval") or {}).get("high"), p.get("group")] for p in usable["points"]],
-            left=0,
+            ["R", "configuration", "paired difference to R = 0", "95 % low", "95 % high", "seeds",
+             "candidate", f"low > -{usable['delta']:g}"],
+            [[setting(p["r"]), p.get("label"), p["diff"], p["low"], p["high"], p["n_seeds"],
+              p["candidate"], p["passes"]] for p in usable["points"]],
+            left=2,
         )  # fmt: skip
     if confirm:
         out["confirmation"] = t(
-            ["configuration", "role", "search trial", f"confirmed {metric}", "difference to R = 0"],
+            ["configuration", "role", "search trial", f"confirmed {metric}", "difference to R = 0 (seeds only)",
+             "paired, seeds x images: [95 % low, high]"],
             [[c["label"], c["role"], c.get("trial_value"), pm(c["val"].get(metric)),
-              pm(c["diff_vs_baseline"].get(metric))] for c in confirm["configurations"]],
+              pm(c["diff_vs_baseline"].get(metric)), _bounds(c.get("paired_val"))]
+             for c in confirm["configurations"]],
             left=2,
         )  # fmt: skip
-        test = confirm["test"]
-        keys = [k for k in test.get("chosen", {}) if k in test.get("baseline", {})]
-        out["test"] = t(
-            ["metric", f"chosen: {confirm['chosen']['label']}", "R = 0", "paired difference"],
-            [[k, pm(test["chosen"][k]), pm(test["baseline"][k]), pm(test.get("diff", {}).get(k))]
-             for k in keys],
-        )  # fmt: skip
+        out["test"] = _test_table(confirm["test"])
     if importances:
         out["importances"] = t(
             ["parameter", "importance"], [[k, v] for k, v in importances.items()]
@@ -286,6 +287,39 @@ def _tables(rows, confirm, usable, pool_rows, importances, metric) -> dict[str, 
          for r in rows],
     )  # fmt: skip
     return out
+
+
+def _bounds(d: Mapping[str, Any] | None) -> str:
+    """``+diff [low, high]`` of a paired bootstrap dict."""
+    if not d:
+        return "—"
+    return f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+
+
+def _test_table(test: Mapping[str, Any]) -> dict[str, Any]:
+    """The test split: the paired accuracy difference first, then every metric over seeds."""
+    summary = test.get("summary") or {}
+    arm, base = summary.get("arm") or {}, summary.get("baseline") or {}
+    body: list[list[Any]] = []
+    seq = test.get("paired")
+    if seq:
+        f = seq["final"]
+        body.append(["accuracy, paired over seeds and test images", f"{f['mean_a']:.4f}",
+                     f"{f['mean_b']:.4f}", _bounds(f), f"{f['n_seeds']} x {f['n_images']}"])  # fmt: skip
+    u = test.get("usable")
+    if u:
+        body.append([f"usable ratio {u['label']} (non-inferiority)", f"{u['mean_a']:.4f}",
+                     f"{u['mean_b']:.4f}", _bounds(u), f"{u['n_seeds']} x {u['n_images']}"])  # fmt: skip
+    for k in [k for k in arm if k in base]:
+        body.append([f"{k} (mean ± t over seeds)", pm(arm[k]), pm(base[k]), "—", arm[k].get("n")])
+    for k in base if not arm else []:
+        body.append([f"{k} (mean ± t over seeds)", "—", pm(base[k]), "—", base[k].get("n")])
+    return {
+        "header": ["figure", f"compared: {test.get('arm') or '—'}", "R = 0", "paired difference [95 %]",
+                   "seeds x images"],
+        "rows": body,
+        "left": 1,
+    }  # fmt: skip
 
 
 # The alt text of the two figures whose caption names the metric or reads differently.
