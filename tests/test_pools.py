@@ -33,7 +33,6 @@ from ratio_search.pools import (
     pool_store_size,
     update_manifest,
 )
-from ratio_search.pools import store as pools_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -294,25 +293,6 @@ def test_two_processes_generate_once_and_see_same_bytes(home, fake, tmp_path):
     assert _generations(marker) == 1
     assert outs[0]["sha"] == outs[1]["sha"] and outs[0]["key"] == outs[1]["key"]
     assert sorted(o["generated"] for o in outs) == [False, True]
-
-
-@pytest.mark.unit
-def test_stale_temp_dirs_are_cleaned_only_when_dead_or_old(home):
-    pools = home.pools
-    pools.mkdir(parents=True)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()  # fmt: skip
-    mine_dead = pools / f".tmp-aaaa-{dead}-01"
-    mine_alive = pools / f".tmp-aaaa-{os.getpid()}-02"
-    other_dead_fresh = pools / f".tmp-bbbb-{dead}-03"
-    other_old = pools / f".old-bbbb-{os.getpid()}-04"
-    for d in (mine_dead, mine_alive, other_dead_fresh, other_old):
-        d.mkdir()
-    old = time.time() - pools_mod.STALE_TMP_SECONDS - 60
-    os.utime(other_old, (old, old))
-    removed = set(pools_store._clean_stale(pools, "aaaa"))
-    assert removed == {mine_dead, other_old}
-    assert mine_alive.exists() and other_dead_fresh.exists()
 
 
 @pytest.mark.e2e

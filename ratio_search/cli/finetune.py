@@ -172,16 +172,55 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
         space = load_space(args.space)
 
+    model, data = _model_and_data(home, args, cfg, space)
+
     def done(r: dict[str, Any]) -> None:
         if not args.json:
             print(_pool_line(r))
 
-    results = generate(home, cfg, args.model, space, n=args.n, progress=not args.json, on_done=done)
+    results = generate(
+        home, cfg, model, space, n=args.n, progress=not args.json, on_done=done, data=data
+    )
     if space is None and not args.json:
         done(results[0])
     built = sum(r["generated"] for r in results)
     emit(args, {"pools": results, "generated": built, "cached": len(results) - built},
          f"{len(results)} pool(s) in {home.pools}: {built} generated, {len(results) - built} cached")  # fmt: skip
+
+
+def _model_and_data(home: Any, args: argparse.Namespace, cfg: Any, space: Any) -> tuple[str, Any]:
+    """``generate`` names no data (no data flag, no data in --config or the space) and the
+    model is ``latest``: the newest fine-tuned model of the home and the data it was fine-tuned
+    on (its meta.json's ``data_key``, from the cache), said on stderr. Else ``(args.model, None)``:
+    the data of the flags, and the newest model fine-tuned on it."""
+    from ..config import DataConfig
+    from ..diffusion import list_models, read_meta
+
+    named = any(getattr(args, d, None) is not None for d, k in args.config_keys.items()
+                if k.startswith("data."))  # fmt: skip
+    space_data = bool(getattr(space, "data", None)) if space is not None else False
+    if args.model != "latest" or named or space_data or cfg.data != DataConfig():
+        return args.model, None
+    models = list_models(home)
+    if not models:
+        return args.model, None  # load_model says: no fine-tuned model, run finetune first
+    from ..data import cached_dataset
+    from ..errors import DataError
+
+    path = models[-1]
+    meta = read_meta(path)
+    where = (meta.get("data_info") or {}).get("path", "?")
+    data = cached_dataset(home, str(meta["data_key"]), int(meta.get("synthetic_label", 0)))
+    if data is None:
+        raise DataError(
+            f"the newest model {path.name} was fine-tuned on {where} (data key "
+            f"{meta['data_key']}), which is no longer in {home.cache}: pass --data {where} "
+            "(with the options of that finetune) or --model"
+        )
+    if not args.json:
+        say(f"generate: no --data given: using the newest model {path.name} and its data {where} "
+            f"(key {meta['data_key']})")  # fmt: skip
+    return str(path), data
 
 
 def _dash(v: Any) -> str:

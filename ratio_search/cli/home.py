@@ -19,7 +19,17 @@ def add_clean(sub: argparse._SubParsersAction) -> None:
         metavar="STORE",
         help="stores to clean: runs, pools, models, cache, data (none: show sizes)",
     )
-    p.add_argument("--name", nargs="+", help="only these run names / pool keys / model hashes")
+    p.add_argument(
+        "--name",
+        nargs="+",
+        help="only these: exact run names; pool keys, model hashes or cache keys (a unique prefix will do)",
+    )
+    p.add_argument(
+        "--stale",
+        action="store_true",
+        help="only the .tmp-* folders of killed builders (pools, models incl. their fine-tune "
+        "checkpoints, cache) whose builder is gone",
+    )
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     json_flag(p)
     p.set_defaults(handler=cmd_clean)
@@ -31,7 +41,14 @@ def add_ui(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--host",
         default="127.0.0.1",
-        help="interface to bind (default: 127.0.0.1, this machine only)",
+        help="interface to bind (default: 127.0.0.1, this machine only; another one needs "
+        "--allow-remote)",
+    )
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a --host other machines can reach: anyone who reaches it can read, change "
+        "and delete every run (the UI has no login; see docs/cluster.md for an authenticated server)",
     )
     p.add_argument(
         "--server",
@@ -66,7 +83,7 @@ def cmd_clean(args: argparse.Namespace) -> None:
     from ..home import Home
 
     home = Home.resolve(args.home)
-    if not args.what:  # no store named: show what there is and how big it is
+    if not args.what and not args.stale:  # no store named: show what there is and how big
         sizes = store_sizes(home)
         if args.json:
             emit(args, {"home": str(home.root), "sizes": sizes}, "")
@@ -78,7 +95,7 @@ def cmd_clean(args: argparse.Namespace) -> None:
             t.add_row(k, human_size(v), str(getattr(home, k)))
         print_table(t)
         return
-    targets = find_targets(home, args.what, args.name)
+    targets = find_targets(home, args.what, args.name, stale=args.stale)
     if not targets:
         emit(args, {"removed": [], "freed": 0}, "nothing to remove")
         return
@@ -108,6 +125,7 @@ def cmd_ui(args: argparse.Namespace) -> None:
     from ..home import Home
     from ..tracking import serve_ui
 
+    exposure = remote_exposure(args.host, args.allow_remote)
     home = Home.resolve(args.home)
     uri = home.tracking_uri()
     if not uri.startswith("sqlite:"):
@@ -115,6 +133,9 @@ def cmd_ui(args: argparse.Namespace) -> None:
             f"MLFLOW_TRACKING_URI is {uri}: open that server's own UI, or unset it to use {home.mlruns}"
         )
     home.mlruns.mkdir(parents=True, exist_ok=True)
+
+    if exposure:
+        print(exposure, file=sys.stderr, flush=True)
 
     def ready(url: str) -> None:
         if args.host in ("0.0.0.0", "::"):  # reachable from other machines by this one's name
@@ -135,6 +156,25 @@ def cmd_ui(args: argparse.Namespace) -> None:
         log_path=home.mlruns / "ui.log",
         on_ready=ready,
     )
+
+
+def remote_exposure(host: str, allow_remote: bool) -> str | None:
+    """None for a loopback ``host``; else what binding it exposes (RatioSearchError without
+    ``allow_remote``: the MLflow UI has no login, anyone who reaches it may delete runs)."""
+    from ..tracking.ui import is_loopback
+
+    if is_loopback(host):
+        return None
+    what = (
+        f"--host {host} makes the MLflow UI reachable from other machines: anyone who reaches "
+        "it can read, change and delete every run and artifact (it has no login)"
+    )
+    if not allow_remote:
+        raise RatioSearchError(
+            f"{what}; pass --allow-remote to do it anyway, or put an authenticated server in "
+            "front (docs/cluster.md)"
+        )
+    return f"warning: {what}"
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

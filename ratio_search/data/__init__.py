@@ -28,6 +28,7 @@ from . import npz as _npz
 from . import phantom as _phantom
 from .cache import cache_dir, cached_arrays, file_fingerprint, hash_key, load_cached
 from .imagefolder import IMAGE_EXTENSIONS, decode_image, load_image_folder
+from .validate import drop_damaged
 
 __all__ = [
     "Dataset",
@@ -101,7 +102,13 @@ def phantom_folder(cfg: DataConfig, home: Home) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         if marker.is_file():
-            have = read_json(marker)
+            try:
+                have = read_json(marker)
+            except (OSError, ValueError) as e:
+                raise DataError(
+                    f"{marker}: unreadable ({type(e).__name__}); delete {folder} and it is "
+                    "written again"
+                ) from None
             if have != want:
                 raise DataError(
                     f"{folder} holds phantom data made with other settings ({have}); "
@@ -147,6 +154,7 @@ def cached_dataset(home: Home, key: str, synthetic_label: int = 0) -> Dataset | 
     For readers that know a dataset only by its key (a model's ``meta.json`` records it), without
     the :class:`DataConfig` that made it: the arrays, class names and decode-time info as cached.
     """
+    drop_damaged(cache_dir(home.cache, key))  # a damaged cache is no hit
     hit = load_cached(home.cache, key)
     if hit is None:
         return None
@@ -226,8 +234,12 @@ def load_dataset(cfg: DataConfig, home: Home) -> Dataset:
     else:
         raise DataError(f"unknown data source {source!r}; use phantom, imagefolder or npz")
 
+    # a truncated .npy or a bad meta.json is removed here and rebuilt by cached_arrays
+    damaged = drop_damaged(cache_dir(home.cache, key))
     arrays, meta, hit = cached_arrays(home.cache, key, build)
     info = dict(meta["info"])
+    if damaged:
+        info["cache_rebuilt"] = damaged
     # the key ignores the location (the same files may have moved) and phantom vs image folder
     info.update({"source": source, "path": str(where)})
     info.update(

@@ -257,6 +257,10 @@ def write_meta(folder: Path, meta: dict[str, Any]) -> Path:
     return atomic_write_json(Path(folder) / META_NAME, meta, indent=2, sort_keys=True)
 
 
+#: Keys every complete model's meta.json holds (written by :func:`model_meta`).
+META_REQUIRED = ("model_hash", "data_key", "image_size", "channels", "class_names")
+
+
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """meta.json of a saved model folder, or ModelError naming the path."""
     p = Path(path)
@@ -273,6 +277,12 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
         raise ModelError(f"not a saved model (unreadable {META_NAME}: {e}): {p}") from None
     if not isinstance(meta, dict) or "backend" not in meta:
         raise ModelError(f"not a saved model ({META_NAME} has no 'backend'): {p}")
+    # issue 10: a complete model's meta.json must hold what loading and sampling read
+    lost = [k for k in META_REQUIRED if k not in meta] if meta.get("complete", True) else []
+    if lost:
+        raise ModelError(
+            f"{mp}: no {', '.join(lost)}; delete {p} and fine-tune again (`ratio-search finetune`)"
+        )
     return meta
 
 

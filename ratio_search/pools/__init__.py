@@ -26,7 +26,6 @@ from .postprocess import (
 )
 from .store import (
     POOL_FORMAT,
-    STALE_TMP_SECONDS,
     Pool,
     list_pools,
     load_pool,
@@ -38,7 +37,6 @@ from .store import (
 __all__ = [
     "POOL_FORMAT",
     "POSTPROCESS",
-    "STALE_TMP_SECONDS",
     "Pool",
     "build_one",
     "build_space_pools",

@@ -245,6 +245,7 @@ def generate(
     n: int | None = None,
     progress: bool = True,
     on_done: OnDone | None = None,
+    data: Dataset | None = None,
 ) -> list[dict[str, Any]]:
     """What ``ratio-search generate`` does: the pool of ``cfg.generate``, or a space's whole grid.
 
@@ -252,7 +253,8 @@ def generate(
     ``data:`` overrides) picks the model when ``model == "latest"`` (the newest fine-tuned on it),
     the class to generate and the histogram-match reference. ``n``: images per pool (default: the
     space's ``pool_size``, else ``cfg.generate.n``); the space's ``pool_seed`` likewise.
-    Returns one :func:`build_one` result per pool.
+    Returns one :func:`build_one` result per pool. ``data``: the dataset, instead of loading
+    ``cfg.data`` (``generate`` without ``--data``: the newest model's own data).
     """
     from ..data import load_dataset
 
@@ -266,7 +268,7 @@ def generate(
         if fixed.get("pool_seed") is not None:
             gen.seed = int(fixed["pool_seed"])
     n = int(gen.n if n is None else n)
-    data = load_dataset(data_cfg, home)
+    data = data if data is not None else load_dataset(data_cfg, home)
     if not isinstance(model, str | os.PathLike):
         loaded = model
     else:

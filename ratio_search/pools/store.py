@@ -14,39 +14,34 @@ ask for a pool that is not there yet. So a pool is built under a file lock
 (``<home>/pools/<key>.lock``), written into a temp directory ``.tmp-<key>-<pid>-<rand>`` and moved
 into place with one ``os.rename``. A reader therefore sees either no pool or a whole one, two
 trials never generate the same pool twice, and a builder killed half-way leaves only a temp
-directory that readers ignore and the next builder removes (the pid in its name says whether its
-builder still runs).
+directory that readers ignore and the next builder removes: a temp directory is stale when its
+key's lock can be taken (its builder is gone), never by its age.
 
 A pool is *complete* only if ``manifest.json`` exists and its ``n`` equals ``len(images.npy)``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
 import secrets
 import shutil
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from .._io import atomic_write_json, package_versions, read_json, utc_now
 from ..errors import PoolError
-from ..home import Home, dir_size, pid_alive
+from ..home import Home, dir_size
 
 POOL_FORMAT = 1
-
-# A temp directory whose builder is not running any more is garbage. Its pid may have been reused
-# by an unrelated process, or it may belong to another node on shared storage, so age is the
-# fallback criterion.
-STALE_TMP_SECONDS = 6 * 3600
 
 _IMAGES = "images.npy"
 _MANIFEST = "manifest.json"
@@ -206,30 +201,57 @@ def pool_store_size(home: Home) -> int:
 # --------------------------------------------------------------------------- writing a pool
 
 
-def _clean_stale(pools_dir: Path, key: str | None = None) -> list[Path]:
-    """Remove temp/old directories left by dead builders; returns what was removed.
+@contextlib.contextmanager
+def try_lock(path: str | os.PathLike) -> Iterator[bool]:
+    """Hold the file lock at ``path`` for the block if nobody else does: yields True, or False
+    (held by a live builder: leave its files alone). The one staleness rule of the home's
+    builders (pools, models, cache): a builder holds its lock for its whole life, and a lock
+    that can be taken has no builder left, however old or young its files are."""
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
 
-    Called while holding ``key``'s lock: a temp directory of the same key whose pid is dead is
-    certainly abandoned. Others' temp directories are removed only once they are old (their pid may
-    be another node's on shared storage).
+
+def lock_is_held(path: str | os.PathLike) -> bool:
+    """Whether some process holds the file lock at ``path`` now (no lock file: nobody does)."""
+    if not Path(path).exists():
+        return False
+    with try_lock(path) as free:
+        return not free
+
+
+def _clean_stale(pools_dir: Path, key: str | None = None) -> list[Path]:
+    """Remove temp/old directories whose builder is gone; returns what was removed.
+
+    Called while holding ``key``'s lock: no other builder of ``key`` runs, so its temp
+    directories are abandoned. Another key's are removed only if its lock can be taken (its
+    builder is gone), never by age: a build of many hours is never deleted under its builder.
     """
     removed: list[Path] = []
     if not pools_dir.is_dir():
         return removed
-    now = time.time()
-    for p in pools_dir.iterdir():
+    for p in sorted(pools_dir.iterdir()):
         if not p.is_dir() or not p.name.startswith((".tmp-", ".old-")):
             continue
         parts = p.name.split("-")  # [".tmp", key, pid, rand]
-        try:
-            p_key, pid = parts[1], int(parts[2])
-            age = now - p.stat().st_mtime
-        except (IndexError, ValueError, OSError):
+        if len(parts) < 2 or not parts[1]:
             continue
-        dead = p_key == key and not pid_alive(pid)
-        if dead or age > STALE_TMP_SECONDS:
+        p_key = parts[1]
+        if p_key == key:
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
+            continue
+        with try_lock(pools_dir / f"{p_key}.lock") as free:
+            if free:
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
     return removed
 
 

@@ -18,6 +18,21 @@ from ..errors import RatioSearchError
 from .store import artifact_root_for
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine only: ``localhost``, 127.0.0.0/8
+    or ``::1``. Anything else (``0.0.0.0``, ``::``, a host name, a LAN address) other machines
+    may reach."""
+    import ipaddress
+
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def port_is_free(host: str, port: int) -> bool:
     """Whether ``host:port`` can be bound now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
