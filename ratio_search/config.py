@@ -97,6 +97,8 @@ class FinetuneConfig:
     )
     seed: int = _f(0, "seed of the fine-tune")
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+    # Not in the model hash (diffusion/tiny.py HASHED_FIELDS): only the speed depends on it.
+    threads: int = _f(0, "torch CPU threads (0: the cores this job may use)", lo=0)
 
 
 @dataclass
@@ -109,6 +111,8 @@ class GenerateConfig:
     postprocess: str = _f("none", "intensity postprocessing", ("none", "histogram-match"))
     batch_size: int = _f(64, "images per forward pass", lo=1)
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+    # Not a pool field (POOL_FIELDS): image i is the same at any thread count up to rounding.
+    threads: int = _f(0, "torch CPU threads (0: the cores this job may use)", lo=0)
 
 
 @dataclass

@@ -276,7 +276,7 @@ def _zeros_data(size=16, classes=("CNV", "NORMAL"), key="k-test") -> Dataset:
          "0123456789abcdef", "2103bb6d3482b281"),
         (_zeros_data(), FinetuneConfig(from_scratch=True, resolution=24, prompt="x {cls}",
          base_model="/nowhere", device="cuda", checkpoint_every=7, seed=3, lr=1e-3,
-         ema_decay=0.9, null_class_prob=0.2), None, None, "cc209338d7f0af68"),
+         ema_decay=0.9, null_class_prob=0.2, threads=5), None, None, "cc209338d7f0af68"),
     ],
 )  # fmt: skip
 def test_tiny_model_hash_is_unchanged(data, cfg, unet, base_hash, expected):

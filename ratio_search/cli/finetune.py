@@ -23,7 +23,7 @@ from ._flags import (
 def add_finetune(sub: argparse._SubParsersAction) -> None:
     p = data_command(sub, "finetune", "fine-tune the diffusion generator once (the upfront job)")
     for key in ("backend", "base_model", "max_steps", "batch_size", "lr", "resolution",
-                "ema_decay", "seed", "device"):  # fmt: skip
+                "ema_decay", "seed", "device", "threads"):  # fmt: skip
         config_flag(p, f"finetune.{key}")
     p.add_argument(
         "--resume",
@@ -63,7 +63,7 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--n", type=int, help="images per pool (default: the space's pool_size, else 200)"
     )
-    for key in ("seed", "scheduler", "postprocess", "batch_size", "device"):
+    for key in ("seed", "scheduler", "postprocess", "batch_size", "device", "threads"):
         config_flag(p, f"generate.{key}")
     p.add_argument(
         "--space", help="search space YAML (path or bundled name): build its whole pool grid"
@@ -178,9 +178,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if not args.json:
             print(_pool_line(r))
 
-    results = generate(
-        home, cfg, model, space, n=args.n, progress=not args.json, on_done=done, data=data
-    )
+    from ..diffusion.threads import torch_threads  # generate.threads (0: the job's cores)
+
+    with torch_threads(cfg.generate.threads):
+        results = generate(
+            home, cfg, model, space, n=args.n, progress=not args.json, on_done=done, data=data
+        )
     if space is None and not args.json:
         done(results[0])
     built = sum(r["generated"] for r in results)

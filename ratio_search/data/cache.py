@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,23 @@ def hash_key(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
-def file_fingerprint(paths: list[Path], root: Path) -> list[list]:
-    """``[relative path, size, mtime_ns]`` for each file: changes whenever a file does."""
+def file_fingerprint(
+    paths: list[Path], root: Path, stats: Mapping[Path, os.stat_result] | None = None
+) -> list[list]:
+    """``[relative path, size, mtime_ns]`` for each file: changes whenever a file does.
+
+    ``stats``: stat results the caller already has (a directory listing's), used instead of
+    stat-ing those files again.
+    """
+    stats = stats or {}
+    prefix = str(root).rstrip(os.sep) + os.sep
     out = []
     for p in paths:
-        st = p.stat()
-        out.append([p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns])
+        st = stats.get(p) or p.stat()
+        s = str(p)
+        # a plain prefix cut when p is below root as spelled (the listing's paths are)
+        rel = s[len(prefix) :].replace(os.sep, "/") if s.startswith(prefix) else None
+        out.append([rel or p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns])
     return out
 
 

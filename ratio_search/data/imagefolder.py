@@ -117,13 +117,24 @@ def decode_files(
     return out[: len(kept)], kept, skipped
 
 
+def scan_images(folder: Path) -> list[tuple[Path, os.stat_result]]:
+    """Image files directly in ``folder`` with their stat results, sorted by name (hidden files
+    ignored): one ``os.scandir`` pass and one ``stat`` per image, which the cache key reuses."""
+    found = []
+    with os.scandir(folder) as entries:
+        for e in entries:
+            name = e.name
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            if e.is_file():  # follows symbolic links, as Path.is_file does
+                found.append((name, e.path, e.stat()))
+    found.sort()
+    return [(Path(path), st) for _, path, st in found]
+
+
 def list_images(folder: Path) -> list[Path]:
     """Image files directly in ``folder``, sorted by name (hidden files ignored)."""
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    return [p for p, _ in scan_images(folder)]
 
 
 def _subfolders(folder: Path) -> list[Path]:
@@ -293,6 +304,8 @@ def plan_image_folder(
             f"need at least 2 classes to train a classifier, {train_dir} gives {class_names}"
         )
 
+    stats: dict[Path, os.stat_result] = {}  # from the listing: each file is stat-ed once
+
     def class_files(split: str, required: bool) -> dict[int, list[Path]] | None:
         out = {}
         for label, cls in enumerate(class_names):
@@ -301,7 +314,9 @@ def plan_image_folder(
                 if required:
                     raise DataError(f"class folder missing: {d}")
                 return None
-            files = list_images(d)
+            scanned = scan_images(d)
+            stats.update(scanned)
+            files = [p for p, _ in scanned]
             if not files and required:
                 raise DataError(f"class folder has no images: {d}")
             out[label] = files
@@ -357,7 +372,9 @@ def plan_image_folder(
     fingerprint = {
         split: [
             [label, *fp]
-            for (_, label), fp in zip(lst, file_fingerprint([p for p, _ in lst], root), strict=True)
+            for (_, label), fp in zip(
+                lst, file_fingerprint([p for p, _ in lst], root, stats), strict=True
+            )
         ]
         for split, lst in files.items()
     }

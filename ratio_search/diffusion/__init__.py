@@ -43,6 +43,7 @@ from .base import (
     save_samples_grid,
     write_meta,
 )
+from .threads import torch_threads
 
 __all__ = [
     "BACKENDS",
@@ -118,20 +119,23 @@ def finetune(
 
         logger.info("model %s: fine-tuning (%s backend) in %s", h, backend.name, tmp)
         t0 = time.time()
-        stats = backend.train(
-            data, cfg, resolved.config, tmp, resume=resume, progress=progress, callback=callback
-        )
-        stats = dict(stats or {})
-        stats.setdefault("seconds", round(time.time() - t0, 2))
-        meta = model_meta(
-            data, backend=backend.name, model_hash=h, resolved=resolved, stats=stats,
-            complete=False,
-        )  # fmt: skip
-        write_meta(tmp, meta)
-        # the samples grid, drawn with the model as loaded back from disk (checks the save too)
-        if not (tmp / SAMPLES_NAME).exists():
-            steps = 2 if unet_config is not None else backend.grid_steps  # test-sized: 2 will do
-            save_samples_grid(backend.load(tmp), tmp / SAMPLES_NAME, per_class=4, steps=steps)
+        with torch_threads(getattr(cfg, "threads", 0)):
+            stats = backend.train(
+                data, cfg, resolved.config, tmp, resume=resume, progress=progress,
+                callback=callback,
+            )  # fmt: skip
+            stats = dict(stats or {})
+            stats.setdefault("seconds", round(time.time() - t0, 2))
+            meta = model_meta(
+                data, backend=backend.name, model_hash=h, resolved=resolved, stats=stats,
+                complete=False,
+            )  # fmt: skip
+            write_meta(tmp, meta)
+            # the samples grid, drawn with the model as loaded back from disk (checks the save)
+            if not (tmp / SAMPLES_NAME).exists():
+                steps = 2 if unet_config is not None else backend.grid_steps  # test-sized: 2
+                model = backend.load(tmp)
+                save_samples_grid(model, tmp / SAMPLES_NAME, per_class=4, steps=steps)
         for name in backend.scratch_files:  # the finished model needs only its weights
             (tmp / name).unlink(missing_ok=True)
         meta["complete"] = True

@@ -39,6 +39,7 @@ from .base import (
     save_samples_grid,
     write_meta,
 )
+from .threads import torch_threads
 from .tiny_train import CHECKPOINT_NAME, base_dir, train
 from .tiny_unet import (
     BASE_CLASSES,
@@ -252,10 +253,11 @@ def export_base(
     if tmp.exists() and not resume:
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True, exist_ok=True)
-    stats = train(
-        data, cfg, resolved.config, tmp, resume=resume, progress=progress,
-        time_limit_s=time_limit_s,
-    )  # fmt: skip
+    with torch_threads(cfg.threads):
+        stats = train(
+            data, cfg, resolved.config, tmp, resume=resume, progress=progress,
+            time_limit_s=time_limit_s,
+        )  # fmt: skip
     meta = model_meta(
         data, backend="tiny", model_hash=file_hash(tmp / WEIGHTS_NAME), resolved=resolved,
         stats=stats, command=command, complete=True,
