@@ -103,7 +103,7 @@ def img_count(page: str) -> int:
 def test_report_end_to_end_with_a_confirmation(tmp_path):
     home, folder = make_search(tmp_path)
     # The confirmation as export writes it (expected.confirm in best.yaml), with real tiny trials.
-    result = confirm(home, "tiny", top_k=1, n_seeds=2, usable_rounds=0, track=False)
+    result = confirm(home, "tiny", top_k=1, n_seeds=2, max_seeds=2, confirm_r=[1.0], track=False)
     (folder / "best.yaml").write_text(
         yaml.safe_dump({"expected": {"run": "tiny", "confirm": result}})
     )
@@ -125,10 +125,14 @@ def test_report_end_to_end_with_a_confirmation(tmp_path):
     assert {"report/report.html", "report/metric_vs_r.png", "report/best_generated.png"} <= logged
     best_r = result["chosen"]["params"]["r"]
     assert out["best_r"] == best_r and out["confirmed"]
-    named = "Best R = 0 (real images only)" if best_r == 0 else f"Best R = {best_r:.2f}"
-    assert named in page
-    assert "usable synthetic ratio" in page
-    assert "mean ± 95 % CI over 2 seeds" in page
+    # The answer, computed from the confirmation; the usable ratio with δ and its rule.
+    assert result["answer"] and result["answer"] in out["summary"]
+    assert out["summary"].startswith(
+        ("synthetic data helps", "synthetic data hurts", "no gain", "undecided")
+    )
+    assert f"Usable synthetic ratio: R = {result['usable_ratio']['r']}" in page
+    assert "δ = 0.01" in page and "lower 95 % bound above -delta" in page
+    assert "paired over 2 seeds" in page and "accuracy, paired over seeds and test images" in page
     # metric vs R, guidance x steps, history, importances, best and worst grids: all embedded.
     assert img_count(page) == 6
     names = sorted(p.rsplit("/", 1)[-1] for p in out["pngs"])
@@ -138,7 +142,7 @@ def test_report_end_to_end_with_a_confirmation(tmp_path):
         assert open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     # The pool quality table shows the stored figures; the test split section is there.
     assert "1.2500" in page and "Pool quality" in page
-    assert "Test split (evaluated once" in page
+    assert "Test split (" in page and "look 1 of 1" in page
     assert "No confirmation found" not in page
 
 
@@ -163,8 +167,9 @@ def test_report_without_confirmation_through_the_cli(tmp_path, run_cli):
     out = json.loads(stdout.strip().splitlines()[-1])
     page = open(out["html"]).read()
     assert out["html"].startswith(str(tmp_path / "rep"))
-    # Best single trial: R = 0.5 at guidance 2 (0.80); within 0.01 of it the largest R is 0.75.
-    assert out["best_r"] == 0.5 and out["usable_r"] == 0.75 and not out["confirmed"]
+    # Best single trial: R = 0.5 at guidance 2 (0.80). Single trials never name a usable ratio.
+    assert out["best_r"] == 0.5 and out["usable_r"] is None and not out["confirmed"]
+    assert "No usable synthetic ratio without a confirmation" in page
     assert "Best R = 0.50 (guidance 2, 2 steps)" in page
     assert "one run, not confirmed" in page and "No confirmation found" in page
     assert img_count(page) == 3  # metric vs R, guidance x steps, history

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from ratio_search.errors import ConfigError
-from ratio_search.evidence.stats import mean_ci, paired_difference, usable_ratio
+from ratio_search.evidence.noninferiority import usable_ratio_ni
+from ratio_search.evidence.stats import mean_ci, paired_difference
 
 pytestmark = pytest.mark.unit
 
@@ -94,109 +95,71 @@ def test_paired_difference_needs_equal_lengths():
         paired_difference([1, 2, 3], [1, 2])
 
 
-# ---------------------------------------------------------------------------- usable ratio
+# ------------------------------------------------------------- usable ratio: non-inferiority
 
 
-def rows(pairs, confirmed=False, group=None):
-    return [{"r": r, "value": v, "confirmed": confirmed, "group": group} for r, v in pairs]
+def pt(r, diff, hw, n=5, label=None):
+    return {"r": r, "diff": diff, "low": diff - hw, "high": diff + hw, "n_seeds": n, "label": label}
 
 
-def test_usable_ratio_basic_table():
-    table = rows([(0.0, 0.85), (0.2, 0.86), (0.4, 0.87), (0.6, 0.865), (0.8, 0.84), (1.0, 0.50)])
-    u = usable_ratio(table, tolerance=0.01)
-    assert u.best_r == 0.4 and u.best_value == pytest.approx(0.87)
-    assert u.threshold == pytest.approx(0.86)
-    assert u.r == 0.6  # 0.865 >= 0.86; 0.8 (0.84) is not
-    assert not u.confirmed and not u.best_confirmed
-    assert [p.r for p in u.points] == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+def test_non_inferiority_takes_the_largest_passing_r():
+    ni = usable_ratio_ni(
+        [
+            pt(0.25, 0.004, 0.006),
+            pt(0.5, -0.002, 0.007),
+            pt(0.75, -0.006, 0.006),
+            pt(1.0, -0.2, 0.02),
+        ],
+        delta=0.01,
+    )
+    # lower bounds: -0.002, -0.009 (> -0.01), -0.012 (fails), -0.22 (fails)
+    assert ni.r == 0.5 and ni.r_all_below == 0.5 and ni.failed_below == []
+    assert [p.passes for p in ni.points] == [True, True, False, False]
+    assert ni.delta == 0.01 and "lower 95 % bound above -delta" in ni.rule
 
 
-def test_usable_ratio_non_monotone_takes_largest_r():
-    # A dip in the middle does not stop the rule: it is the LARGEST R within the tolerance.
-    table = rows([(0.0, 0.90), (0.3, 0.70), (0.7, 0.895), (1.0, 0.6)])
-    assert usable_ratio(table, tolerance=0.01).r == 0.7
+def test_non_inferiority_a_dip_is_reported():
+    # R = 0.5 fails (a dip), R = 0.75 passes: the rule names 0.75 and says that 0.5 failed;
+    # the fixed-sequence reading stops at 0.25.
+    ni = usable_ratio_ni([pt(0.25, 0.0, 0.005), pt(0.5, -0.01, 0.005), pt(0.75, 0.0, 0.005)], 0.01)
+    assert ni.r == 0.75 and ni.failed_below == [0.5] and ni.r_all_below == 0.25
 
 
-def test_usable_ratio_exactly_at_threshold_counts():
-    table = rows([(0.0, 0.87), (0.5, 0.86)])
-    assert usable_ratio(table, tolerance=0.01).r == 0.5
+def test_non_inferiority_a_lucky_single_trial_is_no_candidate():
+    # R = 1.0 rests on one run (a search trial, say): never named, however good it looks.
+    ni = usable_ratio_ni([pt(0.5, 0.0, 0.004), {"r": 1.0, "diff": 0.05, "low": float("nan"),
+                                                "high": float("nan"), "n_seeds": 1}], 0.01)  # fmt: skip
+    assert ni.r == 0.5
+    single = [p for p in ni.points if p.r == 1.0][0]
+    assert not single.candidate and not single.passes
 
 
-def test_usable_ratio_ties_go_to_smaller_best_r():
-    table = rows([(0.0, 0.80), (0.3, 0.88), (0.6, 0.88), (0.9, 0.70)])
-    u = usable_ratio(table, tolerance=0.0)
-    assert u.best_r == 0.3
-    assert u.r == 0.6  # tolerance 0: the tie itself is usable
+def test_non_inferiority_a_noisy_high_r_fails():
+    # R = 1.0 has the best mean but a wide interval: its lower bound is below -delta.
+    ni = usable_ratio_ni([pt(0.5, -0.001, 0.005), pt(1.0, 0.01, 0.03)], 0.01)
+    assert ni.r == 0.5 and ni.failed_below == []
+    # Nothing passes: real images only.
+    none = usable_ratio_ni([pt(0.5, -0.02, 0.005), pt(1.0, 0.01, 0.03)], 0.01)
+    assert none.r == 0.0 and none.r_all_below == 0.0 and none.label is None
 
 
-def test_usable_ratio_single_r():
-    u = usable_ratio(rows([(0.5, 0.8), (0.5, 0.82)]), tolerance=0.01)
-    assert u.r == u.best_r == 0.5
-    assert u.value == pytest.approx(0.81)
-    assert u.points[0].n == 2
-
-
-def test_usable_ratio_all_below_baseline_gives_zero():
-    # Every synthetic mix is worse than real-only by more than the tolerance: usable ratio 0.
-    table = rows([(0.0, 0.85), (0.25, 0.82), (0.5, 0.78), (1.0, 0.5)])
-    u = usable_ratio(table, tolerance=0.01)
-    assert u.best_r == 0.0 and u.r == 0.0
-
-
-def test_usable_ratio_confirmed_runs_override_trials():
-    # A lucky single trial at R = 0.8 is overruled by its confirmation (mean 0.80).
-    trials = rows([(0.0, 0.85), (0.4, 0.86), (0.8, 0.88)])
-    confirm = rows([(0.8, 0.79), (0.8, 0.81), (0.0, 0.85), (0.0, 0.85)], confirmed=True)
-    u = usable_ratio(trials + confirm, tolerance=0.01)
-    point = {p.r: p for p in u.points}
-    assert point[0.8].confirmed and point[0.8].value == pytest.approx(0.80)
-    assert point[0.8].interval is not None and point[0.8].interval.n == 2
-    assert not point[0.4].confirmed  # only a trial there: flagged as unconfirmed
-    assert u.best_r == 0.4 and not u.best_confirmed
-    assert u.r == 0.4
-
-
-def test_usable_ratio_groups_take_the_best_configuration():
-    # At R = 0.6, guidance 8 images are bad but guidance 2 ones are fine: R = 0.6 counts as 0.86.
-    table = rows([(0.0, 0.86)], group="g=2") + rows([(0.6, 0.86), (0.6, 0.86)], group="g=2")
-    table += rows([(0.6, 0.60), (0.6, 0.62)], group="g=8")
-    u = usable_ratio(table, tolerance=0.005)
-    p06 = [p for p in u.points if p.r == 0.6][0]
-    assert p06.group == "g=2" and p06.value == pytest.approx(0.86)
-    assert u.r == 0.6
-
-
-def test_usable_ratio_rounds_r_and_skips_nan():
-    table = rows([(0.30000000001, 0.8), (0.3, 0.9), (0.5, float("nan"))])
-    u = usable_ratio(table, tolerance=0.01)
-    assert [p.r for p in u.points] == [0.3]
-    assert u.points[0].value == pytest.approx(0.85)
-
-
-def test_usable_ratio_min_mode():
-    # Loss-like metric: lower is better; the rule mirrors.
-    table = rows([(0.0, 0.40), (0.5, 0.35), (0.8, 0.355), (1.0, 0.9)])
-    u = usable_ratio(table, tolerance=0.01, mode="min")
-    assert u.best_r == 0.5 and u.threshold == pytest.approx(0.36)
-    assert u.r == 0.8
+def test_non_inferiority_other_settings_at_one_r_and_r0_ignored():
+    ni = usable_ratio_ni([pt(0.0, 0.0, 0.0), pt(0.5, -0.03, 0.005, label="g=12.5"),
+                          pt(0.5, 0.0, 0.005, label="g=2")], 0.01)  # fmt: skip
+    assert ni.r == 0.5 and ni.label == "g=2" and [p.r for p in ni.points] == [0.5, 0.5]
 
 
 @pytest.mark.parametrize(
-    "table,kw,match",
-    [
-        ([], {}, "empty"),
-        (rows([(0.1, 0.5)]), {"tolerance": -1}, "tolerance"),
-        (rows([(0.1, 0.5)]), {"mode": "best"}, "mode"),
-        ([{"r": 0.1}], {}, "row 0"),
-        (rows([(0.1, float("nan"))]), {}, "finite"),
-    ],
+    "points, delta, match",
+    [([pt(0.5, 0, 0.01)], -0.1, "delta"), ([{"r": 0.5}], 0.01, "needs r, diff")],
 )
-def test_usable_ratio_errors(table, kw, match):
+def test_non_inferiority_errors(points, delta, match):
     with pytest.raises(ConfigError, match=match):
-        usable_ratio(table, **kw)
+        usable_ratio_ni(points, delta)
 
 
-def test_usable_ratio_as_dict_is_plain():
-    d = usable_ratio(rows([(0.0, 0.8), (0.0, 0.82), (0.5, 0.81)]), tolerance=0.01).as_dict()
-    assert d["r"] == 0.5 and isinstance(d["points"][0]["interval"], dict)
-    assert d["points"][0]["interval"]["n"] == 2
+def test_non_inferiority_as_dict_is_plain():
+    import json
+
+    d = usable_ratio_ni([pt(0.5, 0.0, 0.004)], 0.01).as_dict()
+    assert json.loads(json.dumps(d))["points"][0]["passes"] is True

@@ -249,8 +249,14 @@ def confirm(
             "look_confidence": look_confidence(confidence, len(schedule)),
             "accuracy_only": "the bootstrap intervals are on accuracy (per-image correctness)",
         },
-        "usable_ratio": {**ni.as_dict(), "split": "validation", "seeds": seeds},
-        "test": {**test, "n_test": n_test},
+        "usable_ratio": {**ni.as_dict(), "split": "validation", "seeds": seeds, "confirmed": True},
+        # "chosen"/"baseline": every test metric over seeds, as before (readers of older files).
+        "test": {
+            **test,
+            "n_test": n_test,
+            "chosen": (test.get("summary") or {}).get("baseline" if chosen is base else "arm", {}),
+            "baseline": (test.get("summary") or {}).get("baseline", {}),
+        },
     }  # fmt: skip
     result["answer"] = answer_text(result)
     if track:
