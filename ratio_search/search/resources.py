@@ -126,15 +126,22 @@ def init_ray(
         except Exception as e:  # a wrong port that accepts TCP, a version mismatch...
             raise SearchError(f"cannot join the Ray cluster at {address}: {e}") from None
         return
-    ray.init(
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
-        include_dashboard=False,
-        _temp_dir=temp_dir,
-        _node_ip_address="127.0.0.1",  # issue 10: a private Ray listens on loopback only
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
+    try:
+        ray.init(
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            include_dashboard=False,
+            _temp_dir=temp_dir,
+            _node_ip_address="127.0.0.1",  # issue 10: a private Ray listens on loopback only
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
+    except Exception as e:  # a full /tmp, a port clash, a broken install...
+        why = (str(e).strip().splitlines() or [type(e).__name__])[-1][:300]
+        raise EnvironmentProblem(
+            f"cannot start a local Ray (temp dir {temp_dir}): {why}; the run is kept: fix "
+            "that, then resume it"
+        ) from None
 
 
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:

@@ -74,7 +74,7 @@ class RunLock:
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        self._lock = FileLock(str(self.folder / LOCK_FILE))
+        self._lock = FileLock(str(self.folder / LOCK_FILE), thread_local=False)
 
     def acquire(self, wait: float = 2.0) -> RunLock:
         """Take the lock within ``wait`` s; SearchError naming the holder otherwise."""
