@@ -29,6 +29,8 @@ def run_demo(
     trials: int | None = None,
     concurrency: int = 2,
     confirm_seeds: int = 3,
+    max_seeds: int = 6,
+    confirm_r: tuple[float, ...] = (0.5, 1.0),
     top_k: int = 2,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -87,7 +89,9 @@ def run_demo(
 
     say(
         5,
-        f"export: confirming the best configurations over {confirm_seeds} seeds, then the test split",
+        f"export: confirming the best configurations over {confirm_seeds} seeds, the usable ratio "
+        f"at R = {', '.join(f'{r:g}' for r in confirm_r)}, then the test split (up to "
+        f"{max_seeds} seeds)",
     )
     t = time.perf_counter()
     from .evidence.export import export_with_confirmation, write_export
@@ -97,6 +101,8 @@ def run_demo(
         name,
         top_k=top_k,
         n_seeds=confirm_seeds,
+        max_seeds=max_seeds,
+        confirm_r=list(confirm_r),
         progress=_progress.logger.info if progress else None,
     )
     best = write_export(doc, home.runs / name / "best.yaml")
@@ -141,7 +147,14 @@ def where_to_look(out: dict[str, Any]) -> str:
         f"ratio-search demo finished in {out['timings']['total'] / 60:.1f} min",
         "",
     ]
-    if out.get("summary"):
+    answer = []
+    if out.get("confirm"):
+        from .evidence.answer import confirm_lines
+
+        *figures, answer_line = confirm_lines(out["confirm"])
+        lines += [*figures, ""]
+        answer = ["", answer_line]
+    elif out.get("summary"):
         lines += [out["summary"], ""]
     lines += [
         f"best configuration : {rel(out['best_yaml'])}",
@@ -150,6 +163,7 @@ def where_to_look(out: dict[str, Any]) -> str:
         f"search status      : ratio-search status {out['name']}",
         f"MLflow UI          : ratio-search ui{'' if home == Path.cwd() else f' --home {home}'}"
         "   (then open http://127.0.0.1:5000)",
+        *answer,
         "=" * 72,
     ]
     return "\n".join(lines)
