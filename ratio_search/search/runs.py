@@ -189,6 +189,13 @@ def resume_command(home: Home, name: str) -> str:
     return f"ratio-search resume {name} --home {home.root}"
 
 
+def _test_looks(folder: Path) -> int:
+    """How many times export looked at the test split (``test_looks.jsonl``; stdlib reader)."""
+    from ..evidence.looks import look_count  # a lazy import of a stdlib-only module
+
+    return look_count(folder)
+
+
 def run_status(home: Home, name: str) -> dict[str, Any]:
     """Everything ``ratio-search status NAME`` shows: the run's state, counts, trials and best."""
     folder = find_run(home, name)
@@ -241,6 +248,7 @@ def run_status(home: Home, name: str) -> dict[str, Any]:
         },
         "trials": rows,
         "mlflow_parent_run_id": info.mlflow.parent_run_id,
+        "test_looks": _test_looks(folder),  # issue 11: looks at the test split (evidence/looks.py)
     }
 
 
