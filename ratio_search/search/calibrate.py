@@ -1,7 +1,7 @@
 """A fair baseline: before the trials, check that the classifier's budget does not handicap R = 0.
 
 The rule (docs/evidence.md, "Calibration and seeds per trial"): the space's R = 0 configuration
-is trained at ``m = max(4, k)`` seeds (``seed .. seed + m - 1``, k = ``search.seeds_per_trial``)
+is trained at ``m = max(3, k)`` seeds (``seed .. seed + m - 1``, k = ``search.seeds_per_trial``)
 for ``2E`` epochs, ``E`` the space's ``epochs``; since a run of ``2E`` epochs passes through the
 exact state of a run of ``E`` (same seed, same batches, no schedule), its epoch-``E`` and
 epoch-``2E`` values are a paired comparison of the two budgets on the same seeds. The gain is
@@ -34,7 +34,7 @@ from .progress import say
 from .space import Space
 
 MAX_DOUBLINGS = 2
-MIN_SEEDS = 4
+MIN_SEEDS = 3
 # (train config, seeds, epoch) -> the metric of each seed after that many epochs; calls come
 # with increasing epochs and may continue the same runs.
 MeasureFn = Callable[[Any, Sequence[int], int], list[float]]
