@@ -181,6 +181,7 @@ def _fit(
         "pool_n": info.pool_n,
         "model_path": info.model_path,
         "model_meta": info.model_meta,
+        "run_dir": str(run_dir),  # issue 11: equivalent configurations measured once (trainable)
     }
     trainable = make_trainable(ctx, data, res["cpus_per_trial"], res["gpus_per_trial"])
     from .callbacks import make_callbacks

@@ -213,6 +213,11 @@ def prepare(
             f"the data of run {info.name} changed (key {info.data_key} -> {data.key}); "
             "a resumed search must see the same data"
         )
+    # --- issue 11 (calibration helper): the R = 0 budget, once per run, recorded in run.json
+    from .calibrate import calibrate_run
+
+    calibrate_run(folder, info, space, data, progress)
+    # --- end issue 11
     if space.pool_grid():
         if info.model_path is None:
             enter_phase(folder, info, "model")

@@ -53,7 +53,8 @@ RESULT_SKIP = frozenset(
     }
 )
 # String-valued result keys kept beside the metrics (and as tags of the MLflow child run).
-RESULT_TAGS = ("pool_key", "model_hash", "node_id", "hostname", "node_ip", "device")
+# (reused_from: the trial whose measured result an equivalent trial reports, search/trainable.py)
+RESULT_TAGS = ("pool_key", "model_hash", "node_id", "hostname", "node_ip", "device", "reused_from")
 # How much of a trial's traceback is kept.
 _ERROR_CHARS = 20000
 
