@@ -171,9 +171,9 @@ def test_kill_driver_then_resume(tmp_path, tiny_home):
     assert len(complete) == N_TRIALS
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
 
-    # a finished run is not resumed again
+    # a finished run is not resumed again: nothing is left, which is not an error
     p = subprocess.run(_cli(home, "resume", "rz"), capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2 and "run rz is finished" in p.stderr
+    assert p.returncode == 0 and "run rz is finished (4 trials): nothing left to do" in p.stderr
 
 
 def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(tmp_path, tiny_home):
@@ -224,3 +224,135 @@ def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(tmp_path, tiny_home)
     assert json.loads(p.stdout)["n_trials"] == N_TRIALS
     st = run_status(home, "ri")
     assert st["state"] == "finished" and st["done"] == N_TRIALS == len(st["trials"])
+
+
+# ---------------------------------------------------------------- a kill at every phase (issue 10)
+
+KILL_POINTS = ("data", "finetune", "pool", "trial", "between")
+N_KILL = 2
+
+
+def _kill_files(tmp_path: Path) -> tuple[Path, Path]:
+    """The smallest search that has every phase: fine-tune (3 steps, a checkpoint each), one
+    pool, 2 one-epoch trials."""
+    space = {
+        "params": {"r": {"type": "categorical", "choices": [0.0, 0.5]}},
+        "fixed": {"guidance": 1.0, "steps": 2, "epochs": 1, "batch_size": 8, "widths": [2, 4],
+                  "fc": 4},
+        "search": {"n_startup_trials": 2},
+        "data": TINY_DATA,
+    }  # fmt: skip
+    finetune = {"max_steps": 3, "checkpoint_every": 1, "from_scratch": True, "batch_size": 8}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"finetune": finetune}))
+    return tmp_path / "space.yaml", tmp_path / "config.yaml"
+
+
+def _children(info: dict) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(info["mlflow"]["tracking_uri"])
+    parent = info["mlflow"]["parent_run_id"]
+    return client.search_runs(
+        [info["mlflow"]["experiment_id"]], f"tags.`mlflow.parentRunId` = '{parent}'"
+    )
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_sigkill_at_every_phase_then_resume_gives_exactly_n_trials(tmp_path, point):
+    """SIGKILL of the driver in the data load, the fine-tune, the pool build, the first trial and
+    between trials (RATIO_SEARCH_TEST_KILL_AT: the driver kills itself there); `resume` finishes
+    with exactly N trials, one MLflow child each, none RUNNING, no Ray process left."""
+    home = Home.resolve(tmp_path / "home")
+    space, config = _kill_files(tmp_path)
+    run = _cli(home, "run", "--space", str(space), "--config", str(config), "--trials",
+               str(N_KILL), "--concurrency", "1", "--name", "k")  # fmt: skip
+    env = dict(os.environ, RATIO_SEARCH_TEST_KILL_AT=point)
+    p = subprocess.run(run, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
+    run_dir = home.runs / "k"
+    info = json.loads((run_dir / "run.json").read_text())  # there from the first second
+    assert info["state"] in ("starting", "running") and info["host"]
+    assert run_status(home, "k")["state"] == "crashed"
+    if point == "finetune":  # the fine-tune's checkpoint is kept for the resume
+        assert list(home.models.glob(".tmp-*/*")), "no fine-tune checkpoint left"
+    if point == "pool":
+        assert info["phase"] == "pools" and not info["pools_built"]
+
+    r = subprocess.run(_cli(home, "resume", "k", "--json"), capture_output=True, text=True,
+                       timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout)["n_trials"] == N_KILL
+    if point == "pool":
+        assert "cached" in r.stderr  # the complete pool was kept, not rebuilt
+    st = run_status(home, "k")
+    assert st["state"] == "finished" and st["done"] == N_KILL == len(st["trials"])
+    assert all(t["state"] == "TERMINATED" for t in st["trials"])
+    info = json.loads((run_dir / "run.json").read_text())
+    children = _children(info)
+    assert sorted(c.data.tags["ray_trial_id"] for c in children) == sorted(
+        t["trial_id"] for t in st["trials"]
+    )
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert find_ray_processes(info["ray"]["temp_dir"]) == []
+
+
+def _wait_for_holder(folder: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if json.loads((folder / "driver.json").read_text()).get("pid") == proc.pid:
+                return
+        except (OSError, ValueError):
+            pass
+        assert proc.poll() is None, proc.stdout.read()[-3000:] if proc.stdout else proc.returncode
+        assert time.time() < deadline, "the driver never took the run's lock"
+        time.sleep(0.2)
+
+
+def test_racing_drivers_on_one_run_one_runs_the_others_refuse(tmp_path):
+    """Two `run --name X`, then `resume X` against a live `run`, then `run` against a live
+    `resume`: one driver runs, the others refuse in one line naming it; SIGTERM in the set-up
+    stops the driver cleanly (exit 130, resumable)."""
+    home = Home.resolve(tmp_path / "home")
+    space, config = _kill_files(tmp_path)
+    run = _cli(home, "run", "--space", str(space), "--config", str(config), "--trials", "2",
+               "--name", "x", "--no-tracking")  # fmt: skip
+    folder = home.runs / "x"
+
+    def refused(cmd: list[str], holder: subprocess.Popen) -> None:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 2, p.stderr[-2000:]
+        assert "run x is in use by the driver on" in p.stderr and f"pid {holder.pid}," in p.stderr
+        assert "Traceback" not in p.stderr
+
+    def stop(proc: subprocess.Popen) -> str:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 130, out[-3000:]
+        assert "Traceback" not in out and "resume it with: ratio-search resume x" in out
+        return out
+
+    first = subprocess.Popen(run, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_holder(folder, first)
+        refused(run, first)  # a second `run --name x`
+        refused(_cli(home, "resume", "x"), first)  # `resume` racing `run`
+        stop(first)
+        assert json.loads((folder / "run.json").read_text())["state"] == "interrupted"
+        resumer = subprocess.Popen(
+            _cli(home, "resume", "x"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        try:
+            _wait_for_holder(folder, resumer)
+            refused(run, resumer)  # `run` racing `resume`
+            stop(resumer)
+        finally:
+            if resumer.poll() is None:
+                resumer.kill()
+                resumer.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert run_status(home, "x")["state"] == "interrupted"

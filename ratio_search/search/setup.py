@@ -269,9 +269,17 @@ def start_tracker(folder: Path, info: RunInfo, uri: str) -> Any:
         "gpus": res["gpus"],
         "gpus_per_trial": res["gpus_per_trial"],
     }
-    parent = tracker.start_parent(
-        info.name, params, [folder / "space.yaml", folder / "config.yaml"]
-    )
+    # A driver killed between creating the parent and recording its id left one: take it over.
+    flt = f"tags.`ratio_search.run_dir` = '{folder}' and tags.`ratio_search.kind` = 'search'"
+    found = tracker.client.search_runs([tracker.experiment_id], flt)
+    if found:
+        parent = tracker.resume_parent(found[0].info.run_id)
+        for dup in found[1:]:
+            tracker.client.delete_run(dup.info.run_id)
+    else:
+        parent = tracker.start_parent(
+            info.name, params, [folder / "space.yaml", folder / "config.yaml"]
+        )
     info.mlflow.experiment_id, info.mlflow.parent_run_id = tracker.experiment_id, parent
     info.save(folder)
     return tracker
