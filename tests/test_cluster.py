@@ -20,6 +20,7 @@ of whatever ``~/.ray`` holds, as docs/cluster.md recommends.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -212,6 +213,10 @@ def cluster_env() -> dict[str, str]:
         RAY_AUTH_TOKEN=secrets.token_hex(32),
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # `ratio-search` for the Job's entrypoint
         OMP_NUM_THREADS="1",
+        # a killed node is found dead within about 3 s (default: 5 failed checks 3 s apart)
+        RAY_health_check_period_ms="1000",
+        RAY_health_check_timeout_ms="1000",
+        RAY_health_check_failure_threshold="3",
     )
     return env
 
@@ -398,6 +403,121 @@ def test_asking_for_gpus_the_cluster_lacks_is_said_not_silent(cluster):
     assert warning, "".join(seen)[-3000:]
     assert "--gpus 1 asked for, the Ray cluster has 0 GPUs" in warning[0]
     assert "waits until the cluster has them" in warning[0]
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_the_cluster_refuses_a_client_without_its_token(cluster):
+    """Token authentication is enforced, not just configured: the dashboard (Ray Jobs API)
+    answers 401 without the token and with a wrong one, and 200 with it (docs/cluster.md)."""
+    import urllib.error
+    import urllib.request
+
+    def status(token: str | None) -> int:
+        req = urllib.request.Request(f"{cluster.dashboard}/api/version")
+        if token is not None:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    assert status(None) in (401, 403)
+    assert status("0" * 64) in (401, 403)
+    assert status(cluster.env["RAY_AUTH_TOKEN"]) == 200
+
+
+# The driver of the lost-node test: `run` has no --max-failures flag; the library's option is it.
+LOST_NODE_DRIVER = """
+import json, sys
+from ratio_search.home import Home
+from ratio_search.search import run_search
+home, name, space, model, address = sys.argv[1:6]
+out = run_search(Home.resolve(home), name=name, space=space, model=model, n_trials=2,
+                 concurrency=2, cpus_per_trial=1, address=address, max_failures=3,
+                 progress=False)
+print(json.dumps(out, default=str))
+"""
+
+
+def _trial_events(run_dir: Path) -> list[dict]:
+    path = run_dir / "trials.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass  # a line being written
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_a_lost_worker_node_costs_a_retry_not_a_trial(cluster, tmp_path):
+    """Issue 10, item 8. The second node is killed (every process of its session, SIGKILL) while
+    it runs a trial: that trial is retried on the head, the search finishes with exactly its 2
+    trials, and the retried trial is one MLflow child run tagged with its attempts.
+
+    Runs last among the cluster tests: the cluster has one node afterwards."""
+    home, model = cluster.home, cluster.model
+    doc = yaml.safe_load(cluster.space.read_text())
+    doc["fixed"]["epochs"] = 30  # long enough to be killed in the middle (seconds here)
+    space = tmp_path / "long.yaml"
+    space.write_text(yaml.safe_dump(doc))
+    worker_id = cluster.worker.node_id()
+    run_dir = home.runs / "lost-node"
+    p = subprocess.Popen(
+        [sys.executable, "-c", LOST_NODE_DRIVER, str(home.root), "lost-node", str(space),
+         str(model), cluster.address],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster.env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not any(
+            e.get("node_id") == worker_id and e.get("state") == "RUNNING" and e.get("epoch")
+            for e in _trial_events(run_dir)
+        ):  # the worker's trial has reported an epoch: it is running there now
+            assert p.poll() is None, p.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no trial ran on the worker node"
+            time.sleep(0.2)
+        victims = session_pids({cluster.worker.proc.pid})
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        out, err = p.communicate(timeout=240)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
+    assert p.returncode == 0, err[-3000:]
+    assert victims and not session_pids({cluster.worker.proc.pid})
+    res = last_json(out)
+    assert res["state"] == "finished" and res["n_trials"] == 2 and res["n_errors"] == 0, res
+    last: dict[str, dict] = {}
+    for e in _trial_events(run_dir):
+        last[e["trial_id"]] = e
+    assert len(last) == 2 and {e["state"] for e in last.values()} == {"TERMINATED"}, last
+    assert {e["node_id"] for e in last.values()} == {cluster.head.node_id()}  # all on the head
+    retried = {e["trial_id"] for e in _trial_events(run_dir) if e.get("node_id") == worker_id}
+    assert len(retried) == 1
+
+    from ratio_search.tracking import SearchTracker
+
+    tracker = SearchTracker(res["tracking_uri"], run_dir=res["run_dir"])
+    children = tracker.children(res["mlflow_parent_run_id"])
+    by_trial = {}
+    for run in children:
+        by_trial.setdefault(run.data.tags.get("ray_trial_id"), []).append(run)
+    assert sorted(by_trial) == sorted(last) and all(len(v) == 1 for v in by_trial.values())
+    assert {r.info.status for v in by_trial.values() for r in v} == {"FINISHED"}
+    (tid,) = retried
+    tags = by_trial[tid][0].data.tags
+    assert tags.get("attempts") == "2" and tags.get("attempt_1_error"), tags
+    other = next(t for t in by_trial if t != tid)
+    assert "attempts" not in by_trial[other][0].data.tags
 
 
 @pytest.mark.unit

@@ -50,7 +50,19 @@ class MLflowTrialCallback(Callback):
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # Tune retries a failed trial from its last checkpoint: the same run carries on.
         self._checked.discard(str(trial.trial_id))
-        self._event(trial, "RUNNING", error=trial_error(trial))
+        # issue 10 (item 8, a lost node): each retry is counted on the trial's one run
+        err = trial_error(trial)
+        self._guard(lambda: self._record_attempt(trial, err))
+        self._event(trial, "RUNNING", error=err)
+
+    def _record_attempt(self, trial: Any, err: str | None) -> None:
+        """Tags ``attempts`` (2 on the first retry) and ``attempt_<n>_error`` (why it failed)."""
+        run_id = self._ensure_run(trial)
+        n = int(self.tracker.client.get_run(run_id).data.tags.get("attempts", "1")) + 1
+        why = (err or "unknown").strip().splitlines()
+        self.tracker.set_tags(
+            run_id, {"attempts": n, f"attempt_{n - 1}_error": why[-1][:500] if why else "?"}
+        )
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
