@@ -6,10 +6,14 @@
   through :mod:`ratio_search.search.trials`, trials.jsonl);
 - :mod:`.jobs`: one-off runs (fine-tune, pool build, ``export --confirm``'s confirmation runs);
 - :mod:`.ui`: the MLflow UI / tracking server as a supervised child process (no mlflow import);
-- :mod:`.store`: the experiment, the artifact folder and the helpers every writer shares.
+- :mod:`.store`: the experiment, the artifact folder and the helpers every writer shares;
+- :mod:`.lineage`: the datasets each run was trained on (dataset inputs) and the parent's note;
+- :mod:`.models`: the confirmed classifier as an MLflow PyTorch model (``export``, ``--register``);
+- :mod:`.links`: addresses in the MLflow UI (the runs table of the newest search; no mlflow import).
 
 Names load on first use, so that ``ratio-search ui`` does not import mlflow or Ray in-process.
-May import ``_io``, ``errors`` and ``search.{trials,runinfo,space}``; nothing else of ours.
+May import ``_io``, ``errors``, ``config``, ``search.{trials,runinfo,space,sysmetrics}`` and
+``train.cnn`` (the classifier it logs); nothing else of ours.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ _WHERE = {
     "stop_process_group": "ui",
     "ui_command": "ui",
     "wait_for_http": "ui",
+    "runs_page": "links",
+    "newest_search": "links",
+    "log_chosen_model": "models",
 }
 # trials.jsonl I/O lives in search.trials; the old names here (removed at integration).
 _ALIASES = {"read_trials_jsonl": "read_trials", "append_jsonl": "append_trial"}

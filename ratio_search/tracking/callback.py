@@ -9,8 +9,17 @@ from typing import Any
 
 from ray.tune import Callback
 
+from ..search.sysmetrics import RESULT_KEY as SYSTEM_KEY
 from ..search.trials import RESULT_TAGS, TrialLog, result_epoch, result_metrics, trial_error
 from .mlflow import SearchTracker
+
+
+def system_metrics(result: dict) -> dict[str, float]:
+    """The trial's sampled system metrics (``result["system"]``) under MLflow's ``system/`` names."""
+    sampled = result.get(SYSTEM_KEY)
+    if not isinstance(sampled, dict):
+        return {}
+    return {f"system/{k}": v for k, v in sampled.items() if isinstance(v, int | float)}
 
 
 class MLflowTrialCallback(Callback):
@@ -33,6 +42,7 @@ class MLflowTrialCallback(Callback):
         self._runs: dict[str, str] = {}  # trial_id -> child run id
         self._checked: set[str] = set()  # trials whose first epoch since (re)start was checked
         self._cm: dict[str, tuple[Any, Any]] = {}  # trial_id -> last (confusion matrix, classes)
+        self._inputs: set[tuple[str, str]] = set()  # (run id, "data" or pool key) logged
         # After a restore it holds each trial's best epoch and last metrics from the old driver.
         self.log = TrialLog(tracker.run_dir, tracker.metric, tracker.mode)
 
@@ -104,7 +114,19 @@ class MLflowTrialCallback(Callback):
         if tid not in self._runs:
             config = self.tracker.full_config(getattr(trial, "config", {}) or {})
             self._runs[tid] = self.tracker.start_child(tid, config)
+        self._log_inputs(trial, self._runs[tid])
         return self._runs[tid]
+
+    def _log_inputs(self, trial: Any, run_id: str, pool_key: str | None = None) -> None:
+        """The trial's datasets on its run, once each: the real data, and its pool at R > 0."""
+        what = pool_key or "data"
+        if (run_id, what) in self._inputs:
+            return
+        self._inputs.add((run_id, what))
+        config = self.tracker.full_config(getattr(trial, "config", {}) or {})
+        if pool_key and not float(config.get("r") or 0.0) > 0.0:
+            return
+        self.tracker.log_inputs(run_id, pool_key, config)
 
     def _log_result(self, trial: Any, epoch: int, metrics: dict, result: dict) -> None:
         tid = str(trial.trial_id)
@@ -117,9 +139,12 @@ class MLflowTrialCallback(Callback):
             if last is not None and epoch <= int(last):
                 run_id = self.tracker.replace_child(run_id, keep_below_step=epoch)
                 self._runs[tid] = run_id
+                self._log_inputs(trial, run_id)
+        if result.get("pool_key"):
+            self._log_inputs(trial, run_id, str(result["pool_key"]))
         tags = {k: result.get(k) for k in RESULT_TAGS}
         tags["last_epoch"] = epoch
-        self.tracker.log_epoch(run_id, epoch, metrics, tags)
+        self.tracker.log_epoch(run_id, epoch, {**metrics, **system_metrics(result)}, tags)
         if result.get("confusion_matrix"):
             # Kept until the trial ends: drawing a PNG every epoch would slow the driver down.
             self._cm[tid] = (result["confusion_matrix"], result.get("class_names"))

@@ -34,6 +34,7 @@ from mlflow.tracking import MlflowClient
 from .._io import is_number, read_json
 from ..errors import SearchError
 from ..search.runinfo import RUN_JSON
+from . import lineage
 from .store import (
     _MAX_METRICS,
     _MAX_PARAMS,
@@ -74,7 +75,7 @@ class SearchTracker:
         self.tracking_uri = str(tracking_uri)
         self.experiment_name = experiment_name
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        run_json = self._read_run_json()
+        run_json = self._run_json = self._read_run_json()
         self.metric = metric or run_json.get("metric") or "val_accuracy"
         self.mode = mode or run_json.get("mode") or "max"
         if self.mode not in ("max", "min"):
@@ -88,6 +89,28 @@ class SearchTracker:
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         self.parent_run_id: str | None = None
         self._experiment_id: str | None = None
+        self._real: dict[str, Any] | None | bool = False  # False: not read yet
+
+    @property
+    def real_data(self) -> dict[str, Any] | None:
+        """The search's real dataset (:func:`.lineage.real_dataset`), read once."""
+        if self._real is False:
+            self._real = lineage.real_dataset(self.run_dir, self._run_json)
+        return self._real  # type: ignore[return-value]
+
+    def log_inputs(
+        self, run_id: str, pool_key: str | None = None, config: Mapping[str, Any] | None = None
+    ) -> None:
+        """Log the real dataset on a run, or (``pool_key``) the pool a trial mixed in."""
+        if pool_key:
+            desc = lineage.pool_dataset(
+                self.run_dir, pool_key, config or {}, self._run_json.get("model_hash")
+            )
+            lineage.log_inputs(self.client, run_id, lineage.dataset_input(desc, "synthetic"))
+        elif self.real_data is not None:
+            lineage.log_inputs(
+                self.client, run_id, lineage.dataset_input(self.real_data, "training")
+            )
 
     def _read_run_json(self) -> dict[str, Any]:
         if self.run_dir is None or not (self.run_dir / RUN_JSON).is_file():
@@ -151,10 +174,13 @@ class SearchTracker:
         all_tags = {"ratio_search.kind": "search", "ratio_search.name": name}
         if self.run_dir is not None:
             all_tags["ratio_search.run_dir"] = str(self.run_dir)
+        note = lineage.search_note({**self._run_json, "name": name}, self.real_data)
+        all_tags[lineage.NOTE_TAG] = note
         all_tags.update(tags or {})
         run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
         self.parent_run_id = run.info.run_id
         self._log_params(self.parent_run_id, flatten(params or {}))
+        self.log_inputs(self.parent_run_id)
         log_artifacts(self.client, self.parent_run_id, artifacts)
         return self.parent_run_id
 

@@ -20,6 +20,10 @@ EXPERIMENT_NAME = "ratio-search"
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "ray_trial_id"
 KIND_TAG = "ratio_search.kind"  # search, trial, finetune, pool confirm (evidence/confirm.py)
+# The tag MLflow 3's UI reads to choose an experiment's view: the training-runs table, not the
+# GenAI overview (mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 # MLflow limits per log_batch call.
 _MAX_PARAMS, _MAX_TAGS, _MAX_METRICS = 100, 100, 1000
@@ -67,28 +71,33 @@ def chunks(items: list, n: int) -> Iterable[list]:
 def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
     """The id of experiment ``name``; created (or restored from the bin) when needed.
 
-    With a local sqlite store the experiment's artifacts go to ``<db dir>/artifacts``.
+    With a local sqlite store the experiment's artifacts go to ``<db dir>/artifacts``. The
+    experiment carries ``mlflow.experimentKind = custom_model_development`` (set on an existing
+    one too, once), so that MLflow's UI opens it on its training-runs table.
     """
     from mlflow.exceptions import MlflowException
 
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    root = artifact_root_for(tracking_uri)
-    location = None
-    if root is not None:
-        root.mkdir(parents=True, exist_ok=True)
-        location = root.as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except MlflowException:
-        # Another process created it between our look-up and our create.
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        root = artifact_root_for(tracking_uri)
+        location = None
+        if root is not None:
+            root.mkdir(parents=True, exist_ok=True)
+            location = root.as_uri()
+        try:
+            return client.create_experiment(
+                name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
+        except MlflowException:
+            # Another process created it between our look-up and our create.
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 def log_artifacts(
