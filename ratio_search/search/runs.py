@@ -249,6 +249,7 @@ def run_status(home: Home, name: str) -> dict[str, Any]:
         "trials": rows,
         "mlflow_parent_run_id": info.mlflow.parent_run_id,
         "test_looks": _test_looks(folder),  # issue 11: looks at the test split (evidence/looks.py)
+        "calibration": info.extra.get("calibration"),  # issue 11: the R = 0 budget (calibrate.py)
     }
 
 
