@@ -67,7 +67,7 @@ def log_classifier(
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
-    example = np.ascontiguousarray(example)
+    example = np.array(example, copy=True)  # writable, contiguous
     with torch.no_grad():
         out = model(torch.from_numpy(example)).numpy()
     signature = infer_signature(example, out)
