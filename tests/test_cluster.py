@@ -464,7 +464,7 @@ def test_a_lost_worker_node_costs_a_retry_not_a_trial(cluster, tmp_path):
     Runs last among the cluster tests: the cluster has one node afterwards."""
     home, model = cluster.home, cluster.model
     doc = yaml.safe_load(cluster.space.read_text())
-    doc["fixed"]["epochs"] = 30  # long enough to be killed in the middle (seconds here)
+    doc["fixed"]["epochs"] = 60  # long enough to be killed in the middle (seconds here)
     space = tmp_path / "long.yaml"
     space.write_text(yaml.safe_dump(doc))
     worker_id = cluster.worker.node_id()
@@ -475,14 +475,15 @@ def test_a_lost_worker_node_costs_a_retry_not_a_trial(cluster, tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster.env,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while not any(
-            e.get("node_id") == worker_id and e.get("state") == "RUNNING" and e.get("epoch")
-            for e in _trial_events(run_dir)
-        ):  # the worker's trial has reported an epoch: it is running there now
+        deadline = time.monotonic() + 300  # data, pool and Ray start-up on a loaded machine
+        while True:
+            on_worker = [e for e in _trial_events(run_dir) if e.get("node_id") == worker_id]
+            assert not any(e["state"] == "TERMINATED" for e in on_worker), "finished unkilled"
+            if any(e["state"] == "RUNNING" and e.get("epoch") for e in on_worker):
+                break  # the worker's trial has reported an epoch: it is running there now
             assert p.poll() is None, p.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "no trial ran on the worker node"
-            time.sleep(0.2)
+            time.sleep(0.1)
         victims = session_pids({cluster.worker.proc.pid})
         for pid in victims:
             with contextlib.suppress(ProcessLookupError):
