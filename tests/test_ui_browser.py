@@ -70,12 +70,22 @@ def _dump_dom(url: str, profile: Path) -> str:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium binary (chromium / /usr/bin/chromium)")
-def test_ui_shows_parent_and_nested_trials(tmp_path: Path) -> None:
+def test_ui_opens_on_the_runs_table_as_a_user_clicks(tmp_path: Path) -> None:
+    """Root page -> the experiment's link -> the runs table (the printed address's view) with the
+    parent and its nested trials and their datasets; the models page."""
+    from ratio_search.search.runinfo import MlflowInfo, RunInfo
+
     home = Home(tmp_path / "home")
     run_dir = home.runs / "ui-check"
     run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("data:\n  source: phantom\n  image_size: 16\n")
+    info = RunInfo(name="ui-check", n_trials=2, data_key="datakey0123456789",
+                   mlflow=MlflowInfo(tracking_uri=home.tracking_uri()))  # fmt: skip
+    info.save(run_dir)
     tracker = SearchTracker(home.tracking_uri(), "ratio-search", run_dir, metric="val_accuracy")
     parent = tracker.start_parent("ui-check-search", {"n_trials": 2})
+    info.mlflow.experiment_id, info.mlflow.parent_run_id = tracker.experiment_id, parent
+    info.save(run_dir)
     cb = MLflowTrialCallback(tracker, strict=True)
     for i, r in enumerate((0.0, 0.5)):
         trial = FakeTrial(f"uitrial_0000{i}", {"r": r, "guidance": 2.0, "steps": 10, "seed": 0})
@@ -84,13 +94,16 @@ def test_ui_shows_parent_and_nested_trials(tmp_path: Path) -> None:
             0,
             [],
             trial,
-            {"epoch": 1, "val_accuracy": 0.6 + 0.1 * i, "confusion_matrix": "[[3, 1], [1, 3]]"},
-        )
+            {"epoch": 1, "val_accuracy": 0.6 + 0.1 * i, "confusion_matrix": "[[3, 1], [1, 3]]",
+             "pool_key": "poolkey0123" if r else ""},
+        )  # fmt: skip
         cb.on_trial_complete(0, [], trial)
     tracker.finish_parent()
     exp_id = tracker.experiment_id
     child_ids = {c.data.tags["ray_trial_id"]: c.info.run_id for c in tracker.children(parent)}
     assert len(child_ids) == 2
+    # A registered model (the real registration is tests/test_mlflow_model.py's).
+    tracker.client.create_registered_model("ui-check-classifier", description="the answer")
 
     port = _free_port()
     env = {
@@ -98,46 +111,44 @@ def test_ui_shows_parent_and_nested_trials(tmp_path: Path) -> None:
     }
     log = open(tmp_path / "ui.out", "w")  # noqa: SIM115
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ratio_search.cli",
-            "ui",
-            "--home",
-            str(home.root),
-            "--port",
-            str(port),
-        ],
+        [sys.executable, "-m", "ratio_search.cli", "ui", "--home", str(home.root),
+         "--port", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
-    )
+    )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
+    printed = f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
     try:
         assert wait_for_http(f"{base}/health", timeout=90, proc=proc), (
             f"the UI did not answer: {(tmp_path / 'ui.out').read_text()}"
         )
-        # The address is printed once the server answers.
+        # The addresses are printed once the server answers: the root and the newest search's.
         deadline = time.monotonic() + 10
-        while base not in (tmp_path / "ui.out").read_text() and time.monotonic() < deadline:
+        while printed not in (tmp_path / "ui.out").read_text() and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert f"MLflow UI at {base}" in (tmp_path / "ui.out").read_text()
+        out = (tmp_path / "ui.out").read_text()
+        assert f"MLflow UI at {base}" in out and f"newest search ui-check: {printed}" in out
 
-        # The parent run's page lists its nested child runs (found through mlflow.parentRunId).
-        dom = _dump_dom(f"{base}/#/experiments/{exp_id}/runs/{parent}", tmp_path / "chrome1")
-        assert "ui-check-search" in dom
-        assert "Child runs" in dom
-        after = dom[dom.index("Child runs") :]
-        assert "trial-uitrial_00000" in after and "trial-uitrial_00001" in after
+        # The root page links the experiment; its runs table, in the view the printed address
+        # names (MLflow 3.17 keeps GenAI vs machine learning per browser, GenAI by default).
+        dom = _dump_dom(f"{base}/", tmp_path / "chrome0")
+        assert f'href="#/experiments/{exp_id}"' in dom and "ratio-search" in dom
+        link = f"{base}/#/experiments/{exp_id}?workflowType=machine_learning"
+        dom = _dump_dom(link, tmp_path / "chrome1")
+        for words in ("ui-check-search", "Dataset", "datakey0123456789"):
+            assert words in dom, f"{words!r} not on the experiment's page"
+        assert "No data available" not in dom  # not the GenAI overview
+        # Ordered by name, the table lists the nested trials as rows of their own.
+        dom = _dump_dom(f"{printed}&orderByKey=attributes.run_name&orderByAsc=true",
+                        tmp_path / "chrome2")  # fmt: skip
+        for words in ("ui-check-search", "trial-uitrial_00000", "trial-uitrial_00001",
+                      "datakey0123456789", "poolkey0123", "synthetic"):  # fmt: skip
+            assert words in dom, f"{words!r} not in the runs table"
 
-        # The experiment's runs table shows the parent and both trials (ordered by name, the
-        # table lists children as rows of their own instead of folding them under the parent).
-        dom = _dump_dom(
-            f"{base}/#/experiments/{exp_id}/runs?orderByKey=attributes.run_name&orderByAsc=true",
-            tmp_path / "chrome2",
-        )
-        for name in ("ui-check-search", "trial-uitrial_00000", "trial-uitrial_00001"):
-            assert name in dom, f"{name} not rendered on the runs page"
+        # The registered classifier on the models page.
+        dom = _dump_dom(f"{base}/#/models", tmp_path / "chrome3")
+        assert "ui-check-classifier" in dom
 
         # The UI serves the trials' artifacts from the home's mlruns/artifacts.
         url = (
