@@ -134,22 +134,34 @@ def main(argv: list[str] | None = None) -> int:
             root = write_folder(work / name, n, oct_sized)
             files = sum(1 for p in root.rglob("*") if p.is_file())
             mb = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 1e6
-            print(f"wrote {files} files ({mb:.0f} MB) in {time.perf_counter() - t:.1f} s")
-            rows.append((name, files, mb, bench(root, work, args.reps, args.image_size)))
+            print(
+                f"wrote {files} files ({mb:.0f} MB) in {time.perf_counter() - t:.1f} s", flush=True
+            )
+            if n > 0:
+                rows.append((name, files, mb, bench(root, work, args.reps, args.image_size)))
+                print_row(*rows[-1])  # as soon as measured: the small set takes much longer
             shutil.rmtree(root)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nmedian of {args.reps}; images resized to {args.image_size} px\n")
-    print("| folder | first load | second load | first / second | of which listing + key | "
-          "listing as before / now | second + read every pixel |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
-    for name, files, mb, r in rows:
-        kind = "OCT-sized JPEGs" if name == "oct" else "64 px PNGs"
-        print(f"| {files} {kind} ({mb:.0f} MB) | {r['cold']:.3f} s | {r['warm']:.3f} s | "
-              f"**{r['cold'] / r['warm']:.1f}x** | {r['plan']:.3f} s | "
-              f"{r['old_listing'] / r['plan']:.2f}x | {r['warm'] + r['touch']:.3f} s |")  # fmt: skip
+    print(HEADER)
+    for row in rows:
+        print_row(*row)
     return 0
+
+
+HEADER = (
+    "| folder | first load | second load | first / second | of which listing + key | "
+    "listing as before / now | second + read every pixel |\n|---|---|---|---|---|---|---|"
+)
+
+
+def print_row(name: str, files: int, mb: float, r: dict) -> None:
+    kind = "OCT-sized JPEGs" if name == "oct" else "64 px PNGs"
+    print(f"| {files} {kind} ({mb:.0f} MB) | {r['cold']:.3f} s | {r['warm']:.3f} s | "
+          f"**{r['cold'] / r['warm']:.1f}x** | {r['plan']:.3f} s | "
+          f"{r['old_listing'] / r['plan']:.2f}x | {r['warm'] + r['touch']:.3f} s |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
