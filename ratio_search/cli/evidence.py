@@ -86,6 +86,12 @@ def add_export(sub: argparse._SubParsersAction) -> None:
         help="the R values the usable ratio is tested at (chosen generation settings; default "
         "0.25 0.5 0.75 1 within the space's range)",
     )
+    p.add_argument(  # issue 14 (tracking helper)
+        "--register",
+        metavar="NAME",
+        help="register the chosen classifier in MLflow's model registry as NAME (needs the "
+        "confirmation and a tracked search)",
+    )
     p.set_defaults(handler=cmd_export)
 
 
@@ -171,6 +177,10 @@ def cmd_export(args: argparse.Namespace) -> None:
     from ..home import Home
 
     if getattr(args, "no_confirm", True):
+        if getattr(args, "register", None):  # issue 14
+            from ..errors import RatioSearchError
+
+            raise RatioSearchError("--register needs the confirmation: drop --no-confirm")
         doc = build_export(Home.resolve(args.home), args.name, trial_id=args.trial)
     else:
         from ..evidence.export import export_with_confirmation
@@ -179,6 +189,7 @@ def cmd_export(args: argparse.Namespace) -> None:
             Home.resolve(args.home), args.name, trial_id=args.trial, top_k=args.top_k,
             n_seeds=args.confirm_seeds, max_seeds=args.max_seeds, tolerance=args.tolerance,
             confirm_r=args.confirm_r, progress=None if args.json else say,
+            register=args.register,
         )  # fmt: skip
     path = write_export(doc, args.out)
     exp = doc["expected"]

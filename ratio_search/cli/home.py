@@ -124,6 +124,7 @@ def cmd_clean(args: argparse.Namespace) -> None:
 def cmd_ui(args: argparse.Namespace) -> None:
     from ..home import Home
     from ..tracking import serve_ui
+    from ..tracking.links import newest_search, runs_page
 
     exposure = remote_exposure(args.host, args.allow_remote)
     home = Home.resolve(args.home)
@@ -147,6 +148,10 @@ def cmd_ui(args: argparse.Namespace) -> None:
             print(f"searches log to it with: ratio-search run --tracking-uri {url} ...", flush=True)
         else:
             print(f"MLflow UI at {url} (store {uri}); Ctrl-C stops it", flush=True)
+        newest = newest_search(home.runs, uri)  # the runs table, not MLflow's GenAI overview
+        if newest:
+            page = runs_page(url, newest["experiment_id"])
+            print(f"newest search {newest['name']}: {page}", flush=True)
 
     serve_ui(
         uri,

@@ -244,9 +244,12 @@ def export_with_confirmation(
     home: Home,
     name: str,
     trial_id: str | None = None,
+    register: str | None = None,
     **confirm_kwargs: Any,
 ) -> dict[str, Any]:
     """``export.build_export`` plus the confirmation, as ``expected.confirm`` in best.yaml.
+
+    ``register``: also register the chosen classifier in MLflow's model registry under this name.
 
     Without an explicit ``trial_id``, the exported trial is the *chosen* configuration's trial
     (the best confirmed mean), which is not always the search's best single trial: a lucky trial
@@ -286,4 +289,14 @@ def export_with_confirmation(
         )
         doc["train"]["epochs"] = planned
     doc["expected"]["confirm"] = result
+    # >>> issue 14 (tracking helper): the chosen classifier as an MLflow model (tracking/models.py)
+    if isinstance(result.get("mlflow"), dict) and result["chosen"]["label"] in result["mlflow"]:
+        from ..tracking.models import log_chosen_model
+        from .runs import _run_key, _slug
+
+        seed, chosen_cfg = result["seeds"][0], result["chosen"]["config"]
+        weights = find_run(home, name) / "confirm" / _slug(result["chosen"]["label"])
+        weights /= f"seed-{seed}-{_run_key(chosen_cfg, seed, ctx.data_key)}.safetensors"
+        result["model"] = log_chosen_model(ctx, result, weights, register_as=register)
+    # <<< issue 14
     return doc
