@@ -35,7 +35,8 @@ TINY_DATA = {"image_size": 16, "phantom_n_per_class": 4, "phantom_val_per_class"
 
 def _one_line(rc: int, err: str, *words: str) -> str:
     assert rc == 2, err
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("search ")]
+    # progress lines may come first (the set-up's); the error is one line
+    lines = [ln for ln in err.splitlines() if ln.startswith("ratio-search")]
     assert len(lines) == 1 and lines[0].startswith("ratio-search: error:"), err
     assert "Traceback" not in err
     for w in words:

@@ -50,7 +50,15 @@ from .resources import (  # noqa: F401 - check_address, cuda_device_count: impor
 from .runfiles import read_run_config, read_run_space
 from .runinfo import MlflowInfo, RayInfo, RunInfo, RunOptions
 from .runs import resume_command
-from .setup import build_pools, enter_phase, open_tracker, pool_size, prepare, prepare_pools
+from .setup import (
+    build_pools,
+    create_store,
+    enter_phase,
+    open_tracker,
+    pool_size,
+    prepare,
+    prepare_pools,
+)
 from .space import METRICS, Space, load_space
 from .trials import TrialLogError, read_trials
 from .tuner import make_trainable, reconcile_trials, restore_or_make_tuner
@@ -314,6 +322,7 @@ def run_search(home: Home, options: SearchOptions | None = None, **kwargs: Any) 
     uri = opts.tracking_uri or home.tracking_uri()
     if opts.tracking:
         check_tracking_uri(uri)
+        create_store(uri)  # whole, before any step that may be killed
     dcfg = _data_config(sp, opts)
     if opts.name:
         runs.check_name(opts.name)

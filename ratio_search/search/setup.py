@@ -12,8 +12,10 @@ pools are kept.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -251,6 +253,28 @@ def prepare_pools(
 # ------------------------------------------------------------------------ MLflow
 
 
+def create_store(uri: str) -> None:
+    """Create a new local sqlite MLflow store whole: its tables are made in a temp file that is
+    then linked into place, so that a kill during MLflow's schema migration (seconds on a busy
+    machine) never leaves a half-made database (bench_faults found one). Other stores: nothing."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///") :])
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)
+        with contextlib.suppress(FileExistsError):  # another process made it meanwhile: keep it
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def start_tracker(folder: Path, info: RunInfo, uri: str) -> Any:
     """The search's MLflow parent run (its id recorded in run.json)."""
     from .. import tracking as tr
@@ -322,6 +346,7 @@ def open_tracker(folder: Path, info: RunInfo, progress: bool) -> Any:
 
 __all__ = [
     "build_pools",
+    "create_store",
     "open_tracker",
     "resume_tracker",
     "start_tracker",
