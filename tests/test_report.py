@@ -150,6 +150,9 @@ def test_report_end_to_end_with_a_confirmation(tmp_path):
 def test_report_without_confirmation_through_the_cli(tmp_path, run_cli):
     home, folder = make_search(tmp_path)
     (folder / "optuna.db").unlink()  # history then comes from trials.jsonl; no importances
+    info = json.loads((folder / "run.json").read_text())
+    info["calibration"] = {"line": "budget 2 epochs kept: R = 0 gains +0.001"}
+    (folder / "run.json").write_text(json.dumps(info))
     rc, stdout, _ = run_cli(
         [
             "report",
@@ -170,6 +173,7 @@ def test_report_without_confirmation_through_the_cli(tmp_path, run_cli):
     # Best single trial: R = 0.5 at guidance 2 (0.80). Single trials never name a usable ratio.
     assert out["best_r"] == 0.5 and out["usable_r"] is None and not out["confirmed"]
     assert "No usable synthetic ratio without a confirmation" in page
+    assert "Budget calibration on R = 0: budget 2 epochs kept: R = 0 gains +0.001" in page
     assert "Best R = 0.50 (guidance 2, 2 steps)" in page
     assert "one run, not confirmed" in page and "No confirmation found" in page
     assert img_count(page) == 3  # metric vs R, guidance x steps, history

@@ -114,7 +114,7 @@ def confirm_lines(c: Mapping[str, Any]) -> list[str]:
     )
     cal = c.get("calibration")
     if cal:
-        text = cal.get("text") or cal.get("summary") if isinstance(cal, Mapping) else None
+        text = cal.get("line") or cal.get("text") if isinstance(cal, Mapping) else None
         lines.append(f"calibration: {text or cal}")
     b = c.get("budget") or {}
     if b:

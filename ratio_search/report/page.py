@@ -341,6 +341,9 @@ def render_page(
         .render(
             name=name,
             state=str(info.get("state")),
+            calibration=(info.get("calibration") or {}).get("line")
+            if isinstance(info.get("calibration"), dict)
+            else None,
             n_rows=len(rows),
             metric=metric,
             mode=info.get("mode", "max"),
