@@ -322,7 +322,6 @@ def run_search(home: Home, options: SearchOptions | None = None, **kwargs: Any) 
     uri = opts.tracking_uri or home.tracking_uri()
     if opts.tracking:
         check_tracking_uri(uri)
-        create_store(uri)  # whole, before any step that may be killed
     dcfg = _data_config(sp, opts)
     if opts.name:
         runs.check_name(opts.name)
@@ -330,6 +329,8 @@ def run_search(home: Home, options: SearchOptions | None = None, **kwargs: Any) 
     lock = runs.RunLock(folder).acquire()  # refuses, naming the holder, if a driver has it
     try:
         _refuse_existing(home, name)
+        if opts.tracking:
+            create_store(uri)  # whole, before any step that may be killed
         save_config(
             Config(data=dcfg, finetune=opts.finetune_cfg or FinetuneConfig()),
             folder / "config.yaml",
