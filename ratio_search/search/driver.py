@@ -49,7 +49,7 @@ from .resources import (  # noqa: F401 - check_address, cuda_device_count: impor
 )
 from .runfiles import read_run_config, read_run_space
 from .runinfo import MlflowInfo, RayInfo, RunInfo, RunOptions
-from .runs import resume_command
+from .runs import resume_command, summary
 from .setup import (
     build_pools,
     create_store,
@@ -64,40 +64,6 @@ from .trials import TrialLogError, read_trials
 from .tuner import make_trainable, reconcile_trials, restore_or_make_tuner
 
 logger = logging.getLogger(__name__)
-
-# The parameters shown for the best trial of a finished search.
-_SUMMARY_KEYS = (
-    "r", "guidance", "steps", "scheduler", "postprocess", "mode", "lr", "batch_size", "epochs",
-    "seed",
-)  # fmt: skip
-
-
-def _summary(home: Home, run_dir: Path, info: RunInfo) -> dict[str, Any]:
-    st = runs.run_status(home, info.name)
-    best = st["best"]
-    if best is not None:
-        best = {
-            "trial_id": best["trial_id"],
-            "params": {k: best["params"][k] for k in _SUMMARY_KEYS if k in (best["params"] or {})},
-            "metric": best["metric"],
-        }
-    out = {
-        "name": info.name,
-        "run_dir": str(run_dir),
-        "state": info.state,
-        "metric": info.metric,
-        "mode": info.mode,
-        "best": best,
-        "n_trials": st["done"],
-        "n_trials_asked": info.n_trials,
-        "n_errors": st["counts"].get("ERROR", 0),
-        "mlflow_parent_run_id": info.mlflow.parent_run_id,
-        "tracking_uri": info.mlflow.tracking_uri,
-    }
-    if info.state != "finished":
-        out["resume_command"] = resume_command(home, info.name)
-    return out
-
 
 # How long ``resume`` waits for an old driver that has stopped and is cleaning up.
 SHUTDOWN_WAIT_S = 60.0
@@ -232,8 +198,6 @@ def _drive(
     tracker, status, error = None, "failed", None
     try:
         data = prepare(home, folder, info, space, cfg, progress)
-        # --- set-up hook: the issue-11 training-budget calibration is called here (after the
-        # data and the generator, before the tracker and the trials) ---
         tracker = open_tracker(folder, info, progress)
         if not info.options.resources.get("gpus"):
             prepare_pools(home, folder, info, space, data, progress)  # serially, before Ray
@@ -252,7 +216,7 @@ def _drive(
         raise error
     if failed:
         raise SearchError(f"run {info.name}: {failed[0]}")
-    return _summary(home, folder, info)
+    return summary(home, folder, info)
 
 
 # ------------------------------------------------------------------------------ public API
@@ -413,7 +377,7 @@ def resume_search(home: Home, name: str, progress: bool = True) -> dict[str, Any
         if info.state == "finished":
             lock.release()
             say(f"run {name} is finished ({info.n_trials} trials): nothing left to do", progress)
-            return _summary(home, folder, info)
+            return summary(home, folder, info)
         space, cfg = read_run_space(folder), read_run_config(folder)  # issue 10: one-line errors
         if info.mlflow.tracking_uri:
             check_tracking_uri(info.mlflow.tracking_uri)

@@ -264,6 +264,41 @@ def driver_alive(folder: Path, info: RunInfo) -> bool:
     return bool(pid) and pid_alive(int(pid))
 
 
+# The parameters shown for the best trial of a finished search.
+_SUMMARY_KEYS = (
+    "r", "guidance", "steps", "scheduler", "postprocess", "mode", "lr", "batch_size", "epochs",
+    "seed",
+)  # fmt: skip
+
+
+def summary(home: Home, run_dir: Path, info: RunInfo) -> dict[str, Any]:
+    """What `run` and `resume` return: the run's outcome, its best trial and how to resume it."""
+    st = run_status(home, info.name)
+    best = st["best"]
+    if best is not None:
+        best = {
+            "trial_id": best["trial_id"],
+            "params": {k: best["params"][k] for k in _SUMMARY_KEYS if k in (best["params"] or {})},
+            "metric": best["metric"],
+        }
+    out = {
+        "name": info.name,
+        "run_dir": str(run_dir),
+        "state": info.state,
+        "metric": info.metric,
+        "mode": info.mode,
+        "best": best,
+        "n_trials": st["done"],
+        "n_trials_asked": info.n_trials,
+        "n_errors": st["counts"].get("ERROR", 0),
+        "mlflow_parent_run_id": info.mlflow.parent_run_id,
+        "tracking_uri": info.mlflow.tracking_uri,
+    }
+    if info.state != "finished":
+        out["resume_command"] = resume_command(home, info.name)
+    return out
+
+
 def list_runs(home: Home) -> list[dict[str, Any]]:
     """One summary per search in ``home.runs``, oldest first; a run whose run.json is broken is
     listed with state "broken" and the error (the others are listed all the same)."""
