@@ -276,15 +276,18 @@ def test_sigkill_at_every_phase_then_resume_gives_exactly_n_trials(tmp_path, poi
     assert run_status(home, "k")["state"] == "crashed"
     if point == "finetune":  # the fine-tune's checkpoint is kept for the resume
         assert list(home.models.glob(".tmp-*/*")), "no fine-tune checkpoint left"
+    kept = {}
     if point == "pool":
         assert info["phase"] == "pools" and not info["pools_built"]
+        kept = {p: p.stat().st_mtime_ns for p in home.pools.glob("*/images.npy")}
+        assert kept, "the first pool was not complete before the kill"
 
     r = subprocess.run(_cli(home, "resume", "k", "--json"), capture_output=True, text=True,
                        timeout=600)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout)["n_trials"] == N_KILL
-    if point == "pool":
-        assert "cached" in r.stderr  # the complete pool was kept, not rebuilt
+    # the complete pool was kept, not rebuilt
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
     st = run_status(home, "k")
     assert st["state"] == "finished" and st["done"] == N_KILL == len(st["trials"])
     assert all(t["state"] == "TERMINATED" for t in st["trials"])
