@@ -60,3 +60,27 @@ def test_status_counts_the_looks_at_the_test_split(tmp_path, run_cli):
     assert rc == 0 and json.loads(out)["test_looks"] == 2
     rc, out, _ = run_cli(["status", "r1", "--home", str(tmp_path)])
     assert rc == 0 and "test split looked at 2 time(s)" in out
+
+
+def test_run_passes_allow_other_data_and_max_failures_to_the_search(monkeypatch, tmp_path, run_cli):
+    """The flag that the refusal names exists, and reaches run_search (recorded in run.json)."""
+    import ratio_search.search as search
+
+    seen = {}
+
+    def fake_run_search(home, **kwargs):
+        seen.update(kwargs)
+        raise search_error("stop here")
+
+    from ratio_search.errors import SearchError as search_error
+
+    monkeypatch.setattr(search, "run_search", fake_run_search)
+    rc, _, err = run_cli(
+        ["run", "--home", tmp_path, "--allow-other-data", "--max-failures", "2", "--model", "x"]
+    )
+    assert rc == 2 and "stop here" in err
+    assert seen["allow_other_data"] is True and seen["max_failures"] == 2
+    from ratio_search.search.options import SearchOptions
+
+    opts = SearchOptions.from_kwargs({"allow_other_data": True})
+    assert opts.allow_other_data is True

@@ -67,6 +67,17 @@ def add_run(sub: argparse._SubParsersAction) -> None:
         help="generator folder or 'latest' (newest fine-tuned on this data; fine-tuned now if none)",
     )
     p.add_argument(
+        "--allow-other-data",
+        action="store_true",
+        help="accept a --model fine-tuned on other data than this search's (recorded in run.json)",
+    )
+    p.add_argument(
+        "--max-failures",
+        type=int,
+        default=0,
+        help="retries of a failed trial, e.g. on a lost node (default: 0)",
+    )
+    p.add_argument(
         "--tracking-uri",
         help="MLflow store (default: sqlite in HOME/mlruns, or $MLFLOW_TRACKING_URI)",
     )
@@ -143,6 +154,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         tracking_uri=args.tracking_uri,
         data_cfg=cfg.data,
         model=args.model,
+        allow_other_data=args.allow_other_data,
+        max_failures=args.max_failures,
         progress=not args.json,
         data_overrides={k.split(".", 1)[1]: v for k, v in data_over.items()},
         finetune_cfg=cfg.finetune,

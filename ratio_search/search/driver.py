@@ -324,6 +324,7 @@ def run_search(home: Home, options: SearchOptions | None = None, **kwargs: Any) 
                 resources=resources,
                 concurrency=resources["concurrency"],
                 model=opts.model,
+                allow_other_data=opts.allow_other_data,
             ),
         )
         info.save(folder)

@@ -36,6 +36,7 @@ class SearchOptions:
     # data_overrides (the command line).
     data_cfg: DataConfig | None = None
     model: str | None = "latest"  # a model folder, or the newest one fine-tuned on this data
+    allow_other_data: bool = False  # accept an explicit --model fine-tuned on other data
     progress: bool = True
     data_overrides: dict[str, Any] | None = None
     finetune_cfg: FinetuneConfig | None = None

@@ -84,6 +84,7 @@ class RunOptions:
     resources: dict[str, Any] = field(default_factory=dict)
     concurrency: int = 1
     model: str | None = "latest"  # the generator asked for (a folder, or "latest")
+    allow_other_data: bool = False  # an explicit --model fine-tuned on other data is accepted
     extra: dict[str, Any] = field(default_factory=dict)
 
 

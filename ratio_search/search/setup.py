@@ -224,8 +224,9 @@ def prepare(
         if info.model_path is None:
             enter_phase(folder, info, "model")
             path, meta = model_for(
-                info.options.model, data, home, cfg.finetune, progress, info.mlflow.tracking_uri
-            )
+                info.options.model, data, home, cfg.finetune, progress, info.mlflow.tracking_uri,
+                allow_other_data=info.options.allow_other_data,
+            )  # fmt: skip
             info.model_path, info.model_meta = path, meta
             info.model_hash, info.pool_n = meta.get("model_hash"), pool_size(space, data)
             info.save(folder)
