@@ -17,9 +17,9 @@ from ratio_search.evidence.confirm import (
     paired,
     select_candidates,
 )
-from ratio_search.evidence.looks import look_count, read_looks
 from ratio_search.evidence.paired import BUDGET, EXCLUDES_ZERO, PRECISE
 from ratio_search.home import Home
+from ratio_search.search.looks import look_count, read_looks
 
 pytestmark = pytest.mark.unit
 

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 
 from ratio_search.errors import ModelError
-from ratio_search.evidence.looks import TEST_LOOKS, look_count, record_look
 from ratio_search.home import Home
 from ratio_search.provenance import check_model_data
+from ratio_search.search.looks import TEST_LOOKS, look_count, record_look
 
 pytestmark = pytest.mark.edges
 

@@ -3,7 +3,7 @@
 - :mod:`.stats`: means with t-intervals and paired differences over seeds (pure numbers);
 - :mod:`.paired`: the paired bootstrap over seeds and images, the sequential stopping rule;
 - :mod:`.noninferiority`: the usable synthetic ratio as a non-inferiority test against R = 0;
-- :mod:`.looks`: every look at the test split (``test_looks.jsonl``);
+- ``search.looks``: every look at the test split (``test_looks.jsonl``, a run-folder record);
 - :mod:`.testsplit`: the test split's sequential confirmation; :mod:`.answer`: the answer's words;
 - :mod:`.candidates`: which configurations a confirmation compares, and their summaries;
 - :mod:`.runs`: the confirmation's training runs (a search's trials re-run outside Ray), cached;

@@ -5,7 +5,7 @@ recorded.
 images and adds seeds (training both arms) until :func:`.paired.sequential_paired` stops; it
 also evaluates the non-inferiority answer's configuration against R = 0 on the test split, once.
 Before anything is evaluated the request (configurations, seed plan, settings) is looked up in
-``test_looks.jsonl`` (:mod:`.looks`): the same request shows the recorded numbers; a new one is
+``test_looks.jsonl`` (``search.looks``): the same request shows the recorded numbers; a new one is
 recorded as the next look, with its number.
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from .._io import json_safe, utc_now
+from ..search.looks import find_look, look_count, look_key, record_look
 from .candidates import Candidate, config_signature, summarise
-from .looks import find_look, look_count, look_key, record_look
 from .paired import N_BOOT, paired_bootstrap, sequential_paired
 from .runs import load_state
 

@@ -190,8 +190,8 @@ def resume_command(home: Home, name: str) -> str:
 
 
 def _test_looks(folder: Path) -> int:
-    """How many times export looked at the test split (``test_looks.jsonl``; stdlib reader)."""
-    from ..evidence.looks import look_count  # a lazy import of a stdlib-only module
+    """How many times export looked at the test split (``test_looks.jsonl``)."""
+    from .looks import look_count
 
     return look_count(folder)
 
@@ -248,7 +248,7 @@ def run_status(home: Home, name: str) -> dict[str, Any]:
         },
         "trials": rows,
         "mlflow_parent_run_id": info.mlflow.parent_run_id,
-        "test_looks": _test_looks(folder),  # issue 11: looks at the test split (evidence/looks.py)
+        "test_looks": _test_looks(folder),  # issue 11: looks at the test split (search/looks.py)
         "calibration": info.extra.get("calibration"),  # issue 11: the R = 0 budget (calibrate.py)
     }
 
