@@ -14,6 +14,7 @@ stderr); with ``--json`` neither is shown and stdout holds one JSON object.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from ..errors import RatioSearchError
@@ -64,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"ratio-search: error: {e}\n")
         return 2
     except KeyboardInterrupt:
+        # We are leaving: a second signal during the interpreter's shutdown must not turn the
+        # clean exit 130 (work saved, resumable) into a death by signal.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         sys.stderr.write("ratio-search: interrupted\n")
         return 130
     return 0
