@@ -1,4 +1,4 @@
-"""Issue 10, item 4: every broken state file is one line and exit 2 naming it and its repair, or,
+"""Every broken state file is one line and exit 2 naming it and its repair, or,
 for the data cache, is detected and rebuilt (never trusted because a meta.json is there)."""
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ def test_cli_needs_confirmation(tmp_path, run_cli):
     assert (home.runs / "a").exists()
 
 
-# ------------------------------------------------------------------ issue 10: names, running runs
+# ------------------------------------------------------------------ names, running runs
 
 
 def _dirs(root, names):
@@ -144,7 +144,7 @@ def test_a_run_whose_driver_lock_is_held_is_refused(tmp_path):
     assert [t.name for t in find_targets(home, ["runs"], ["locked"])] == ["locked"]
 
 
-# ------------------------------------------------------------------ issue 10: stale temp folders
+# ------------------------------------------------------------------ stale temp folders
 
 
 def test_stale_temp_folders_go_only_with_their_lock_free(tmp_path, run_cli):

@@ -457,7 +457,7 @@ def _trial_events(run_dir: Path) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_a_lost_worker_node_costs_a_retry_not_a_trial(cluster, tmp_path):
-    """Issue 10, item 8. The second node is killed (every process of its session, SIGKILL) while
+    """A lost worker node. The second node is killed (every process of its session, SIGKILL) while
     it runs a trial: that trial is retried on the head, the search finishes with exactly its 2
     trials, and the retried trial is one MLflow child run tagged with its attempts.
 

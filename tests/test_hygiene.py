@@ -1,4 +1,4 @@
-"""Evidence hygiene (issue 11, item 5): an explicit model fine-tuned on other data is refused,
+"""Evidence hygiene: an explicit model fine-tuned on other data is refused,
 status counts the looks at the test split, export refuses an empty test split in one line."""
 
 from __future__ import annotations

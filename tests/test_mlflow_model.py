@@ -1,4 +1,4 @@
-"""The confirmed classifier in MLflow (issue 14): logged as a PyTorch model under its confirm run,
+"""The confirmed classifier in MLflow: logged as a PyTorch model under its confirm run,
 registered with the answer, and loaded back with the same predictions on the test images."""
 
 from __future__ import annotations

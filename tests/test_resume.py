@@ -226,7 +226,7 @@ def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(tmp_path, tiny_home)
     assert st["state"] == "finished" and st["done"] == N_TRIALS == len(st["trials"])
 
 
-# ---------------------------------------------------------------- a kill at every phase (issue 10)
+# ---------------------------------------------------------------- a kill at every phase
 
 KILL_POINTS = ("data", "finetune", "pool", "trial", "between")
 N_KILL = 2

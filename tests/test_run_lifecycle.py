@@ -1,4 +1,4 @@
-"""Issue 10, items 1-5 (search side), in-process: one driver per run (the lock, its holder, unique
+"""In-process: one driver per run (the lock, its holder, unique
 default names), run.json from the first second, the ordered clean-up, trial records that cannot
 be lost (torn line, failed write, rebuilt record) and the one-line errors of `run`/`resume`/`status`.
 

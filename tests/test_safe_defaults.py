@@ -1,4 +1,4 @@
-"""Issue 10, items 5 and 6: `generate` without --data uses the newest model and its own data;
+"""`generate` without --data uses the newest model and its own data;
 `ui` binds to loopback unless --allow-remote says otherwise (and says what it exposes)."""
 
 from __future__ import annotations

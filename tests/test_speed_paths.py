@@ -1,4 +1,4 @@
-"""The speed paths of issue 13: thread counts from the job's cores, and the folder listing that
+"""The speed paths : thread counts from the job's cores, and the folder listing that
 the data cache's second load relies on (one scandir pass, stat results reused by the key)."""
 
 from __future__ import annotations

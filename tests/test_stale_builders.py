@@ -1,4 +1,4 @@
-"""Issue 10, item 5: a builder's temp folder is stale when its builder is gone (its lock can be
+"""A builder's temp folder is stale when its builder is gone (its lock can be
 taken), never because of its age: a pool build of many hours is never deleted under its builder."""
 
 from __future__ import annotations

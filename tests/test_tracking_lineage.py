@@ -1,4 +1,4 @@
-"""What a user sees in MLflow (issue 14): the experiment's view tag, each run's datasets, the
+"""What a user sees in MLflow: the experiment's view tag, each run's datasets, the
 search's note, the trials' system metrics, the address `ratio-search ui` prints."""
 
 from __future__ import annotations

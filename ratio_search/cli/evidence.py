@@ -86,7 +86,7 @@ def add_export(sub: argparse._SubParsersAction) -> None:
         help="the R values the usable ratio is tested at (chosen generation settings; default "
         "0.25 0.5 0.75 1 within the space's range)",
     )
-    p.add_argument(  # issue 14 (tracking helper)
+    p.add_argument(
         "--register",
         metavar="NAME",
         help="register the chosen classifier in MLflow's model registry as NAME (needs the "
@@ -177,7 +177,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from ..home import Home
 
     if getattr(args, "no_confirm", True):
-        if getattr(args, "register", None):  # issue 14
+        if getattr(args, "register", None):
             from ..errors import RatioSearchError
 
             raise RatioSearchError("--register needs the confirmation: drop --no-confirm")

@@ -220,9 +220,9 @@ def cmd_status(args: argparse.Namespace) -> None:
         p = s["best"]["params"] or {}
         console.print(f"best: {metric} {s['best']['metric']:.4f} (trial {best_id}: "
                       f"R={p.get('r')}, guidance={p.get('guidance')}, steps={p.get('steps')})")  # fmt: skip
-    if (s.get("calibration") or {}).get("line"):  # issue 11: the R = 0 budget check
+    if (s.get("calibration") or {}).get("line"):  # the R = 0 budget check
         console.print(f"calibration: {s['calibration']['line']}")
-    if s.get("test_looks"):  # issue 11: the looks at the test split export recorded
+    if s.get("test_looks"):  # the looks at the test split export recorded
         console.print(
             f"test split looked at {s['test_looks']} time(s): {s['run_dir']}/test_looks.jsonl"
         )

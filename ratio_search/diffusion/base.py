@@ -277,7 +277,7 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
         raise ModelError(f"not a saved model (unreadable {META_NAME}: {e}): {p}") from None
     if not isinstance(meta, dict) or "backend" not in meta:
         raise ModelError(f"not a saved model ({META_NAME} has no 'backend'): {p}")
-    # issue 10: a complete model's meta.json must hold what loading and sampling read
+    # a complete model's meta.json must hold what loading and sampling read
     lost = [k for k in META_REQUIRED if k not in meta] if meta.get("complete", True) else []
     if lost:
         raise ModelError(

@@ -289,7 +289,7 @@ def export_with_confirmation(
         )
         doc["train"]["epochs"] = planned
     doc["expected"]["confirm"] = result
-    # >>> issue 14 (tracking helper): the chosen classifier as an MLflow model (tracking/models.py)
+    # >>> the chosen classifier as an MLflow model (tracking/models.py)
     if isinstance(result.get("mlflow"), dict) and result["chosen"]["label"] in result["mlflow"]:
         from ..tracking.models import log_chosen_model
         from .runs import _run_key, _slug
@@ -298,5 +298,5 @@ def export_with_confirmation(
         weights = find_run(home, name) / "confirm" / _slug(result["chosen"]["label"])
         weights /= f"seed-{seed}-{_run_key(chosen_cfg, seed, ctx.data_key)}.safetensors"
         result["model"] = log_chosen_model(ctx, result, weights, register_as=register)
-    # <<< issue 14
+    # <<< end of the MLflow model block
     return doc

@@ -155,7 +155,7 @@ def _fit(
         "pool_n": info.pool_n,
         "model_path": info.model_path,
         "model_meta": info.model_meta,
-        "run_dir": str(run_dir),  # issue 11: equivalent configurations measured once (trainable)
+        "run_dir": str(run_dir),  # equivalent configurations measured once (trainable)
     }
     trainable = make_trainable(ctx, data, res["cpus_per_trial"], res["gpus_per_trial"])
     from .callbacks import make_callbacks
@@ -379,7 +379,7 @@ def resume_search(home: Home, name: str, progress: bool = True) -> dict[str, Any
             lock.release()
             say(f"run {name} is finished ({info.n_trials} trials): nothing left to do", progress)
             return summary(home, folder, info)
-        space, cfg = read_run_space(folder), read_run_config(folder)  # issue 10: one-line errors
+        space, cfg = read_run_space(folder), read_run_config(folder)  # one-line errors
         if info.mlflow.tracking_uri:
             check_tracking_uri(info.mlflow.tracking_uri)
         temp_dir = info.ray.temp_dir or runs.ray_temp_dir(folder)

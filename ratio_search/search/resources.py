@@ -132,7 +132,7 @@ def init_ray(
             num_gpus=num_gpus,
             include_dashboard=False,
             _temp_dir=temp_dir,
-            # issue 10: a private Ray's nodes advertise and connect on loopback; Ray 2.60 has no
+            # a private Ray's nodes advertise and connect on loopback; Ray 2.60 has no
             # option to bind its GCS/raylet sockets, which listen on all interfaces (token-guarded)
             _node_ip_address="127.0.0.1",
             logging_level=logging.WARNING,

@@ -248,8 +248,8 @@ def run_status(home: Home, name: str) -> dict[str, Any]:
         },
         "trials": rows,
         "mlflow_parent_run_id": info.mlflow.parent_run_id,
-        "test_looks": _test_looks(folder),  # issue 11: looks at the test split (search/looks.py)
-        "calibration": info.extra.get("calibration"),  # issue 11: the R = 0 budget (calibrate.py)
+        "test_looks": _test_looks(folder),  # looks at the test split (search/looks.py)
+        "calibration": info.extra.get("calibration"),  # the R = 0 budget (calibrate.py)
     }
 
 

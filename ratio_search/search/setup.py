@@ -111,7 +111,7 @@ def model_for(
             if tracking_uri:
                 _log_finetune(cfg, info, time.time() - t0, data.key, tracking_uri)
     meta = read_meta(Path(path))
-    # --- evidence hygiene (issue 11 item 5): an explicit model must be fine-tuned on this data.
+    # --- evidence hygiene: an explicit model must be fine-tuned on this data.
     if model not in (None, "latest"):
         from ..provenance import check_model_data
 
@@ -215,11 +215,10 @@ def prepare(
             f"the data of run {info.name} changed (key {info.data_key} -> {data.key}); "
             "a resumed search must see the same data"
         )
-    # --- issue 11 (calibration helper): the R = 0 budget, once per run, recorded in run.json
+    # --- the R = 0 budget, once per run, recorded in run.json
     from .calibrate import calibrate_run
 
     calibrate_run(folder, info, space, data, progress)
-    # --- end issue 11
     if space.pool_grid():
         if info.model_path is None:
             enter_phase(folder, info, "model")

@@ -228,7 +228,7 @@ def trial_body(
 
     model_hash = (ctx.get("model_meta") or {}).get("model_hash", "")
     class_names = json.dumps(list(data.class_names))
-    sampler = Sampler(device)  # issue 14 (tracking): system metrics per epoch, search/sysmetrics.py
+    sampler = Sampler(device)  # system metrics per epoch, search/sysmetrics.py
 
     def on_epoch(epoch: int, metrics: dict[str, Any], st: dict[str, Any]) -> None:
         out: dict[str, Any] = {"epoch": int(epoch), "epochs": int(tcfg.epochs)}
@@ -257,7 +257,7 @@ def trial_body(
             memo.heartbeat()
             if epoch == tcfg.epochs:  # measured at the full budget: equivalent trials reuse it
                 memo.store(out)
-        out[SYSTEM_KEY] = sampler.sample()  # issue 14 (tracking): logged as system/... metrics
+        out[SYSTEM_KEY] = sampler.sample()  # logged as system/... metrics
         report(out, st)
 
     try:

@@ -60,7 +60,7 @@ class MLflowTrialCallback(Callback):
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # Tune retries a failed trial from its last checkpoint: the same run carries on.
         self._checked.discard(str(trial.trial_id))
-        # issue 10 (item 8, a lost node): each retry is counted on the trial's one run
+        # a lost node: each retry is counted on the trial's one run
         err = trial_error(trial)
         self._guard(lambda: self._record_attempt(trial, err))
         self._event(trial, "RUNNING", error=err)
