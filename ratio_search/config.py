@@ -18,9 +18,15 @@ import yaml
 from .errors import ConfigError
 
 
-def _f(default: Any, help: str, choices: tuple | None = None, lo=None, hi=None, **kw):
-    """A dataclass field carrying its help text and its allowed values."""
-    meta = {"help": help, "choices": choices, "lo": lo, "hi": hi}
+def _f(
+    default: Any, help: str, choices: tuple | None = None, lo=None, hi=None, joins=False, **kw
+):
+    """A dataclass field carrying its help text and its allowed values.
+
+    ``joins``: a str field that also takes a YAML list, stored comma-joined (a search
+    categorical needs one plain value per choice).
+    """
+    meta = {"help": help, "choices": choices, "lo": lo, "hi": hi, "joins": joins}
     if isinstance(default, list | dict):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
@@ -58,7 +64,23 @@ class TrainConfig:
         "replace: class size fixed; augment: synthetic added on top",
         ("replace", "augment"),
     )
-    arch: str = _f("simple", "classifier architecture", ("simple",))
+    arch: str = _f(
+        "simple", "classifier: simple (the study's CNN) or resnet (a small residual network)",
+        ("simple", "resnet"),
+    )  # fmt: skip
+    # Which classes receive synthetic images; R applies to each of them (train/mixing.py).
+    synthetic_classes: str = _f(
+        "default",
+        "classes mixed with synthetic images: default (data.synthetic_class), all, "
+        "or a comma-separated list of class names",
+        joins=True,
+    )
+    # A judge trained on the real training split only scores each pool image (its intended
+    # class's probability); the trial draws from the top fraction. 1.0 keeps the whole pool.
+    filter_top: float = _f(
+        1.0, "keep this top fraction of a pool by judge confidence (1.0: no filter)",
+        lo=0.01, hi=1.0,
+    )  # fmt: skip
     epochs: int = _f(30, "training epochs", lo=1)
     batch_size: int = _f(128, "batch size (the study's)", lo=1)
     lr: float = _f(1e-3, "Adam learning rate (the study's)", lo=0.0)
@@ -91,6 +113,14 @@ class FinetuneConfig:
         0.1, "class-label dropout for classifier-free guidance", lo=0.0, hi=1.0
     )
     checkpoint_every: int = _f(100, "steps between resumable checkpoints", lo=1)
+    # Not in the model hash: each saved step is a model of its own (generate.finetune_steps).
+    save_steps: list[int] = _f(
+        [], "also save the generator at these steps, each a model with its own hash", lo=1
+    )
+    # A task-naive base: "many unlabelled scans, few labelled ones" (the bundled base is one).
+    unconditional: bool = _f(
+        False, "tiny: train without labels (every image is the null class), e.g. for a base model"
+    )
     prompt: str = _f("OCT scan showing {cls}", "stable-diffusion: prompt template per class")
     resolution: int | None = _f(
         None, "training resolution (default: tiny = image_size, SD = 512)", lo=8
@@ -108,6 +138,10 @@ class GenerateConfig:
     scheduler: str = _f("ddim", "sampler", ("ddim", "dpm-solver++"))
     n: int = _f(200, "images per pool", lo=1)
     seed: int = _f(0, "seed of the pool")
+    # A generator checkpoint is a model of its own (own hash, own pools): finetune.save_steps.
+    finetune_steps: int = _f(
+        0, "generator checkpoint: the fine-tune's weights after this many steps (0: final)", lo=0
+    )
     postprocess: str = _f("none", "intensity postprocessing", ("none", "histogram-match"))
     batch_size: int = _f(64, "images per forward pass", lo=1)
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
@@ -124,7 +158,7 @@ class Config:
 
 
 # The GenerateConfig fields that pick a trial's pool of generated images.
-POOL_FIELDS = ("guidance", "steps", "scheduler", "postprocess")
+POOL_FIELDS = ("guidance", "steps", "scheduler", "postprocess", "finetune_steps")
 # Flat trial-config names that are not the field's own name.
 _FLAT_ALIASES = {"pool_size": ("generate", "n"), "pool_seed": ("generate", "seed")}
 
@@ -210,7 +244,8 @@ def _check_value(section: str, f: dataclasses.Field, value: Any) -> Any:
                 raise ValueError
             value = float(value)
         elif typ.startswith("list[int]"):
-            if not isinstance(value, list | tuple) or not value:
+            empty_ok = f.default_factory is not dataclasses.MISSING and not f.default_factory()
+            if not isinstance(value, list | tuple) or not (value or empty_ok):
                 raise ValueError
             if any(isinstance(v, bool) or not isinstance(v, int) for v in value):
                 raise ValueError
@@ -226,6 +261,8 @@ def _check_value(section: str, f: dataclasses.Field, value: Any) -> Any:
                 raise ValueError
             value = [str(v) for v in value]
         elif typ.startswith("str"):
+            if meta.get("joins") and isinstance(value, list | tuple) and value:
+                value = ",".join(str(v) for v in value)
             if not isinstance(value, str | int | float):
                 raise ValueError
             value = str(value)

@@ -31,6 +31,7 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
         help="continue an interrupted fine-tune from its last checkpoint",
     )
     config_flag(p, "finetune.from_scratch")
+    config_flag(p, "finetune.unconditional")
     p.add_argument(
         "--export-base",
         action="store_true",

@@ -315,8 +315,15 @@ def save_grid(images: np.ndarray, rows: int, path: Path) -> Path:
 
 
 def save_samples_grid(model: GenerativeModel, path: Path, per_class: int, steps: int) -> Path:
-    """``per_class`` samples of every class (seed 0, default guidance), one row per class."""
+    """``per_class`` samples of every class (seed 0, default guidance), one row per class.
+
+    An unconditional model (no labels seen) has no class to show: two rows of its unconditional
+    samples (guidance 0) instead.
+    """
     guidance = GenerateConfig().guidance
+    if model.meta.get("config", {}).get("unconditional"):
+        both = model.sample(2 * per_class, 0, guidance=0.0, steps=steps, seed=0)
+        return save_grid(both, 2, path)
     rows = [
         model.sample(per_class, k, guidance=guidance, steps=steps, seed=0)
         for k in range(len(model.class_names))

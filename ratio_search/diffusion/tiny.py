@@ -90,6 +90,8 @@ def resolve(data, cfg: FinetuneConfig, unet_overrides: dict[str, Any] | None = N
     config["scheduler"] = dict(SCHEDULER_CONFIG)
     config["hflip"] = True  # B-scans of left and right eyes are mirror images of each other
     config["ddim_eta"] = DDIM_ETA  # sampling behaviour is part of the model (and its pools)
+    if cfg.unconditional:  # only when set: the hash of every labelled model stays what it was
+        config["unconditional"] = True
     if cfg.from_scratch:
         return Resolved(config, None, resolution)
     weights = base_dir(cfg) / WEIGHTS_NAME

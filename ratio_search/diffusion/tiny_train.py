@@ -61,6 +61,9 @@ def init_from_base(unet, base: Path, class_names: list[str]) -> dict[str, Any]:
 
     base_meta = read_meta(base) if (base / META_NAME).is_file() else {}
     base_names = [str(c) for c in base_meta.get("class_names", BASE_CLASSES)]
+    # An unconditional base never trained its class embeddings: every class starts from the
+    # null class (the unconditional model) and the fine-tune learns what sets it apart.
+    naive = bool(base_meta.get("config", {}).get("unconditional"))
     state = load_file(str(base / WEIGHTS_NAME))
     own = unet.state_dict()
     mapped, fresh = [], []
@@ -70,10 +73,13 @@ def init_from_base(unet, base: Path, class_names: list[str]) -> dict[str, Any]:
         src = state[key]
         if key == "class_embedding.weight":
             new = value.clone()
-            lookup = {n.upper(): i for i, n in enumerate(base_names)}
+            lookup = {} if naive else {n.upper(): i for i, n in enumerate(base_names)}
             for i, name in enumerate(class_names):
                 j = lookup.get(name.upper())
-                if j is None:
+                if naive:
+                    new[i] = src[-1]
+                    fresh.append(name)
+                elif j is None:
                     fresh.append(name)
                 else:
                     new[i] = src[j]
@@ -91,7 +97,7 @@ def init_from_base(unet, base: Path, class_names: list[str]) -> dict[str, Any]:
                 f"base model {base} does not fit this network ({key}: {tuple(src.shape)} vs {tuple(value.shape)})"
             )
     unet.load_state_dict(own)
-    return {"classes_from_base": mapped, "classes_fresh": fresh}
+    return {"classes_from_base": mapped, "classes_fresh": fresh, "base_unconditional": naive}
 
 
 class _EMA:
@@ -205,6 +211,8 @@ def train(
         x0 = x_all[idx.to(device)]
         if resolved.get("hflip"):
             x0 = torch.where(flip.to(device)[:, None, None, None], x0.flip(-1), x0)
+        if resolved.get("unconditional"):  # no labels seen: every image is the null class
+            drop = torch.ones_like(drop)
         labels = torch.where(drop, torch.full_like(idx, null_class), y_all.cpu()[idx]).to(device)
         noise, t = noise.to(device), t.to(device)
         a = alphas[t][:, None, None, None]
