@@ -18,9 +18,7 @@ import yaml
 from .errors import ConfigError
 
 
-def _f(
-    default: Any, help: str, choices: tuple | None = None, lo=None, hi=None, joins=False, **kw
-):
+def _f(default: Any, help: str, choices: tuple | None = None, lo=None, hi=None, joins=False, **kw):
     """A dataclass field carrying its help text and its allowed values.
 
     ``joins``: a str field that also takes a YAML list, stored comma-joined (a search
