@@ -1,6 +1,7 @@
 """One trial's computation: mix synthetic images in at a ratio, train the CNN, score it.
 
-- :mod:`.mixing`: the pure mixing function (R, replace/augment; no torch);
+- :mod:`.mixing`: the pure mixing functions (R, replace/augment, one or several classes,
+  the top-fraction filter's index arithmetic; no torch);
 - :mod:`.cnn`: the reference study's CNN and its fixed input normalisation;
 - :mod:`.loop`: the training loop and its metrics (torch, scikit-learn);
 - :mod:`.multi`: several seeds of one configuration trained together (one vectorised model);
@@ -21,6 +22,11 @@ _WHERE = {
     "MODES": "mixing",
     "mix": "mixing",
     "synthetic_needed": "mixing",
+    "mix_classes": "mixing",
+    "synthetic_labels": "mixing",
+    "kept_count": "mixing",
+    "pool_needed": "mixing",
+    "top_fraction": "mixing",
     "MEAN": "cnn",
     "STD": "cnn",
     "SimpleCNN": "cnn",
