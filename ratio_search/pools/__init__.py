@@ -3,19 +3,24 @@
 - :mod:`.store`: a pool's key, reading, locked building, atomic publishing, listing;
 - :mod:`.postprocess`: histogram matching and its reference (:func:`class_reference`);
 - :mod:`.importer`: a folder of images from any other generator, as a pool;
-- :mod:`.build`: a pool for a model and a setting, a search space's grid, the ``generate`` command.
+- :mod:`.classes`: which classes receive synthetic images (one pool per class);
+- :mod:`.build`: a pool for a model and a setting, a search space's grid x its classes, the
+  ``generate`` command.
 """
 
 from __future__ import annotations
 
 from .build import (
+    build_grid,
     build_one,
     build_space_pools,
     generate,
     get_pool,
     model_class_index,
     pool_grid,
+    space_labels,
 )
+from .classes import synthetic_labels
 from .importer import import_folder_pool
 from .postprocess import (
     POSTPROCESS,
@@ -38,6 +43,7 @@ __all__ = [
     "POOL_FORMAT",
     "POSTPROCESS",
     "Pool",
+    "build_grid",
     "build_one",
     "build_space_pools",
     "class_reference",
@@ -53,5 +59,7 @@ __all__ = [
     "pool_store_size",
     "reference_for",
     "reference_hash",
+    "space_labels",
+    "synthetic_labels",
     "update_manifest",
 ]

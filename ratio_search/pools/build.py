@@ -21,7 +21,7 @@ from ..config import GenerateConfig
 from ..diffusion.base import check_scheduler
 from ..errors import ConfigError, PoolError
 from ..home import Home, resolve_device
-from .postprocess import POSTPROCESS, class_reference, postprocess, reference_key
+from .postprocess import POSTPROCESS, postprocess, reference_for, reference_key
 from .store import Pool, build_pool, new_manifest, pool_key
 
 if TYPE_CHECKING:
@@ -195,40 +195,111 @@ def pool_grid(space: Any) -> list[dict[str, Any]]:
     return out
 
 
+def space_labels(space: Any, data: Dataset) -> list[int]:
+    """Every label a trial of ``space`` can mix synthetic images into: the union over the values
+    ``synthetic_classes`` can take (sampled or fixed; the config default otherwise)."""
+    from .classes import synthetic_labels
+
+    try:
+        choices = space.choices("synthetic_classes") if hasattr(space, "choices") else []
+    except KeyError:  # a space reader that does not know the parameter: the default class
+        choices = []
+    labels: set[int] = set()
+    for spec in choices or ["default"]:
+        labels.update(synthetic_labels(spec, data.class_names, data.synthetic_label))
+    return sorted(labels)
+
+
+def _models_by_steps(models: Any) -> dict[int, Any]:
+    """``{finetune_steps: model}``; one model (not a mapping) is the final one, ``{0: model}``."""
+    if isinstance(models, Mapping):
+        return {int(k): v for k, v in models.items()}
+    return {0: models}
+
+
+def _model_at(models: Mapping[int, Any], steps: int) -> Any:
+    if int(steps) not in models:
+        have = ", ".join(str(s) for s in sorted(models)) or "none"
+        raise ConfigError(
+            f"generate.finetune_steps = {steps}: no generator checkpoint at that step (have: "
+            f"{have}; 0 = the final weights); fine-tune with finetune.save_steps including it"
+        )
+    return models[int(steps)]
+
+
 def build_space_pools(
     home: Home,
-    model: GenerativeModel,
+    models: Mapping[int, GenerativeModel] | GenerativeModel,
     space: Any,
     n: int | None = None,
-    reference: np.ndarray | None = None,
-    synthetic_class_index: int = 0,
+    data: Dataset | None = None,
     base: GenerateConfig | None = None,
     progress: bool = True,
     on_done: OnDone | None = None,
 ) -> list[dict[str, Any]]:
-    """Build every missing pool of a search space's (guidance, steps, scheduler, postprocess) grid.
+    """Build every missing pool a search space can ask for: its pool grid x its synthetic classes.
+
+    ``models``: ``{finetune_steps: model}`` (0 = the fine-tune's final weights; one model alone
+    means ``{0: model}``). ``space``: anything with ``pool_grid()`` (a ``SearchSpace``; its
+    combinations may set ``finetune_steps``) or a list of dicts; the classes are the union of
+    the labels of ``space.choices("synthetic_classes")`` (:func:`space_labels`). Each class's
+    pool is generated for that class (matched by name to the model's classes) with its own
+    histogram-match reference (the real training images of that class). ``data=None``: the
+    model's class 0 alone, without a reference (``postprocess: none`` only).
 
     Serial, in this process. ``base`` supplies the fields a combination does not set (seed, batch
-    size, device, and scheduler/postprocess when the space fixes them). ``on_done(result)`` is
-    called after each pool. Returns one :func:`build_one` result per combination.
+    size, device, finetune_steps, and scheduler/postprocess when the space fixes them).
+    ``on_done(result)`` is called after each pool. Returns one :func:`build_one` result per
+    (combination, class), with ``class_index``, ``class_name`` and ``finetune_steps`` added.
     """
+    labels = space_labels(space, data) if data is not None else None
+    return build_grid(home, models, pool_grid(space), labels, n, data, base, progress, on_done)
+
+
+def build_grid(
+    home: Home,
+    models: Mapping[int, GenerativeModel] | GenerativeModel,
+    combos: Iterable[Mapping[str, Any]],
+    labels: Iterable[int] | None,
+    n: int | None,
+    data: Dataset | None,
+    base: GenerateConfig | None = None,
+    progress: bool = True,
+    on_done: OnDone | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`build_space_pools` for explicit ``combos`` and ``labels`` (None: class 0, no data)."""
     base = base or GenerateConfig()
+    by_steps = _models_by_steps(models)
+    gens = [_gen_from(base, combo) for combo in combos]  # every unknown key before any build
+    for gen in gens:
+        _model_at(by_steps, gen.finetune_steps)  # every missing checkpoint before any build
     results = []
-    for combo in pool_grid(space):
-        gen = _gen_from(base, combo)
-        result = build_one(home, model, gen, n, reference, synthetic_class_index, progress)
-        results.append(result)
-        if on_done is not None:
-            on_done(result)
+    for gen in gens:
+        model = by_steps[int(gen.finetune_steps)]
+        for label in [None] if labels is None else list(labels):
+            if label is None or data is None:
+                index, reference, name = 0, None, None
+            else:
+                index = model_class_index(model, data, label)
+                reference = reference_for(data, gen.postprocess, label)
+                name = data.class_names[label]
+            result = build_one(home, model, gen, n, reference, index, progress)
+            result.update(class_index=index, finetune_steps=int(gen.finetune_steps))
+            if name is not None:
+                result["class_name"] = name
+            results.append(result)
+            if on_done is not None:
+                on_done(result)
     return results
 
 
 # ------------------------------------------------------------------- from a dataset and a model
 
 
-def model_class_index(model: GenerativeModel, data: Dataset) -> int:
-    """The index, in ``model.class_names``, of the dataset's synthetic class (matched by name)."""
-    name = data.class_names[data.synthetic_label]
+def model_class_index(model: GenerativeModel, data: Dataset, label: int | None = None) -> int:
+    """The index, in ``model.class_names``, of the dataset's class ``label`` (default: the
+    synthetic class), matched by name."""
+    name = data.class_names[data.synthetic_label if label is None else int(label)]
     names = list(model.class_names)
     if name not in names:
         raise PoolError(
@@ -251,9 +322,12 @@ def generate(
 
     ``cfg`` is a :class:`~ratio_search.config.Config`. The dataset (``cfg.data``, with the space's
     ``data:`` overrides) picks the model when ``model == "latest"`` (the newest fine-tuned on it),
-    the class to generate and the histogram-match reference. ``n``: images per pool (default: the
+    the classes to generate (``cfg.train.synthetic_classes``, or every class the space's
+    ``synthetic_classes`` can list) and each class's histogram-match reference. ``model`` may
+    also be ``{finetune_steps: model}``; else the checkpoints the grid asks for
+    (``finetune_steps``) are looked up beside the one model. ``n``: images per pool (default: the
     space's ``pool_size``, else ``cfg.generate.n``); the space's ``pool_seed`` likewise.
-    Returns one :func:`build_one` result per pool. ``data``: the dataset, instead of loading
+    Returns one :func:`build_one` result per pool (per class). ``data``: the dataset, instead of loading
     ``cfg.data`` (``generate`` without ``--data``: the newest model's own data).
     """
     from ..data import load_dataset
@@ -269,14 +343,44 @@ def generate(
             gen.seed = int(fixed["pool_seed"])
     n = int(gen.n if n is None else n)
     data = data if data is not None else load_dataset(data_cfg, home)
-    if not isinstance(model, str | os.PathLike):
-        loaded = model
+    if space is not None:
+        combos, labels = pool_grid(space), space_labels(space, data)
     else:
-        from ..diffusion import load_model
+        from .classes import synthetic_labels
 
-        loaded = load_model(model, home, data_key=data.key if str(model) == "latest" else None)
-    index = model_class_index(loaded, data)
-    reference = class_reference(data)
-    if space is None:
-        return [build_one(home, loaded, gen, n, reference, index, progress)]
-    return build_space_pools(home, loaded, space, n, reference, index, gen, progress, on_done)
+        combos = [{}]
+        labels = synthetic_labels(
+            cfg.train.synthetic_classes, data.class_names, data.synthetic_label
+        )
+    steps = {int(c.get("finetune_steps", gen.finetune_steps)) for c in combos}
+    models = _generators(home, model, data, steps)
+    return build_grid(home, models, combos, labels, n, data, gen, progress, on_done)
+
+
+def _generators(
+    home: Home, model: Any, data: Dataset, steps: set[int]
+) -> dict[int, GenerativeModel]:
+    """``{finetune_steps: model}`` for :func:`generate`: ``model`` may already be such a mapping
+    (of models or paths); one model (or path, or ``latest``) is the final one, and the
+    checkpoints the grid asks for are found beside it (its meta.json, ``checkpoints_of``)."""
+    from ..diffusion import load_model
+
+    def load(m: Any, latest_ok: bool = False) -> GenerativeModel:
+        if not isinstance(m, str | os.PathLike):
+            return m
+        return load_model(m, home, data_key=data.key if latest_ok and str(m) == "latest" else None)
+
+    if isinstance(model, Mapping):
+        return {int(k): load(v) for k, v in model.items()}
+    final = load(model, latest_ok=True)
+    models = {0: final}
+    wanted = steps - {0}
+    if wanted:
+        try:
+            from ..diffusion import checkpoints_of
+        except ImportError:  # no checkpoint support: build_grid names the missing steps
+            return models
+        for s, path in checkpoints_of(final.path, home).items():
+            if int(s) in wanted:
+                models[int(s)] = load(path)
+    return models

@@ -1,6 +1,6 @@
 """What is done to generated images before they become a pool: histogram matching to real ones.
 
-The reference of ``histogram-match`` is always the real *training* images of the synthetic class,
+The reference of ``histogram-match`` is always the real *training* images of the pool's class,
 built by :func:`class_reference` alone: everyone who asks for a pool (``generate``, the search's
 trials and pre-build, ``confirm``) must pass the same array, or the reference hash in the pool key
 differs and the pool is not reused.
@@ -25,17 +25,20 @@ POSTPROCESS: tuple[str, ...] = tuple(
 )
 
 
-def class_reference(data: Dataset) -> np.ndarray:
-    """The ``histogram-match`` reference: the real *training* images of the synthetic class.
+def class_reference(data: Dataset, label: int | None = None) -> np.ndarray:
+    """The ``histogram-match`` reference: the real *training* images of the pool's class.
 
-    Only the train split: matching to val or test images would leak them into training.
+    ``label``: the class the pool is generated for (default: the synthetic class); each class's
+    pool is matched to its own class. Only the train split: matching to val or test images would
+    leak them into training.
     """
-    return np.asarray(data.train_x[np.asarray(data.train_y) == data.synthetic_label])
+    label = data.synthetic_label if label is None else int(label)
+    return np.asarray(data.train_x[np.asarray(data.train_y) == label])
 
 
-def reference_for(data: Dataset, postprocess: str) -> np.ndarray | None:
+def reference_for(data: Dataset, postprocess: str, label: int | None = None) -> np.ndarray | None:
     """:func:`class_reference` when ``postprocess`` needs one (``histogram-match``), else None."""
-    return class_reference(data) if postprocess == "histogram-match" else None
+    return class_reference(data, label) if postprocess == "histogram-match" else None
 
 
 def reference_hash(reference: np.ndarray) -> str:

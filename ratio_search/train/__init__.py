@@ -5,8 +5,8 @@
 - :mod:`.cnn`: the reference study's CNN and its fixed input normalisation;
 - :mod:`.loop`: the training loop and its metrics (torch, scikit-learn);
 - :mod:`.multi`: several seeds of one configuration trained together (one vectorised model);
-- :mod:`.trial`: :func:`run_trial` / :func:`train_seeds` (mix + train, no Ray, no MLflow) and
-  ``ratio-search train``.
+- :mod:`.trial`: :func:`run_trial` / :func:`train_seeds` (mix + train, no Ray, no MLflow);
+- :mod:`.command`: ``ratio-search train`` (a ``--config`` YAML and its pool or pools).
 
 May import ``config``, ``errors``, ``home``, ``_io``, ``data`` and ``pools``; nothing above them.
 Names are loaded on first use, so that importing the mixing function does not import torch.
@@ -38,15 +38,16 @@ _WHERE = {
     "predict_proba": "loop",
     "train_classifier": "loop",
     "run_trial": "trial",
+    "mix_trial": "trial",
     "train_seeds": "trial",
     "train_seeds_tensors": "multi",
     "aggregate": "multi",
-    "read_train_yaml": "trial",
-    "resolve_train_config": "trial",
-    "load_pool_images": "trial",
-    "save_outputs": "trial",
-    "default_train_out": "trial",
-    "train_from_config": "trial",
+    "read_train_yaml": "command",
+    "resolve_train_config": "command",
+    "load_pool_images": "command",
+    "save_outputs": "command",
+    "default_train_out": "command",
+    "train_from_config": "command",
 }
 __all__ = sorted(_WHERE)
 

@@ -25,14 +25,28 @@ Confidence filtering (``train.filter_top``) is index arithmetic here (:func:`top
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import ConfigError, DataError, PoolError
 
+# (defined beside the pools, which are per class and must not import train/; the same function)
+from ..pools.classes import synthetic_labels
+
 MODES = ("replace", "augment")
+__all__ = [
+    "MODES",
+    "Mixed",
+    "kept_count",
+    "mix",
+    "mix_classes",
+    "pool_needed",
+    "synthetic_labels",
+    "synthetic_needed",
+    "top_fraction",
+]
 
 
 @dataclass
@@ -73,32 +87,6 @@ def synthetic_needed(n_class: int, r: float, mode: str) -> int:
     if mode == "replace":
         return _round_half_up(r * n_class)
     return _round_half_up(r * n_class / (1.0 - r))
-
-
-def synthetic_labels(
-    spec: str | Sequence[str], class_names: Sequence[str], default_label: int
-) -> list[int]:
-    """The labels that receive synthetic images, in label order (``TrainConfig.synthetic_classes``).
-
-    ``"default"`` -> ``[default_label]`` (the dataset's synthetic class); ``"all"`` -> every label;
-    ``"A,B"`` (or a list of names) -> those classes' labels. An unknown name is a ConfigError.
-    """
-    names = list(class_names)
-    text = ",".join(str(s) for s in spec) if not isinstance(spec, str) else spec
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if parts == ["default"]:
-        return [int(default_label)]
-    if parts == ["all"]:
-        return list(range(len(names)))
-    if not parts:
-        raise ConfigError("train.synthetic_classes: empty; use default, all or class names")
-    unknown = [p for p in parts if p not in names]
-    if unknown:
-        raise ConfigError(
-            f"train.synthetic_classes: {', '.join(repr(u) for u in unknown)} is not a class of the "
-            f"data (classes: {', '.join(names)}; or default, all)"
-        )
-    return sorted({names.index(p) for p in parts})
 
 
 def kept_count(n: int, filter_top: float) -> int:
