@@ -28,7 +28,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.epilog = (
         "--config YAML: sections data, train, finetune, generate (as in config.py), plus optional "
-        "`pool:` (key or folder, relative to the YAML's folder; or {key|path: ..., n: N}) and "
+        "`pool:` (key or folder, relative to the YAML's folder; or {key|path: ..., n: N}) or "
+        "`pools:` ({<class name>: {key: ..., n: N}}, one per synthetic class) and "
         "`expected:` (ignored metadata, "
         "as written by export). Command-line flags override the YAML."
     )
@@ -152,7 +153,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         pool, pool_n = (
             (args.pool, args.pool_n) if args.pool else (yaml_pool, args.pool_n or yaml_pool_n)
         )
-        res = train_from_config(cfg, Home.resolve(args.home), pool, args.out, report, pool_n)
+        home = Home.resolve(args.home)
+        scorer = None
+        if cfg.train.filter_top < 1.0:  # the judge's scores of each pool (quality/selection.py)
+            from ..quality.selection import train_scorer
+
+            scorer = train_scorer(home)
+        res = train_from_config(cfg, home, pool, args.out, report, pool_n, scorer)
     finally:
         for bar in bars:
             bar.close()
@@ -161,8 +168,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     skipped = (
         f"; skipped {res['skipped_images']} unreadable image(s)" if res["skipped_images"] else ""
     )
-    if res["pool"] and res["pool"]["skipped"]:
-        skipped += f"; skipped {res['pool']['skipped']} unreadable pool image(s)"
+    for info in [res["pool"]] if res["pool"] else list((res.get("pools") or {}).values()):
+        if info["skipped"]:
+            skipped += f"; skipped {info['skipped']} unreadable image(s) of pool {info['key']}"
     emit(
         args,
         res,

@@ -9,7 +9,9 @@ the search's MLflow child runs when trials.jsonl is missing) and returns the doc
   epochs, batch size, lr, the CNN's widths and fc; epochs = the epoch the trial's reported metric
   comes from, in case a scheduler stopped it early);
 - ``pool``: ``{key, n}``: the pool of generated images the trial mixed in and how many of its
-  first images the trial drew from (a cached pool can grow later); None at R = 0;
+  first images the trial drew from (a cached pool can grow later); None at R = 0. A trial with
+  several synthetic classes (the record's ``pool_keys``) gets ``pools: {<class name>: {key, n}}``
+  instead, one pool per class; ``train.filter_top`` is applied again from each pool's scores;
 - ``expected``: metadata that ``train`` ignores: the trial's validation metrics, its full config,
   pool key, model hash and path, data key, MLflow ids, package versions. Later stages (the
   multi-seed confirmation, the test split) add their blocks inside ``expected`` too, because
@@ -79,6 +81,7 @@ def _records_from_mlflow(folder: Path, uri: str, parent: str) -> dict[str, dict[
             "metrics": dict(run.data.metrics),
             "epoch": int(tags.get("last_epoch", 0) or 0),
             "pool_key": tags.get("pool_key"),
+            "pool_keys": tags.get("pool_keys"),
             "model_hash": tags.get("model_hash"),
             "device": tags.get("device"),
             "mlflow_run_id": run.info.run_id,
@@ -155,8 +158,9 @@ def build_export(home: Home, name: str, trial_id: str | None = None) -> dict[str
     config_from_dict({"train": train})  # fail here, not in `train`, if a value is invalid
 
     pool_key = rec.get("pool_key") or None
+    pool_keys = trial_pool_keys(rec)
     if float(train["r"]) == 0.0:
-        pool_key = None  # R = 0 mixes nothing in, whatever pool a trial had at hand
+        pool_key = pool_keys = None  # R = 0 mixes nothing in, whatever pool a trial had at hand
     ml = info.get("mlflow") or {}
     validation = {
         k: (float(v) if is_number(v) else None)
@@ -180,7 +184,8 @@ def build_export(home: Home, name: str, trial_id: str | None = None) -> dict[str
         "n_synthetic": metrics.get("n_synthetic"),
         "params": full,
         "pool_key": pool_key,
-        "pool_n": info.get("pool_n") if pool_key else None,
+        **({"pool_keys": pool_keys} if pool_keys else {}),
+        "pool_n": info.get("pool_n") if pool_key or pool_keys else None,
         "model_hash": rec.get("model_hash") or info.get("model_hash"),
         "model_path": info.get("model_path"),
         "data_key": info.get("data_key"),
@@ -196,11 +201,16 @@ def build_export(home: Home, name: str, trial_id: str | None = None) -> dict[str
         "exported": utc_now(),
         "notes": notes,
     }
-    pool: Any = pool_key
     pool_n = info.get("pool_n")
-    if pool_key and isinstance(pool_n, int) and not isinstance(pool_n, bool) and pool_n > 0:
-        # The trial mixed from the pool's first pool_n images; a cached pool may since have grown.
-        pool = {"key": pool_key, "n": pool_n}
+    has_n = isinstance(pool_n, int) and not isinstance(pool_n, bool) and pool_n > 0
+    # The trial mixed from each pool's first pool_n images; a cached pool may since have grown.
+    if pool_keys and (len(pool_keys) > 1 or str(train.get("synthetic_classes")) != "default"):
+        # one pool per synthetic class (train --config applies train.filter_top to each again)
+        pools = {c: ({"key": k, "n": pool_n} if has_n else k) for c, k in pool_keys.items()}
+        return {"data": _data_section(folder), "train": train, "pools": pools, "expected": expected}
+    if pool_keys:  # the default class alone: its one key
+        pool_key = next(iter(pool_keys.values()))
+    pool: Any = {"key": pool_key, "n": pool_n} if pool_key and has_n else pool_key
     return {
         "data": _data_section(folder),
         "train": train,
@@ -209,10 +219,26 @@ def build_export(home: Home, name: str, trial_id: str | None = None) -> dict[str
     }
 
 
+def trial_pool_keys(rec: dict[str, Any]) -> dict[str, str] | None:
+    """``{class name: pool key}`` of a trial record: its ``pool_keys`` (a JSON object, as the
+    search's trainable reports it, top level or among the metrics), or None when it has none."""
+    value = rec.get("pool_keys")
+    if value is None:
+        value = (rec.get("metrics") or {}).get("pool_keys")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else None
+        except ValueError:
+            return None
+    if not isinstance(value, dict) or not value:
+        return None
+    return {str(k): str(v) for k, v in value.items() if v} or None
+
+
 HEADER = (
     "# The best trial of a ratio-search search. Reproduce it with:\n"
     "#   ratio-search train --config {path}\n"
-    "# `data`, `train` and `pool` are read by `train`; `expected` is metadata it ignores.\n"
+    "# `data`, `train` and `pool` (or `pools`) are read by `train`; `expected` is metadata it ignores.\n"
 )
 
 

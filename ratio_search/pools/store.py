@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from filelock import FileLock, Timeout
 
-from .._io import atomic_write_json, package_versions, read_json, utc_now
+from .._io import atomic_write_bytes, atomic_write_json, package_versions, read_json, utc_now
 from ..errors import PoolError
 from ..home import Home, dir_size
 
@@ -360,3 +360,25 @@ def update_manifest(home: Home, key: str, updates: Mapping[str, Any]) -> dict[st
         except OSError as e:
             raise PoolError(f"could not update the manifest of pool {key}: {e}") from None
     return manifest
+
+
+def save_pool_file(home: Home, key: str, name: str, data: bytes) -> bool:
+    """Write ``data`` as ``pools/<key>/<name>``, atomically, beside a complete pool: a cache of
+    something computed from its images (e.g. a judge's scores, ``quality.selection``).
+
+    Under the pool's lock, taken only if free: a held lock means the pool may be being replaced
+    by a bigger one, and the file would land in the folder that goes. Returns whether it was
+    written (False: lock busy, pool gone or the write failed; the caller keeps its result).
+    """
+    if name in (_IMAGES, _MANIFEST) or os.sep in name or name.startswith("."):
+        raise PoolError(f"not a pool side file name: {name!r}")
+    path = home.pools / key
+    home.pools.mkdir(parents=True, exist_ok=True)
+    with try_lock(home.pools / f"{key}.lock") as free:
+        if not free or read_complete(path) is None:
+            return False
+        try:
+            atomic_write_bytes(path / name, data)
+        except OSError:
+            return False
+    return True
