@@ -92,7 +92,7 @@ def test_the_cnn_size_comes_from_the_train_config():
     assert [c.out_channels for c in model.modules() if isinstance(c, torch.nn.Conv2d)] == [3]
     assert model.classifier[1].out_features == 5
     with pytest.raises(RatioSearchError, match="arch"):
-        build_model(TrainConfig(arch="resnet"), 1, 2, 32)
+        build_model(TrainConfig(arch="vgg"), 1, 2, 32)  # resnet: tests/test_resnet.py
 
 
 def test_simple_cnn_rejects_images_too_small_for_its_pools():

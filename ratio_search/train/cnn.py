@@ -1,4 +1,6 @@
-"""The classifier of a trial: the reference study's small CNN and its fixed input normalisation."""
+"""The classifier of a trial: the reference study's small CNN, its fixed input normalisation and
+:func:`build_model`, which picks the classifier ``train.arch`` names (the residual network of
+``arch: resnet`` lives in :mod:`.resnet`)."""
 
 from __future__ import annotations
 
@@ -62,8 +64,16 @@ class SimpleCNN(nn.Module):
 
 def build_model(
     cfg: TrainConfig, in_channels: int, n_classes: int, image_size: int | tuple[int, int]
-) -> SimpleCNN:
-    """The :class:`SimpleCNN` that ``cfg`` describes (``cfg.widths``, ``cfg.fc``)."""
-    if cfg.arch != "simple":
-        raise ConfigError(f"train.arch: {cfg.arch!r} is not implemented; allowed: simple")
-    return SimpleCNN(in_channels, n_classes, image_size, tuple(cfg.widths), int(cfg.fc))
+) -> nn.Module:
+    """The classifier that ``cfg`` describes: ``cfg.arch`` sized by ``cfg.widths`` / ``cfg.fc``.
+
+    ``simple``: :class:`SimpleCNN` (one conv block per width); ``resnet``:
+    :class:`~ratio_search.train.resnet.ResNet` (one residual stage per width).
+    """
+    if cfg.arch == "simple":
+        return SimpleCNN(in_channels, n_classes, image_size, tuple(cfg.widths), int(cfg.fc))
+    if cfg.arch == "resnet":
+        from .resnet import ResNet
+
+        return ResNet(in_channels, n_classes, image_size, tuple(cfg.widths), int(cfg.fc))
+    raise ConfigError(f"train.arch: {cfg.arch!r} is not implemented; allowed: simple, resnet")

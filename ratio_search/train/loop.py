@@ -210,87 +210,140 @@ def train_classifier(
     state: dict[str, Any] | None = None,
     positive_label: int = 0,
 ) -> TrainResult:
-    """Train a :class:`SimpleCNN` on uint8 images ``x`` / labels ``y``; validate after every epoch.
+    """Train the classifier of ``cfg`` on uint8 images ``x`` / labels ``y``; validate after every
+    epoch.
 
-    The CNN's size is ``cfg.widths`` / ``cfg.fc``. Adam (``cfg.lr``), cross-entropy,
-    ``cfg.batch_size``, ``cfg.epochs``; initial weights and batch order are seeded from
-    ``cfg.seed``. After each epoch ``report(epoch, metrics, state)`` is called with the 1-based epoch, the validation metrics (:func:`compute_metrics` plus
+    The model is :func:`.cnn.build_model`'s (``cfg.arch``, sized by ``cfg.widths`` / ``cfg.fc``).
+    Adam (``cfg.lr``), cross-entropy, ``cfg.batch_size``, ``cfg.epochs``; initial weights and batch
+    order are seeded from ``cfg.seed``. After each epoch ``report(epoch, metrics, state)`` is
+    called with the 1-based epoch, the validation metrics (:func:`compute_metrics` plus
     ``train_loss`` and ``val_loss``) and ``state = {"epoch", "model", "optimizer", "rng",
     "history"}`` (CPU copies). Passing that ``state`` back resumes after its epoch and ends with the
     same weights and metrics as an uninterrupted run.
     """
-    x = _check_images(x, "training images")
-    val_x = _check_images(val_x, "validation images")
-    y = _check_labels(y, len(x), "training labels", n_classes)
-    val_y = _check_labels(val_y, len(val_x), "validation labels", n_classes)
-    if len(x) == 0:
-        raise DataError("the training set is empty")
-    if len(val_x) == 0:
-        raise DataError("the validation set is empty")
-    if x.shape[1:] != val_x.shape[1:]:
-        raise DataError(
-            f"training images {x.shape[1:]} and validation images {val_x.shape[1:]} differ in shape"
-        )
-    device = torch.device(device)
+    run = SeedRun(x, y, val_x, val_y, cfg, n_classes=n_classes, device=device, state=state,
+                  positive_label=positive_label)  # fmt: skip
+    while run.epoch < cfg.epochs:
+        metrics = run.train_epoch()
+        if report is not None:
+            report(run.epoch, dict(metrics), run.snapshot())
+    return run.result()
 
-    # Initial weights: seeded, without disturbing the caller's global RNG; built on the CPU so the
-    # same seed gives the same starting point on every device.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = build_model(cfg, x.shape[1], n_classes, (x.shape[2], x.shape[3]))
-    model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    # Batch order: its own CPU generator, so its state can be saved and restored exactly.
-    gen = torch.Generator().manual_seed(cfg.seed)
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["rng"])
-        history = copy.deepcopy(list(state.get("history", [])))
-        start_epoch = int(state["epoch"])
 
-    # The whole (small) training set goes to the device once, as uint8; batches are gathered there.
-    xt = torch.from_numpy(x).to(device)
-    yt = torch.from_numpy(y).to(device)
-    vxt = torch.from_numpy(val_x).to(device)
-    vyt = torch.from_numpy(val_y).to(device)
-    n = len(xt)
+class SeedRun:
+    """One seed's training in progress: its model, optimizer, batch order and history.
 
-    metrics: dict[str, Any] = history[-1] if history else {}
-    model.train()
-    for epoch in range(start_epoch, cfg.epochs):
-        perm = torch.randperm(n, generator=gen).to(device)
+    :func:`train_classifier` runs one to the end; :mod:`.multi` steps several side by side, one
+    epoch each in turn (models other than the stacked CNN), with the same numbers as alone: a run
+    shares no state with another (its own generator; the global RNG is only used, forked, to build
+    the model).
+    """
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        val_x: np.ndarray,
+        val_y: np.ndarray,
+        cfg: TrainConfig,
+        *,
+        n_classes: int,
+        device: str | torch.device = "cpu",
+        state: dict[str, Any] | None = None,
+        positive_label: int = 0,
+    ) -> None:
+        x = _check_images(x, "training images")
+        val_x = _check_images(val_x, "validation images")
+        y = _check_labels(y, len(x), "training labels", n_classes)
+        val_y = _check_labels(val_y, len(val_x), "validation labels", n_classes)
+        if len(x) == 0:
+            raise DataError("the training set is empty")
+        if len(val_x) == 0:
+            raise DataError("the validation set is empty")
+        if x.shape[1:] != val_x.shape[1:]:
+            raise DataError(
+                f"training images {x.shape[1:]} and validation images {val_x.shape[1:]} differ "
+                "in shape"
+            )
+        self.cfg = cfg
+        self.n_classes = n_classes
+        self.positive_label = positive_label
+        self.device = device = torch.device(device)
+
+        # Initial weights: seeded, without disturbing the caller's global RNG; built on the CPU so
+        # the same seed gives the same starting point on every device.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            model = build_model(cfg, x.shape[1], n_classes, (x.shape[2], x.shape[3]))
+        self.model = model.to(device)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        # Batch order: its own CPU generator, so its state can be saved and restored exactly.
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.history: list[dict[str, Any]] = []
+        self.epoch = 0  # epochs done
+        if state is not None:
+            model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.gen.set_state(state["rng"])
+            self.history = copy.deepcopy(list(state.get("history", [])))
+            self.epoch = int(state["epoch"])
+
+        # The whole (small) training set goes to the device once, as uint8; batches are gathered
+        # there.
+        self.xt = torch.from_numpy(x).to(device)
+        self.yt = torch.from_numpy(y).to(device)
+        self.vxt = torch.from_numpy(val_x).to(device)
+        self.vyt = torch.from_numpy(val_y).to(device)
+        self.metrics: dict[str, Any] = self.history[-1] if self.history else {}
+        model.train()
+
+    def train_epoch(self) -> dict[str, Any]:
+        """One epoch of training, then validation; returns (and records) its metrics."""
+        model, optimizer, cfg, device = self.model, self.optimizer, self.cfg, self.device
+        n = len(self.xt)
+        perm = torch.randperm(n, generator=self.gen).to(device)
         loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per batch
         for i in range(0, n, cfg.batch_size):
             idx = perm[i : i + cfg.batch_size]
-            logits = model(normalize(xt[idx]))
-            loss = F.cross_entropy(logits, yt[idx])
+            logits = model(normalize(self.xt[idx]))
+            loss = F.cross_entropy(logits, self.yt[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach() * len(idx)
         train_loss = float(loss_sum.item()) / n
+        self.epoch += 1
         if not math.isfinite(train_loss):
             raise RatioSearchError(
-                f"training diverged at epoch {epoch + 1} (train loss {train_loss}); "
+                f"training diverged at epoch {self.epoch} (train loss {train_loss}); "
                 f"try a lower train.lr (now {cfg.lr})"
             )
-        metrics = _evaluate_tensors(model, vxt, vyt, device, n_classes, positive_label)
+        metrics = self._evaluate()
         metrics["train_loss"] = train_loss
-        metrics["epoch"] = epoch + 1
-        history.append(metrics)
-        if report is not None:
-            snapshot = {
-                "epoch": epoch + 1,
-                "model": _to_cpu(model.state_dict()),
-                "optimizer": _to_cpu(optimizer.state_dict()),
-                "rng": gen.get_state(),
-                "history": copy.deepcopy(history),
-            }
-            report(epoch + 1, dict(metrics), snapshot)
+        metrics["epoch"] = self.epoch
+        self.history.append(metrics)
+        self.metrics = metrics
+        return metrics
 
-    if not metrics:  # resumed from a state at or past the last epoch, with no history: re-score
-        metrics = _evaluate_tensors(model, vxt, vyt, device, n_classes, positive_label)
-    return TrainResult(model=model, metrics=dict(metrics), history=history)
+    def _evaluate(self) -> dict[str, Any]:
+        return _evaluate_tensors(
+            self.model, self.vxt, self.vyt, self.device, self.n_classes, self.positive_label
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything needed to resume after the last epoch (CPU copies): the ``state`` of
+        :func:`train_classifier`'s ``report``."""
+        return {
+            "epoch": self.epoch,
+            "model": _to_cpu(self.model.state_dict()),
+            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "rng": self.gen.get_state(),
+            "history": copy.deepcopy(self.history),
+        }
+
+    def result(self) -> TrainResult:
+        """The trained model and its final metrics (re-scored when resumed past the last epoch
+        with no history)."""
+        if not self.metrics:
+            self.metrics = self._evaluate()
+        return TrainResult(model=self.model, metrics=dict(self.metrics), history=self.history)

@@ -13,6 +13,12 @@ together", states the largest difference measured).
 
 A single seed never goes through here: :func:`train_seeds` hands it to ``train_classifier``,
 which stays the bit-exact reference.
+
+Only the study's CNN is stacked. Any other ``train.arch`` (``resnet``: residual blocks and
+BatchNorm, which the grouped convolutions above do not cover) trains its seeds side by side as k
+ordinary :class:`.loop.SeedRun`, one epoch each in turn (:func:`_train_seeds_in_turn`): as fast as
+k single-seed trials, and every seed's weights and metrics equal its ``train_classifier`` run's
+exactly (on the CPU at the same thread count).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from ..errors import DataError, RatioSearchError
 from .cnn import build_model, normalize
 from .loop import (
     EVAL_BATCH_SIZE,
+    SeedRun,
     TrainResult,
     _check_images,
     _check_labels,
@@ -111,7 +118,8 @@ def train_seeds_tensors(
     ``cfg`` gives everything but the seed. Returns one :class:`TrainResult` per seed, in order.
     ``report(epoch, [metrics per seed], state)`` is called after each epoch; passing that
     ``state`` back resumes after its epoch. One seed is trained by ``train_classifier`` itself
-    (bit-exact with a single-seed trial; its ``report`` gets a one-element list).
+    (bit-exact with a single-seed trial; its ``report`` gets a one-element list); so are the
+    seeds of an ``arch`` other than ``simple``, one epoch each in turn (the module's docstring).
     """
     seeds = [int(s) for s in seeds]
     k = len(seeds)
@@ -132,6 +140,12 @@ def train_seeds_tensors(
                 positive_label=positive_label,
             )
         ]  # fmt: skip
+
+    if cfg.arch != "simple":
+        return _train_seeds_in_turn(
+            xs, ys, val_x, val_y, cfg, seeds, n_classes=n_classes, device=device, report=report,
+            state=state, positive_label=positive_label,
+        )  # fmt: skip
 
     xs = [_check_images(x, f"training images (seed {s})") for x, s in zip(xs, seeds, strict=True)]
     ys = [
@@ -225,6 +239,47 @@ def train_seeds_tensors(
         TrainResult(model=m, metrics=dict(mt), history=h)
         for m, mt, h in zip(trained, metrics, histories, strict=True)
     ]
+
+
+def _train_seeds_in_turn(
+    xs: Sequence[np.ndarray],
+    ys: Sequence[np.ndarray],
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    cfg: TrainConfig,
+    seeds: list[int],
+    *,
+    n_classes: int,
+    device: str | torch.device,
+    report: MultiReportFn | None,
+    state: dict[str, Any] | None,
+    positive_label: int,
+) -> list[TrainResult]:
+    """k :class:`SeedRun` side by side, one epoch each in turn: seed ``s`` gets exactly its
+    ``train_classifier(seed=s)`` numbers. ``state`` is ``{"epoch", "seeds", "runs": [each
+    seed's train_classifier state]}``."""
+    if state is not None and [int(s) for s in state.get("seeds", [])] != seeds:
+        raise DataError(f"train_seeds: the state is of seeds {state.get('seeds')}, not {seeds}")
+    if any(x.shape != xs[0].shape for x in xs):
+        raise DataError("train_seeds: every seed's training set must have the same shape")
+    runs = [
+        SeedRun(
+            x, y, val_x, val_y, dataclasses.replace(cfg, seed=s), n_classes=n_classes,
+            device=device, state=state["runs"][i] if state is not None else None,
+            positive_label=positive_label,
+        )
+        for i, (x, y, s) in enumerate(zip(xs, ys, seeds, strict=True))
+    ]  # fmt: skip
+    while runs[0].epoch < cfg.epochs:
+        metrics = [run.train_epoch() for run in runs]
+        if report is not None:
+            snapshot = {
+                "epoch": runs[0].epoch,
+                "seeds": list(seeds),
+                "runs": [run.snapshot() for run in runs],
+            }
+            report(runs[0].epoch, [dict(m) for m in metrics], snapshot)
+    return [run.result() for run in runs]
 
 
 @torch.no_grad()
