@@ -137,7 +137,8 @@ def test_pool_size_covers_the_largest_r(tiny):
     assert pool_size(space, data) == 8  # R=1 replace: all 8 synthetic-class images
     doc = tiny_space()
     doc["fixed"]["mode"] = "augment"
-    # augment: R=0.5 needs 8, R=1 is impossible and does not count
+    doc["params"]["r"]["augment_high"] = 0.5
+    # augment: R=0.5 needs 8, R=1 is capped at 0.5 (augment_high)
     assert pool_size(parse_space(doc), data) == 8
     doc["fixed"]["pool_size"] = 20
     assert pool_size(parse_space(doc), data) == 20

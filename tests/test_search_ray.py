@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,10 +41,10 @@ def make_tiny_model(home: Home, data_cfg: dict) -> Path:
 def test_search_end_to_end_with_a_failing_trial(tmp_path):
     home = Home.resolve(tmp_path / "home")
     model = make_tiny_model(home, TINY_DATA)
-    # augment mode: R=1 is impossible, so that grid point's trial fails and the search goes on
+    # R = 1's trial fails (an injected fault in the trainable) and the search goes on
     space = {
         "params": {"r": {"type": "categorical", "choices": [0.0, 0.5, 1.0]}},
-        "fixed": {"mode": "augment", "guidance": 2.0, "steps": 2, "epochs": 2, "batch_size": 8,
+        "fixed": {"mode": "replace", "guidance": 2.0, "steps": 2, "epochs": 2, "batch_size": 8,
                   "widths": [2, 4], "fc": 4},
         "search": {"sampler": "grid"},
         "data": TINY_DATA,
@@ -52,7 +53,8 @@ def test_search_end_to_end_with_a_failing_trial(tmp_path):
     path.write_text(yaml.safe_dump(space))
     cmd = [sys.executable, "-m", "ratio_search.cli", "run", "--home", str(home.root), "--space",
            str(path), "--model", str(model), "--name", "it", "--concurrency", "2", "--json"]  # fmt: skip
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    env = dict(os.environ, RATIO_SEARCH_TEST_FAIL_TRIAL="r=1.0")
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout)  # one JSON object on stdout, progress on stderr
     assert out["name"] == "it" and out["state"] == "finished"
@@ -69,7 +71,7 @@ def test_search_end_to_end_with_a_failing_trial(tmp_path):
     assert states == {0.0: "TERMINATED", 0.5: "TERMINATED", 1.0: "ERROR"}
     recs = [json.loads(ln) for ln in (run_dir / "trials.jsonl").read_text().splitlines()]
     err = [r for r in recs if r["state"] == "ERROR"][-1]
-    assert "augment" in (err.get("error") or "")
+    assert "injected failure" in (err.get("error") or "")
     r05 = [r for r in recs if r["state"] == "TERMINATED" and r["params"]["r"] == 0.5][-1]
     assert r05["pool_key"] and (home.pools / r05["pool_key"] / "images.npy").is_file()
     assert r05["epoch"] == 2

@@ -46,7 +46,7 @@ def test_bundled_spaces_load():
         assert s.pool_grid(), name
     d = load_space("default")
     assert 12.5 in d.choices("guidance")
-    assert d.choices("steps") == [10, 25, 50]
+    assert d.choices("steps") == [10, 25]
     assert d.params["r"].values()[:3] == [0.0, 0.05, 0.1] and len(d.params["r"].values()) == 21
 
 
@@ -57,8 +57,9 @@ def test_reference_grid_is_the_study_sweep():
     assert s.grid() == {"r": [round(0.1 * i, 1) for i in range(11)]}
     assert s.default_trials() == s.grid_size() == 11
     assert s.pool_grid() == [
-        {"guidance": 12.5, "steps": 50, "scheduler": "ddim", "postprocess": "none"}
-    ]
+        {"guidance": 12.5, "steps": 50, "scheduler": "ddim", "postprocess": "none",
+         "finetune_steps": 0}
+    ]  # fmt: skip
     assert s.baselines() == []
 
 
@@ -76,6 +77,7 @@ def test_distributions_and_pool_grid():
         "steps": 50,
         "scheduler": "ddim",
         "postprocess": "histogram-match",
+        "finetune_steps": 0,
     } in grid
     assert all(g["scheduler"] == "ddim" for g in grid)
 

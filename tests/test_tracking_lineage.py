@@ -102,6 +102,7 @@ def test_trials_log_their_datasets_and_system_metrics(tmp_path: Path) -> None:
         "steps": 10,
         "scheduler": "ddim",
         "filter": "none",
+        "finetune_steps": 0,  # the generator checkpoint (0: the final weights)
     }
     assert inputs_of(tracker, parent) == {DATA_KEY: real}
 

@@ -58,6 +58,7 @@ from .setup import (
     pool_size,
     prepare,
     prepare_pools,
+    run_models,
 )
 from .space import METRICS, Space, load_space
 from .trials import TrialLogError, read_trials
@@ -155,6 +156,7 @@ def _fit(
         "pool_n": info.pool_n,
         "model_path": info.model_path,
         "model_meta": info.model_meta,
+        "models": run_models(info),  # {finetune_steps: (path, meta)}
         "run_dir": str(run_dir),  # equivalent configurations measured once (trainable)
     }
     trainable = make_trainable(ctx, data, res["cpus_per_trial"], res["gpus_per_trial"])

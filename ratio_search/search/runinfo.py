@@ -105,6 +105,8 @@ class RunInfo:
     model_hash: str | None = None
     model_path: str | None = None  # None when no trial needs generated images
     model_meta: dict[str, Any] | None = None
+    # generator checkpoint -> [path, meta] (generate.finetune_steps; "0" is model_path, the final)
+    models: dict[str, Any] = field(default_factory=dict)
     pool_n: int = 0  # images per pool
     mlflow: MlflowInfo = field(default_factory=MlflowInfo)
     ray: RayInfo = field(default_factory=RayInfo)

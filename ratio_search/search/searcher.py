@@ -74,7 +74,7 @@ class RatioOptunaSearch(OptunaSearch):
     """OptunaSearch with three changes.
 
     - Suggested values are snapped onto the space's grid (no 0.30000000000000004 in pool keys,
-      configs or MLflow params).
+      configs or MLflow params), and an augment trial's R is capped at ``r.augment_high``.
     - A trial that ASHA stopped early is told to Optuna as PRUNED (with its last reported value as
       an intermediate value), not as COMPLETE at a half-trained score that TPE would trust.
     - After a restore, Optuna trials that no Tune trial owns any more (suggested just before a
@@ -90,8 +90,9 @@ class RatioOptunaSearch(OptunaSearch):
         params = super().suggest(trial_id)
         if params is None:
             return None
-        sp = parse_space(self._space_dict)
-        return {k: sp.params[k].snap(v) if k in sp.params else v for k, v in params.items()}
+        # Snapped, and r capped for an augment trial (r.augment_high): Optuna keeps the value it
+        # suggested, so TPE sees augment's R above the bound as a plateau at the bound.
+        return parse_space(self._space_dict).sampled_params(params)
 
     @property
     def internals(self) -> _Internals:

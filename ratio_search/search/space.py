@@ -65,8 +65,10 @@ from .space_params import FIXED_ONLY, PARAMS, Param, _check_fixed, _default, _pa
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
-# the parameters that pick a pool of generated images
-POOL_PARAMS = ("guidance", "steps", "scheduler", "postprocess")
+# the parameters that pick a pool of generated images (finetune_steps: the generator checkpoint)
+POOL_PARAMS = ("guidance", "steps", "scheduler", "postprocess", "finetune_steps")
+# parameters that change which synthetic images a trial draws, not the pools: no effect at R = 0
+DRAW_PARAMS = ("filter_top", "synthetic_classes")
 # metric -> the direction that is better
 METRICS = {
     "val_accuracy": "max",
@@ -150,8 +152,20 @@ class Space:
             return float(max(p.choices) if p.type == "categorical" else p.high)
         return float(self.fixed.get("r", _default("r")))
 
+    def r_values(self, mode: str) -> list[float]:
+        """The R values a trial of ``mode`` can get (augment: capped at ``r.augment_high``);
+        a continuous r gives its largest value only."""
+        p = self.params.get("r")
+        if p is None:
+            return [float(self.value("r"))]
+        rs = p.values() if p.discrete else [self.max_r()]
+        if mode == "augment":
+            rs = [p.cap(r) for r in rs]
+        return sorted({float(r) for r in rs})
+
     def pool_grid(self) -> list[dict[str, Any]]:
-        """Every ``{guidance, steps, scheduler, postprocess}`` combination a trial can ask for.
+        """Every ``{guidance, steps, scheduler, postprocess, finetune_steps}`` combination a
+        trial can ask for (one pool per synthetic class each).
 
         Empty when R can only be 0 (no trial reads a pool).
         """
@@ -169,11 +183,30 @@ class Space:
         for name, p in self.params.items():
             if name in params:
                 cfg[name] = p.snap(params[name])
-        for name in ("r", *POOL_PARAMS, "mode", "seed", "epochs", "batch_size", "lr"):
+        for name in ("r", *POOL_PARAMS, *DRAW_PARAMS, "mode", "arch", *_TRAIN_KEYS):
             cfg.setdefault(name, self.value(name, params))
-        if float(cfg["r"]) == 0.0:  # no generated image is used: one canonical pool
+        if cfg["mode"] == "augment" and "r" in self.params:
+            cfg["r"] = self.params["r"].cap(cfg["r"])  # augment never gets R >= 1
+        if float(cfg["r"]) == 0.0:
+            # No generated image is used: one canonical pool, and the draw (which classes, how
+            # filtered) and the mode (replace and augment both train on the real set) change
+            # nothing either, so equivalent trials have one config.
             cfg.update({name: self.value(name) for name in POOL_PARAMS})
+            cfg.update({name: self._canonical(name) for name in (*DRAW_PARAMS, "mode")})
         return cfg
+
+    def _canonical(self, name: str) -> Any:
+        """The config default when this space allows it, else the first allowed value."""
+        default = _default(name)
+        return default if default in self.choices(name) else self.value(name)
+
+    def sampled_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Sampled ``params`` as the trial runs them: snapped, and r capped for augment (so that
+        Tune's config, trials.jsonl and the MLflow params show the R that was used)."""
+        out = {k: self.params[k].snap(v) if k in self.params else v for k, v in params.items()}
+        if "r" in out and "r" in self.params and self.value("mode", out) == "augment":
+            out["r"] = self.params["r"].cap(out["r"])
+        return out
 
     @property
     def seeds_per_trial(self) -> int:
@@ -255,6 +288,8 @@ class Space:
         return cfg.data
 
 
+_TRAIN_KEYS = ("seed", "epochs", "batch_size", "lr")
+
 # ----------------------------------------------------------------------------------- parsing
 
 
@@ -326,11 +361,35 @@ def parse_space(doc: Any, origin: str = "space") -> Space:
         path=origin if origin != "space" else None,
     )
     space.data_config()  # validates the data: block (names the key)
+    _check_augment(space, origin)
     if search["sampler"] == "grid":
         space.grid()  # every param discrete
         if not params:
             raise ConfigError(f"{origin}: search.sampler: grid needs at least one entry in params")
     return space
+
+
+def _check_augment(space: Space, origin: str) -> None:
+    """Augment adds R / (1 - R) times the class: a space whose augment trials could get R >= 1
+    is refused here, when it is read, rather than failing those trials one by one."""
+    if "augment" not in space.choices("mode"):
+        return
+    p = space.params.get("r")
+    if p is None:
+        r = float(space.value("r"))
+        if r >= 1.0:
+            raise ConfigError(
+                f"{origin}: fixed.r: {r:g} with mode augment (augment adds R / (1 - R) times the "
+                "class); use R < 1 there, or mode replace"
+            )
+        return
+    top = max(space.r_values("augment"))
+    if top >= 1.0:
+        raise ConfigError(
+            f"{origin}: params.r: mode augment cannot take R = {top:g} (augment adds R / (1 - R) "
+            "times the class); add augment_high below 1 to params.r (e.g. augment_high: 0.75: "
+            "an augment trial gets at most that R), or keep r's high below 1"
+        )
 
 
 def _parse_search(raw: Any, origin: str) -> dict[str, Any]:

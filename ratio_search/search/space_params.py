@@ -25,10 +25,19 @@ PARAMS: dict[str, tuple[str, str]] = {
     "batch_size": ("train", "batch_size"),
     "epochs": ("train", "epochs"),
     "seed": ("train", "seed"),
+    "arch": ("train", "arch"),
+    "filter_top": ("train", "filter_top"),
+    "finetune_steps": ("generate", "finetune_steps"),
+    "synthetic_classes": ("train", "synthetic_classes"),
 }
+# Named values, or values each of which is a model / a set of pools: categorical only.
+CATEGORICAL_ONLY = (
+    "scheduler", "postprocess", "mode", "arch", "finetune_steps", "synthetic_classes",
+)  # fmt: skip
+# Discrete (a step or categorical) so that each value hits a cached pool or a measured config.
+DISCRETE_ONLY = ("guidance", "filter_top")
 # only in `fixed:`
 FIXED_ONLY: dict[str, tuple[str, str] | None] = {
-    "arch": ("train", "arch"),
     "pool_size": ("generate", "n"),
     "pool_seed": ("generate", "seed"),
     "widths": None,
@@ -59,6 +68,8 @@ class Param:
     step: float | None = None
     log: bool = False
     choices: list[Any] | None = None
+    # r only: the largest R an augment trial gets (augment needs R < 1; see :meth:`cap`)
+    augment_high: float | None = None
 
     @property
     def discrete(self) -> bool:
@@ -92,6 +103,15 @@ class Param:
             return _round(self.low + round((v - self.low) / self.step) * self.step, self.step)
         return v
 
+    def cap(self, value: Any) -> Any:
+        """``value`` limited to ``augment_high`` (r of an augment trial): the largest allowed
+        value <= the bound when ``value`` is above it, else ``value`` unchanged."""
+        if self.augment_high is None or float(value) <= self.augment_high:
+            return value
+        if self.type == "categorical":
+            return max(c for c in self.choices or [] if float(c) <= self.augment_high)
+        return self.snap(self.augment_high)  # on the grid: validated when the space is read
+
     def distribution(self):
         """This parameter as an Optuna distribution."""
         import optuna.distributions as od
@@ -117,6 +137,8 @@ class Param:
                 d["step"] = self.step
             if self.log:
                 d["log"] = True
+        if self.augment_high is not None:
+            d["augment_high"] = self.augment_high
         return d
 
 
@@ -138,6 +160,8 @@ def _parse_param(name: str, spec: Any, origin: str) -> Param:
         "int": {"type", "low", "high", "step", "log"},
         "categorical": {"type", "choices"},
     }
+    if name == "r" and typ in ("float", "categorical"):
+        allowed[typ] = allowed[typ] | {"augment_high"}
     if typ not in allowed:
         raise ConfigError(f"{key}.type: {typ!r} is not one of: float, int, categorical")
     for k in spec:
@@ -157,10 +181,14 @@ def _parse_param(name: str, spec: Any, origin: str) -> Param:
             checked.append(_check_in(name, f, c, f"{key}.choices"))
         if len({repr(c) for c in checked}) != len(checked):
             raise ConfigError(f"{key}.choices: duplicate values in {choices}")
-        return Param(name, "categorical", choices=checked)
+        p = Param(name, "categorical", choices=checked)
+        return _with_augment_high(p, spec, key)
 
-    if name in ("scheduler", "postprocess", "mode"):
-        raise ConfigError(f"{key}.type: {name} takes named values; use type: categorical")
+    if name in CATEGORICAL_ONLY:
+        what = "takes named values" if name in ("scheduler", "postprocess", "mode", "arch") else (
+            "picks a model or a set of pools per value"
+        )  # fmt: skip
+        raise ConfigError(f"{key}.type: {name} {what}; use type: categorical")
     if "low" not in spec or "high" not in spec:
         raise ConfigError(f"{key}: type {typ} needs low and high")
     low = _check_in(name, f, spec["low"], f"{key}.low")
@@ -189,28 +217,71 @@ def _parse_param(name: str, spec: Any, origin: str) -> Param:
         for k, v in (("low", low), ("high", high), ("step", step)):
             if v is not None and (isinstance(v, float) and not float(v).is_integer()):
                 raise ConfigError(f"{key}.{k}: type int needs whole numbers, got {v!r}")
-        if name in ("r", "lr"):
+        if name in ("r", "lr", "filter_top"):
             raise ConfigError(f"{key}.type: {name} is a float; use type: float or categorical")
         return Param(name, "int", int(low), int(high), int(step) if step else None, log)
     if name in ("steps", "batch_size", "epochs", "seed"):
         raise ConfigError(f"{key}.type: {name} is a whole number; use type: int or categorical")
     p = Param(name, "float", float(low), float(high), float(step) if step else None, log)
-    if name in ("guidance",) and not p.discrete:
+    if name in DISCRETE_ONLY and not p.discrete:
+        why = "pools of generated images are reused" if name == "guidance" else (
+            "equivalent trials are measured once (every value reuses the same pool)"
+        )  # fmt: skip
         raise ConfigError(
-            f"{key}: {name} must be discrete (give a step, or use categorical) so that pools "
-            "of generated images are reused"
+            f"{key}: {name} must be discrete (give a step, or use categorical) so that {why}"
         )
+    return _with_augment_high(p, spec, key)
+
+
+def _with_augment_high(p: Param, spec: dict[str, Any], key: str) -> Param:
+    """``p`` with r's ``augment_high`` checked: a number in [lowest R, 1), on r's grid."""
+    if "augment_high" not in spec:
+        return p
+    ah = spec["augment_high"]
+    if isinstance(ah, bool) or not isinstance(ah, int | float) or not math.isfinite(ah):
+        raise ConfigError(f"{key}.augment_high: expected a number below 1, got {ah!r}")
+    ah = float(ah)
+    lowest = float(min(p.choices)) if p.type == "categorical" else float(p.low)  # type: ignore[type-var]
+    if not lowest <= ah < 1.0:
+        raise ConfigError(
+            f"{key}.augment_high: {ah:g} is outside [{lowest:g}, 1): augment adds R / (1 - R) "
+            "times the class, so its R must stay below 1 (and it must allow r's lowest value)"
+        )
+    if p.type == "float" and p.step is not None:
+        n = (ah - float(p.low)) / p.step  # type: ignore[arg-type]
+        if abs(n - round(n)) > 1e-6:
+            raise ConfigError(
+                f"{key}.augment_high: {ah:g} is not on r's grid (low {p.low:g}, step {p.step:g})"
+            )
+        ah = _round(ah, p.step)
+    p.augment_high = ah
     return p
 
 
 def _check_in(name: str, f: dataclasses.Field, value: Any, key: str) -> Any:
     """Validate one value of parameter ``name`` against its config field; name the key on error."""
     try:
-        return _check_value(PARAMS[name][0], f, value)
+        value = _check_value(PARAMS[name][0], f, value)
     except ConfigError as e:
         # "train.r: 1.5 is outside [0.0, 1.0]" -> "space.yaml: params.r.high: 1.5 is outside ..."
         msg = str(e).split(": ", 1)[-1]
         raise ConfigError(f"{key}: {msg}") from None
+    return _normalise(name, value, key)
+
+
+def _normalise(name: str, value: Any, key: str) -> Any:
+    """``synthetic_classes`` in one spelling: ``default``, ``all`` or ``A,B`` (names stripped,
+    no repeats). The class names are checked against the data when the search starts."""
+    if name != "synthetic_classes":
+        return value
+    names = [v.strip() for v in str(value).split(",")]
+    if any(not v for v in names):
+        raise ConfigError(f"{key}: {value!r} has an empty class name")
+    if len(names) > 1 and {"default", "all"} & set(names):
+        raise ConfigError(f"{key}: {value!r}: default and all stand alone, not in a list")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{key}: {value!r} names a class twice")
+    return ",".join(names)
 
 
 def _check_fixed(name: str, value: Any, origin: str) -> Any:
@@ -240,6 +311,7 @@ def _check_fixed(name: str, value: Any, origin: str) -> Any:
         allowed = ", ".join([*PARAMS, *FIXED_ONLY])
         raise ConfigError(f"{key}: unknown parameter; allowed: {allowed}")
     try:
-        return _check_value(section, _field(section, fname), value)
+        value = _check_value(section, _field(section, fname), value)
     except ConfigError as e:
         raise ConfigError(f"{key}: {str(e).split(': ', 1)[-1]}") from None
+    return _normalise(name, value, key)

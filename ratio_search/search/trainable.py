@@ -29,6 +29,9 @@ from .sysmetrics import RESULT_KEY as SYSTEM_KEY
 from .sysmetrics import Sampler
 
 STATE_FILE = "state.pt"
+# Tests: "r=1.0" makes every trial whose complete config has that value fail (a failing trial
+# in an end-to-end search, now that the space refuses the configs that used to fail).
+FAIL_ENV = "RATIO_SEARCH_TEST_FAIL_TRIAL"
 # trainer metric name -> reported name
 _VAL_KEYS = ("accuracy", "f1", "precision", "recall", "roc_auc")
 
@@ -167,6 +170,68 @@ def generate_config(cfg: dict[str, Any], n: int, device: str) -> GenerateConfig:
     return trial_config(flat, n, device).generate
 
 
+def ctx_models(ctx: dict[str, Any]) -> dict[int, tuple[str, dict[str, Any]]]:
+    """``{finetune_steps: (path, meta)}`` of a trial's context (``models``; an older context's
+    one ``model_path`` / ``model_meta`` is step 0)."""
+    if ctx.get("models"):
+        return {int(s): (str(pm[0]), dict(pm[1] or {})) for s, pm in ctx["models"].items()}
+    if ctx.get("model_path"):
+        return {0: (str(ctx["model_path"]), dict(ctx.get("model_meta") or {}))}
+    return {}
+
+
+def synthetic_for(
+    ctx: dict[str, Any],
+    models: dict[int, tuple[str, dict[str, Any]]],
+    data: Any,
+    trial: TrialConfig,
+) -> tuple[np.ndarray | dict[int, np.ndarray] | None, dict[str, str], int]:
+    """The synthetic images of one trial, ``{class name: pool key}`` (label order) and how many
+    synthetic images it trains on.
+
+    The default draw (the dataset's synthetic class, no filter) reads its one pool here, as
+    before (an array: bit-identical trials); any other (several classes, ``filter_top`` < 1)
+    goes through :func:`ratio_search.quality.selection.trial_synthetic` (a dict per label).
+    """
+
+    tcfg, gen = trial.train, trial.generate
+    y = np.asarray(data.train_y)
+    if tcfg.r <= 0:
+        return None, {}, 0
+    step = int(gen.finetune_steps)
+    default = tcfg.synthetic_classes == "default" and float(tcfg.filter_top) >= 1.0
+    syn = int(data.synthetic_label)
+    n_syn = synthetic_needed(int((y == syn).sum()), tcfg.r, tcfg.mode)
+    if default and n_syn == 0:
+        return None, {}, 0
+    if step not in models:
+        raise RuntimeError(
+            f"this trial needs the generator at finetune_steps {step}; the search has "
+            f"{', '.join(map(str, sorted(models))) or 'no generator'}"
+        )
+    n = int(ctx["pool_n"])
+    home = Home(Path(ctx["home"]))
+    names = list(data.class_names)
+    if default:
+        from ..pools import get_pool
+        from ..pools.postprocess import reference_for
+
+        pool = get_pool(
+            home, LazyModel(*models[step]), gen, n=n,
+            reference=reference_for(data, gen.postprocess), synthetic_class_index=syn,
+            progress=False,
+        )  # fmt: skip
+        return pool.images, {str(names[syn]): pool.key}, n_syn
+    from ..quality.selection import trial_synthetic
+
+    lazy = {s: LazyModel(p, m) for s, (p, m) in models.items()}
+    images, info = trial_synthetic(home, lazy, data, trial, n, progress=False)
+    keys_by_name = dict(info.get("pool_keys") or {})
+    keys = {str(names[k]): str(keys_by_name[str(names[k])]) for k in sorted(images)}
+    n_syn = sum(synthetic_needed(int((y == k).sum()), tcfg.r, tcfg.mode) for k in images)
+    return images, keys, int(n_syn)
+
+
 def trial_body(
     config: dict[str, Any],
     ctx: dict[str, Any],
@@ -181,7 +246,8 @@ def trial_body(
     """Run one trial: ``report(metrics, state)`` after every epoch; returns ``run_trial``'s dict.
 
     ``ctx``: ``home`` (root path), ``space`` (the space dict), ``pool_n`` (images per pool),
-    ``model_path`` / ``model_meta`` (None when no trial needs a pool), optionally ``run_dir``
+    ``models`` (``{finetune_steps: (path, meta)}``; or one ``model_path`` / ``model_meta``; none
+    when no trial needs a pool), optionally ``run_dir``
     (the run folder: enables the reuse of measured configurations, :mod:`.measured`).
     ``state`` resumes after the epoch it holds. The space's ``search.seeds_per_trial`` (k) seeds
     are trained together; the reported metrics are their mean, with ``<metric>_sd``,
@@ -191,8 +257,6 @@ def trial_body(
     R = 0 trial whatever its sampled guidance) is not trained again: its measured result is
     reported once, with ``reused = 1`` and ``reused_from`` (the trial that measured it).
     """
-    from ..pools import get_pool
-    from ..pools.postprocess import reference_for
     from ..train.trial import run_trial
 
     space = parse_space(ctx["space"])
@@ -200,33 +264,21 @@ def trial_body(
     trial = trial_config(cfg, int(ctx.get("pool_n") or 0), device)
     tcfg, gen = trial.train, trial.generate
     tcfg.n_seeds = space.seeds_per_trial
+    fault = os.environ.get(FAIL_ENV, "")
+    if fault and str(cfg.get(fault.partition("=")[0])) == fault.partition("=")[2]:
+        raise RuntimeError(f"{FAIL_ENV}: injected failure of the trials with {fault}")
     memo = Measured.open(ctx.get("run_dir"), cfg, tcfg.n_seeds, trial_id)
     if state is None and memo is not None:
         hit = memo.claim()  # waits while an equivalent trial is being trained elsewhere
         if hit is not None:
             report(hit, {})
             return {"metrics": hit, "reused_from": hit.get("reused_from")}
-    syn = int(data.synthetic_label)
-    n_class = int((np.asarray(data.train_y) == syn).sum())
-    n_synthetic = synthetic_needed(n_class, tcfg.r, tcfg.mode) if tcfg.r > 0 else 0
-
-    pool_images, pool_key = None, ""
-    if n_synthetic > 0:
-        if not ctx.get("model_path"):
-            raise RuntimeError("this trial needs a pool but the search has no generator model")
-        model = LazyModel(ctx["model_path"], ctx["model_meta"])
-        pool = get_pool(
-            Home(Path(ctx["home"])),
-            model,
-            gen,
-            n=int(ctx["pool_n"]),
-            reference=reference_for(data, gen.postprocess),
-            synthetic_class_index=syn,
-            progress=False,
-        )
-        pool_images, pool_key = pool.images, pool.key
-
-    model_hash = (ctx.get("model_meta") or {}).get("model_hash", "")
+    models = ctx_models(ctx)
+    step = int(gen.finetune_steps)
+    pool_images, keys, n_synthetic = synthetic_for(ctx, models, data, trial)
+    pool_key = ",".join(keys.values())
+    pool_keys = json.dumps(keys)
+    model_hash = (models.get(step, models.get(0, ("", {})))[1] or {}).get("model_hash", "")
     class_names = json.dumps(list(data.class_names))
     sampler = Sampler(device)  # system metrics per epoch, search/sysmetrics.py
 
@@ -244,7 +296,8 @@ def trial_body(
         out["confusion_matrix"] = json.dumps(metrics["confusion_matrix"])
         out["class_names"] = class_names
         out.update(
-            pool_key=pool_key,
+            pool_key=pool_key,  # the pools' keys, comma-joined in label order ("" at R = 0)
+            pool_keys=pool_keys,  # json {class name: pool key}
             model_hash=model_hash,
             n_synthetic=int(n_synthetic),
             n_real=int(len(data.train_y)) - int(n_synthetic)

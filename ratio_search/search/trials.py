@@ -54,7 +54,11 @@ RESULT_SKIP = frozenset(
 )
 # String-valued result keys kept beside the metrics (and as tags of the MLflow child run).
 # (reused_from: the trial whose measured result an equivalent trial reports, search/trainable.py)
-RESULT_TAGS = ("pool_key", "model_hash", "node_id", "hostname", "node_ip", "device", "reused_from")
+# (pool_key: the trial's pools' keys, comma-joined in label order; pool_keys: json {class: key})
+RESULT_TAGS = (
+    "pool_key", "pool_keys", "model_hash", "node_id", "hostname", "node_ip", "device",
+    "reused_from",
+)  # fmt: skip
 # How much of a trial's traceback is kept.
 _ERROR_CHARS = 20000
 
@@ -252,6 +256,7 @@ class TrialLog:
             "best": self.best.get(tid),
             "epoch": fields.pop("epoch", prev.get("epoch", 0)),
             "pool_key": fields.pop("pool_key", prev.get("pool_key")),
+            "pool_keys": fields.pop("pool_keys", prev.get("pool_keys")),
             "model_hash": fields.pop("model_hash", prev.get("model_hash")),
             "mlflow_run_id": mlflow_run_id or prev.get("mlflow_run_id"),
             "node_id": fields.pop("node_id", prev.get("node_id")),

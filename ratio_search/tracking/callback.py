@@ -25,10 +25,12 @@ def system_metrics(result: dict) -> dict[str, float]:
 class MLflowTrialCallback(Callback):
     """A Ray Tune callback (driver side) writing each trial to a nested MLflow run and trials.jsonl.
 
-    Params: the trial's complete config (r, guidance, steps, mode, seed, ...: its Tune config plus
-    the space's fixed values and defaults, from run.json). Metrics: every numeric value
-    of a result, at ``step = result["epoch"]``. Tags: ``ray_trial_id``, ``pool_key``,
-    ``model_hash``, ``node_id``. A ``confusion_matrix`` (JSON string) in a result becomes the
+    Params: the trial's complete config (r, guidance, steps, mode, filter_top, finetune_steps,
+    synthetic_classes, arch, seed, ...: its Tune config plus the space's fixed values and
+    defaults, from run.json). Metrics: every numeric value of a result, at
+    ``step = result["epoch"]``. Tags: ``ray_trial_id``, ``pool_key`` (comma-joined, one pool per
+    class), ``pool_keys`` (json {class: key}), ``model_hash``, ``node_id``; each pool is a
+    dataset input of the run. A ``confusion_matrix`` (JSON string) in a result becomes the
     artifacts ``confusion_matrix.json`` and ``.png``. Finished trials end FINISHED, errors FAILED.
 
     Tracking failures are logged as warnings and do not stop the search (``strict=True``, for
@@ -140,8 +142,9 @@ class MLflowTrialCallback(Callback):
                 run_id = self.tracker.replace_child(run_id, keep_below_step=epoch)
                 self._runs[tid] = run_id
                 self._log_inputs(trial, run_id)
-        if result.get("pool_key"):
-            self._log_inputs(trial, run_id, str(result["pool_key"]))
+        for key in str(result.get("pool_key") or "").split(","):  # one pool per class
+            if key:
+                self._log_inputs(trial, run_id, key)
         tags = {k: result.get(k) for k in RESULT_TAGS}
         tags["last_epoch"] = epoch
         self.tracker.log_epoch(run_id, epoch, {**metrics, **system_metrics(result)}, tags)

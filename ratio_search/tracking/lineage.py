@@ -22,7 +22,9 @@ from .._io import read_json
 NOTE_TAG = "mlflow.note.content"
 CONTEXT_TAG = "mlflow.data.context"  # the Dataset column's "context" badge
 SPLITS = ("train", "val", "test")
-POOL_PROFILE = ("guidance", "steps", "scheduler", "postprocess", "pool_size", "pool_seed")
+POOL_PROFILE = (
+    "guidance", "steps", "scheduler", "postprocess", "finetune_steps", "pool_size", "pool_seed",
+)  # fmt: skip
 
 
 def home_of(run_dir: Path) -> Path | None:
