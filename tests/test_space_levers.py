@@ -221,3 +221,46 @@ def test_bundled_spaces_search_the_levers():
     assert max(d.r_values("augment")) < 1.0
     q = load_space("quick")
     assert "mode" in q.params and len(q.pool_grid()) <= 4
+
+
+def test_models_for_checkpoints(monkeypatch, tmp_path):
+    """The search's generators per finetune_steps: an explicit model's saved checkpoints, or one
+    fine-tune saving them (A's diffusion API, faked here: no training)."""
+    import ratio_search.diffusion as diffusion
+    from ratio_search.errors import ModelError
+    from ratio_search.home import Home
+    from ratio_search.search.generators import models_for, run_models
+    from ratio_search.search.runinfo import RunInfo
+
+    home = Home(tmp_path)
+    folders = {s: tmp_path / f"m{s}" for s in (0, 100, 400)}
+    metas = {str(p): {"data_key": "k", "image_size": 8, "channels": 1, "model_hash": f"h{s}"}
+             for s, p in folders.items()}  # fmt: skip
+    monkeypatch.setattr(diffusion, "load_model", lambda m, h: types.SimpleNamespace(path=m))
+    monkeypatch.setattr(diffusion, "read_meta", lambda p: dict(metas[str(p)]))
+    monkeypatch.setattr(
+        diffusion, "checkpoints_of", lambda p, h: {0: folders[0], 100: folders[100]}
+    )
+    data = types.SimpleNamespace(key="k", image_size=8, channels=1)
+    got = models_for(str(folders[0]), data, home, None, [0, 100], False, None)
+    assert {s: m["model_hash"] for s, (_, m) in got.items()} == {0: "h0", 100: "h100"}
+    with pytest.raises(
+        ModelError, match=r"no checkpoint at finetune_steps \[400\].*it has: 0, 100"
+    ):
+        models_for(str(folders[0]), data, home, None, [100, 400], False, None)
+
+    # "latest" lacking step 400: one fine-tune with every asked step (cached ones reused there)
+    asked = []
+
+    def finetune_checkpoints(data, cfg, home, steps, **kw):
+        asked.append(sorted(steps))
+        return {s: types.SimpleNamespace(path=folders[s], cached=True) for s in (0, *steps)}
+
+    monkeypatch.setattr(diffusion, "list_models", lambda h, k: [folders[0]])
+    monkeypatch.setattr(diffusion, "finetune_checkpoints", finetune_checkpoints)
+    got = models_for("latest", data, home, None, [100, 400], False, None)
+    assert asked == [[100, 400]] and sorted(got) == [0, 100, 400]
+    # run.json keeps them by step; an older run.json (one model) reads as step 0
+    info = RunInfo(models={str(s): [p, m] for s, (p, m) in got.items()})
+    assert run_models(info)[400] == (str(folders[400]), metas[str(folders[400])])
+    assert run_models(RunInfo(model_path="/m", model_meta={"a": 1})) == {0: ("/m", {"a": 1})}

@@ -4,11 +4,15 @@ A space file (read with ``yaml.safe_load``) has up to five top-level keys::
 
     description: "what this space is for"           # optional, free text
     params:                                          # what the search samples
-      r: {type: float, low: 0.0, high: 1.0, step: 0.05}
+      r: {type: float, low: 0.0, high: 1.0, step: 0.05, augment_high: 0.5}
+      mode: {type: categorical, choices: [replace, augment]}
       guidance: {type: float, low: 1.0, high: 12.5, step: 0.5}   # quantised so pools are reused
       steps: {type: categorical, choices: [10, 25, 50]}          # or {type: int, low, high, step, log}
       postprocess: {type: categorical, choices: [none, histogram-match]}
-    fixed: {mode: replace, epochs: 30, batch_size: 64, scheduler: ddim, seed: 0}
+      finetune_steps: {type: categorical, choices: [200, 0]}     # generator checkpoints
+      synthetic_classes: {type: categorical, choices: [default, all, [CNV, DME]]}
+      filter_top: {type: categorical, choices: [1.0, 0.8, 0.5]}
+    fixed: {epochs: 30, batch_size: 64, scheduler: ddim, seed: 0, arch: simple}
     search: {n_startup_trials: 4, metric: val_accuracy, mode: max, baselines: true, objective: single}
     data: {image_size: 32}                           # optional DataConfig overrides
 
@@ -20,10 +24,26 @@ A space file (read with ``yaml.safe_load``) has up to five top-level keys::
 - ``categorical``: ``choices``, a non-empty list.
 
 Parameter names (in ``params`` or ``fixed``): ``r``, ``guidance``, ``steps``, ``scheduler``,
-``postprocess``, ``mode``, ``lr``, ``batch_size``, ``epochs``, ``seed``. ``fixed`` also takes
-``arch``, ``pool_size`` (images per pool), ``pool_seed`` and the CNN's size, ``widths`` (list of
-conv channels) and ``fc`` (hidden units), which tests use to make trials tiny. Anything neither
-sampled nor fixed takes the defaults of :mod:`ratio_search.config`.
+``postprocess``, ``mode`` (replace / augment), ``lr``, ``batch_size``, ``epochs``, ``seed``,
+``arch`` (the classifier: simple / resnet), ``finetune_steps`` (the generator checkpoint after
+that many fine-tune steps, 0 = the final weights; each is a model of its own, with its own pools),
+``synthetic_classes`` (which classes receive synthetic images, R applying to each: ``default``
+= the dataset's synthetic class, ``all``, or a list of class names, written ``[CNV, DME]`` or
+``"CNV,DME"``; one pool per class) and ``filter_top`` (keep that top fraction of each pool by a
+judge's confidence, 1.0 = no filter; every value reuses the same pool). ``fixed`` also takes
+``pool_size`` (images per pool; the search raises it to what the space needs), ``pool_seed``
+and the CNN's size, ``widths`` (list of conv channels) and ``fc`` (hidden units), which tests use
+to make trials tiny. Anything neither sampled nor fixed takes the defaults of
+:mod:`ratio_search.config`.
+
+Augment and R: ``augment`` adds R / (1 - R) times the class, so it needs R < 1. ``r`` may carry
+``augment_high`` (a number in [r's lowest value, 1), on r's grid): an augment trial whose sampled
+R is above it gets the largest allowed R at or below it (:meth:`Param.cap`); replace trials keep
+the whole range. A space whose augment trials could get R >= 1 (augment possible, r reaching 1,
+no ``augment_high``; or a fixed R of 1) is refused when it is read. The cap works with every
+sampler: TPE and random see a plateau above the bound (Optuna keeps the value it suggested; Tune's
+config, trials.jsonl and MLflow show the R used), the grid's points above it run at the bound
+(measured once, as equivalent configurations are), and the baselines are within it.
 
 ``search`` keys: ``metric`` (``val_accuracy`` [default], ``val_f1``, ``val_precision``,
 ``val_recall``, ``val_roc_auc``, ``val_loss``), ``mode`` (``max``/``min``, default from the
@@ -39,14 +59,19 @@ point) and ``calibrate`` (the R = 0 training-budget check before the trials,
 ``pin`` refuses instead, ``off`` skips it).
 
 At R = 0 no generated image is used, so the pool parameters (guidance, steps, scheduler,
-postprocess) cannot change a trial: :meth:`Space.trial_config` sets them to one canonical value
-there, so that equivalent trials have one config (and the trainable measures it once).
+postprocess, finetune_steps), the draw (filter_top, synthetic_classes) and the mode cannot change
+a trial: :meth:`Space.trial_config` sets them to one canonical value there (the draw and mode:
+their config default when allowed), so that equivalent trials have one config (and the
+trainable measures it once).
 
 Rules, each a :class:`ConfigError` naming the key: no unknown keys; ``low < high`` and non-empty
 ``choices``; R within [0, 1]; values valid for their config field (e.g. ``scheduler`` in ddim,
-dpm-solver++); ``guidance`` and ``steps`` discrete (a ``step`` or ``categorical``) and
-``scheduler`` / ``postprocess`` categorical, because each combination of them is one cached pool of
-generated images and a continuous value would never hit the cache.
+dpm-solver++, ``filter_top`` in [0.01, 1], ``finetune_steps`` >= 0); ``guidance``, ``steps`` and
+``filter_top`` discrete (a ``step`` or ``categorical``) and ``scheduler``, ``postprocess``,
+``mode``, ``arch``, ``finetune_steps``, ``synthetic_classes`` categorical, because each
+combination of pool parameters is one cached pool of generated images and a continuous value
+would never hit the cache. The class names of ``synthetic_classes`` are checked against the data
+when the search starts (:func:`.pooling.check_classes`).
 """
 
 from __future__ import annotations
@@ -62,6 +87,14 @@ from typing import Any
 from ..config import DataConfig, read_yaml
 from ..errors import ConfigError
 from .space_params import FIXED_ONLY, PARAMS, Param, _check_fixed, _default, _parse_param
+from .space_search import (  # noqa: F401 - METRICS, check_metric: importers' names
+    CALIBRATE,
+    METRICS,
+    SAMPLERS,
+    SEARCH_DEFAULTS,
+    _parse_search,
+    check_metric,
+)
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -69,30 +102,6 @@ BUNDLED_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 POOL_PARAMS = ("guidance", "steps", "scheduler", "postprocess", "finetune_steps")
 # parameters that change which synthetic images a trial draws, not the pools: no effect at R = 0
 DRAW_PARAMS = ("filter_top", "synthetic_classes")
-# metric -> the direction that is better
-METRICS = {
-    "val_accuracy": "max",
-    "val_f1": "max",
-    "val_precision": "max",
-    "val_recall": "max",
-    "val_roc_auc": "max",
-    "val_loss": "min",
-}
-SAMPLERS = ("tpe", "random", "grid")
-SEARCH_DEFAULTS: dict[str, Any] = {
-    "metric": "val_accuracy",
-    "mode": None,  # from the metric
-    "n_startup_trials": 4,
-    "baselines": True,
-    "sampler": "tpe",
-    "n_trials": None,
-    "grace_period": 1,
-    "objective": "single",
-    "seeds_per_trial": 1,
-    "tolerance": 0.01,
-    "calibrate": "auto",
-}
-CALIBRATE = ("auto", "pin", "off")
 TOP_KEYS = ("description", "params", "fixed", "search", "data")
 # The reference study's operating point (the published diffusion-augmentation study this
 # tool reproduces): R = 0.5 at guidance 12.5, 50 sampling steps.
@@ -390,56 +399,6 @@ def _check_augment(space: Space, origin: str) -> None:
             "times the class); add augment_high below 1 to params.r (e.g. augment_high: 0.75: "
             "an augment trial gets at most that R), or keep r's high below 1"
         )
-
-
-def _parse_search(raw: Any, origin: str) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{origin}: search must be a mapping")
-    out = dict(SEARCH_DEFAULTS)
-    for k, v in raw.items():
-        key = f"{origin}: search.{k}"
-        if k not in SEARCH_DEFAULTS:
-            raise ConfigError(
-                f"{origin}: unknown key search.{k}; allowed: {', '.join(SEARCH_DEFAULTS)}"
-            )
-        if k == "metric" and v not in METRICS:
-            raise ConfigError(f"{key}: unknown metric {v!r}; allowed: {', '.join(METRICS)}")
-        if k == "mode" and v not in ("max", "min"):
-            raise ConfigError(f"{key}: {v!r} is not one of: max, min")
-        if k == "sampler" and v not in SAMPLERS:
-            raise ConfigError(f"{key}: {v!r} is not one of: {', '.join(SAMPLERS)}")
-        if k == "objective" and v != "single":
-            raise ConfigError(f"{key}: {v!r} is not supported; allowed: single")
-        if k == "calibrate" and v not in CALIBRATE:
-            raise ConfigError(f"{key}: {v!r} is not one of: {', '.join(CALIBRATE)}")
-        if k == "tolerance" and (
-            isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf
-        ):
-            raise ConfigError(f"{key}: expected a number >= 0, got {v!r}")
-        if k == "baselines" and not isinstance(v, bool):
-            raise ConfigError(f"{key}: expected true or false, got {v!r}")
-        if k in ("n_startup_trials", "n_trials", "grace_period", "seeds_per_trial") and (
-            v is not None or k == "seeds_per_trial"
-        ):
-            if (
-                isinstance(v, bool)
-                or not isinstance(v, int)
-                or v < (0 if k == "n_startup_trials" else 1)
-            ):
-                raise ConfigError(
-                    f"{key}: expected a {'non-negative' if k == 'n_startup_trials' else 'positive'} integer, got {v!r}"
-                )
-        out[k] = v
-    if out["mode"] is None:
-        out["mode"] = METRICS[out["metric"]]
-    return out
-
-
-def check_metric(metric: str) -> str:
-    """Validate a metric name given on the command line."""
-    if metric not in METRICS:
-        raise ConfigError(f"--metric: unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
-    return metric
 
 
 __all__ = [
