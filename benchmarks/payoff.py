@@ -1,0 +1,593 @@
+"""Does generated data pay? Each lever of a trial against R = 0, paired by seed, on the phantom.
+
+For each real-data size (``--sizes``, real training images per class of the phantom, 32 px,
+its 600 validation images), one generator is fine-tuned from the base model with the default
+``FinetuneConfig`` (its weights are also kept half-way, for the ``finetune_steps`` lever), and
+every arm below is trained at ``--seeds`` seeds together (``train_seeds``) at the R = 0-converged
+budget of ``search_spaces/quick.yaml`` (16 epochs, batch 32, lr 2e-3; 32 epochs at 50/class,
+where 16 had not converged: :data:`EPOCHS`). Every arm uses the same
+seeds and the same validation images as its R = 0, so each difference is paired:
+
+* replace R = 0.25 / 0.5, augment R = 0.25 / 0.5 (the synthetic class alone, guidance 2);
+* augment 0.5 with every class synthetic (``synthetic_classes: all``);
+* augment 0.5 with ``filter_top`` 0.8 / 0.5 (the top fraction of a pool by a judge trained on
+  the real training split);
+* augment 0.5 from the half-way generator checkpoint (``finetune_steps``);
+* augment 0.5 at guidance 1 / 4;
+* R = 0 and augment 0.5 with ``arch: resnet`` (paired with the resnet's own R = 0).
+
+``--labelled-base`` repeats the main arms from the old class-conditional base (trained on 8,000
+labelled phantom images per class) for contrast.
+
+Everything goes through the project's own code: ``load_dataset``, ``finetune_checkpoints``,
+``quality.selection.trial_synthetic`` (one ``TrialConfig`` per arm), ``train_seeds`` and the
+evidence layer's ``paired_bootstrap`` (seeds and validation images resampled) and
+``paired_difference`` (t over seeds). Models and pools are cached in ``--home``; each arm's
+per-seed, per-image correctness is kept in the JSON, so a restart skips the arms already done
+and the intervals can be recomputed from the file.
+
+    .venv/bin/python benchmarks/payoff.py [--home /tmp/payoff_home] [--seeds 10]
+        [--sizes 100 50] [--only n100] [--render-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ratio_search._io import atomic_write_json, atomic_write_text, read_json, utc_now
+from ratio_search.config import DataConfig, FinetuneConfig, TrainConfig, TrialConfig
+from ratio_search.home import Home
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+LABELLED_BASE = ROOT / "benchmarks" / "base_model_labelled"
+NAIVE_BASE = ROOT / "ratio_search" / "base_model"
+# The R = 0-converged budget of search_spaces/quick.yaml (benchmarks/r0_budget.py) at 100 real
+# images per class; half the images make half the optimiser steps per epoch, and 16 epochs at
+# 50/class left R = 0 short of converged (this script's own check, --converge-sizes): 32 there.
+BUDGET = {"epochs": 16, "batch_size": 32, "lr": 0.002}
+EPOCHS = {100: 16, 50: 32}
+
+
+def epochs_for(n_class: int) -> int:
+    """The classifier's epochs at ``n_class`` real images per class (:data:`EPOCHS`)."""
+    return int(EPOCHS.get(int(n_class), BUDGET["epochs"]))
+
+
+# The trainer's per-epoch validation only reports (it never steers training): it gets this many
+# validation images per class, and the final models are scored on every validation image here.
+EPOCH_VAL_PER_CLASS = 4
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One measured configuration: a data size, a base model, and the trial's flat settings."""
+
+    n_class: int
+    base: str  # "naive" | "labelled"
+    lever: str  # the table's group
+    label: str  # the table's row
+    params: Mapping[str, Any] = field(default_factory=dict)  # TrialConfig.from_flat keys
+
+    @property
+    def r(self) -> float:
+        return float(self.params.get("r", 0.0))
+
+    @property
+    def arch(self) -> str:
+        return str(self.params.get("arch", "simple"))
+
+    @property
+    def id(self) -> str:
+        p = ",".join(f"{k}={self.params[k]}" for k in sorted(self.params))
+        base = "any" if self.r == 0 else self.base  # R = 0 never samples: one arm for both bases
+        return f"n{self.n_class}/{base}/{p}"
+
+
+def arms_for(n_class: int, base: str, half_step: int, resnet: bool = True) -> list[Arm]:
+    """The arms of one data size and base, R = 0 first. ``half_step``: the checkpoint lever."""
+    aug = {"r": 0.5, "mode": "augment"}
+    out = [Arm(n_class, base, "R = 0", "R = 0 (simple CNN)", {"r": 0.0})]
+    out += [
+        Arm(n_class, base, "mixing", f"{m} R = {r:g}", {"r": r, "mode": m})
+        for m in ("replace", "augment")
+        for r in (0.25, 0.5)
+    ]
+    out += [
+        Arm(
+            n_class,
+            base,
+            "classes",
+            "augment 0.5, all classes",
+            {**aug, "synthetic_classes": "all"},
+        ),
+        Arm(n_class, base, "filter", "augment 0.5, filter_top 0.8", {**aug, "filter_top": 0.8}),
+        Arm(n_class, base, "filter", "augment 0.5, filter_top 0.5", {**aug, "filter_top": 0.5}),
+    ]
+    if base == "labelled":  # the contrast: the main levers only
+        return out
+    out += [
+        Arm(n_class, base, "finetune_steps", f"augment 0.5, generator at step {half_step}",
+            {**aug, "finetune_steps": half_step}),
+        Arm(n_class, base, "guidance", "augment 0.5, guidance 1", {**aug, "guidance": 1.0}),
+        Arm(n_class, base, "guidance", "augment 0.5, guidance 4", {**aug, "guidance": 4.0}),
+    ]  # fmt: skip
+    if resnet:
+        out += [
+            Arm(n_class, base, "arch", "R = 0, resnet", {"r": 0.0, "arch": "resnet"}),
+            Arm(n_class, base, "arch", "augment 0.5, resnet", {**aug, "arch": "resnet"}),
+        ]
+    return out
+
+
+def reference_of(arm: Arm) -> Arm:
+    """The R = 0 arm an arm is paired with: same data size, same seeds, same classifier."""
+    params = {"r": 0.0} if arm.arch == "simple" else {"r": 0.0, "arch": arm.arch}
+    return Arm(arm.n_class, arm.base, "R = 0", "R = 0", params)
+
+
+def trial_config(arm: Arm, sample_steps: int, scheduler: str, threads: int) -> TrialConfig:
+    """The arm's TrialConfig: the budget, one thread, the sampler settings, the arm's params."""
+    flat = {**BUDGET, "epochs": epochs_for(arm.n_class), "threads": threads, "steps": sample_steps, "scheduler": scheduler,
+            "guidance": 2.0, **arm.params}  # fmt: skip
+    return TrialConfig.from_flat(flat)
+
+
+def pool_size(trial: TrialConfig, n_class: int) -> int:
+    """Images each synthetic class's pool must hold for this trial (just enough)."""
+    from ratio_search.train.mixing import pool_needed
+
+    t = trial.train
+    return int(pool_needed(n_class, t.r, t.mode, t.filter_top))
+
+
+# ------------------------------------------------------------------ per-image results, packed
+
+
+def pack(correct: np.ndarray) -> list[str]:
+    """Per-seed rows of 0/1 correctness as base64 bit strings (compact, exact)."""
+    return [base64.b64encode(np.packbits(row.astype(bool)).tobytes()).decode() for row in correct]
+
+
+def unpack(rows: Sequence[str], n_images: int) -> np.ndarray:
+    """Inverse of :func:`pack`: a ``(seeds, n_images)`` float array of 0/1."""
+    return np.stack(
+        [np.unpackbits(np.frombuffer(base64.b64decode(r), np.uint8))[:n_images] for r in rows]
+    ).astype(np.float64)
+
+
+def epoch_val(data: Any, per_class: int = EPOCH_VAL_PER_CLASS) -> Any:
+    """``data`` whose val split is its first ``per_class`` images of each class (see above)."""
+    idx = np.concatenate(
+        [np.flatnonzero(data.val_y == c)[:per_class] for c in np.unique(data.val_y)]
+    )
+    return dataclasses.replace(data, val_x=data.val_x[idx], val_y=data.val_y[idx])
+
+
+def score_models(models: Iterable[Any], val_x: np.ndarray, val_y: np.ndarray) -> np.ndarray:
+    """``(seeds, images)`` correctness of each trained classifier on the whole val split."""
+    from ratio_search.train.loop import predict_proba
+
+    return np.stack([predict_proba(m, val_x).argmax(axis=1) == val_y for m in models])
+
+
+def train_arm(
+    train: TrainConfig, data: Any, pool_images: Any, seeds: Sequence[int]
+) -> dict[str, Any]:
+    """Train ``train`` at ``seeds`` together and score every model on all of ``data``'s val."""
+    from ratio_search.train.trial import train_seeds
+
+    t0 = time.time()
+    out = train_seeds(train, epoch_val(data), pool_images, list(seeds))
+    correct = score_models([p["model"] for p in out["per_seed"]], data.val_x, data.val_y)
+    return {
+        "seeds": [int(s) for s in seeds],
+        "accuracy": [float(a) for a in correct.mean(axis=1)],
+        "correct": pack(correct),
+        "n_val": int(correct.shape[1]),
+        "n_real": out["n_real"],
+        "n_synthetic": out["n_synthetic"],
+        "train_seconds": round(time.time() - t0, 1),
+    }
+
+
+# ------------------------------------------------------------------ generators and pools
+
+
+def base_info(path: Path) -> dict[str, Any]:
+    """The base model's weights hash and what it was trained on (from its meta.json)."""
+    meta = read_json(path / "meta.json")
+    weights = path / "diffusion_pytorch_model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    cfg = meta.get("config") or {}
+    return {
+        "path": str(path),
+        "weights_sha256": digest,
+        "unconditional": bool(cfg.get("unconditional", False)),
+        "command": meta.get("command"),
+        "max_steps": (meta.get("stats") or {}).get("steps", cfg.get("max_steps")),
+    }
+
+
+def generators(
+    home: Home, data: Any, base: Path, steps: Sequence[int], threads: int
+) -> tuple[dict[int, Any], dict[str, Any]]:
+    """The fine-tune of ``data`` from ``base`` (default FinetuneConfig) and its checkpoints,
+    loaded: ``{0: final, s: checkpoint}``; plus what was fine-tuned, for the JSON."""
+    from ratio_search.diffusion import load_model
+
+    cfg = FinetuneConfig(base_model=str(base), threads=threads)
+    t0 = time.time()
+    try:
+        from ratio_search.diffusion import finetune_checkpoints
+    except ImportError:  # before the checkpoints land: the final model alone (same hash)
+        if steps:
+            raise
+        from ratio_search.diffusion import finetune
+
+        infos = {0: finetune(data, cfg, home, resume=True, progress=False)}
+    else:
+        infos = finetune_checkpoints(data, cfg, home, [int(s) for s in steps], progress=False)
+    models = {int(s): load_model(info.path) for s, info in infos.items()}
+    return models, {
+        "max_steps": cfg.max_steps,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "hashes": {str(s): info.hash for s, info in infos.items()},
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
+def synthetic_for(
+    home: Home, models: Mapping[int, Any], data: Any, trial: TrialConfig, n: int
+) -> tuple[Any, dict[str, Any]]:
+    """The arm's synthetic images (B's trial_synthetic), as ``train_seeds`` takes them: the
+    default class alone as one array (exactly today's path), several classes as a mapping."""
+    t0 = time.time()
+    try:
+        from ratio_search.quality.selection import trial_synthetic
+    except ImportError:  # before trial_synthetic lands: the default class's plain pool only
+        images, info = _plain_pool(home, models, data, trial, n)
+    else:
+        images, info = trial_synthetic(home, models, data, trial, n, progress=False)
+    info = {**info, "pool_seconds": round(time.time() - t0, 1)}
+    if set(images) == {data.synthetic_label}:
+        return images[data.synthetic_label], info
+    return dict(images), info
+
+
+def _plain_pool(
+    home: Home, models: Mapping[int, Any], data: Any, trial: TrialConfig, n: int
+) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
+    """The default class's pool of the final model via pools.build.get_pool (no filter)."""
+    from ratio_search.pools.build import get_pool, model_class_index
+
+    t = trial.train
+    if t.synthetic_classes != "default" or t.filter_top != 1.0 or trial.generate.finetune_steps:
+        raise ImportError("quality.selection.trial_synthetic is not there yet")
+    model = models[0]
+    pool = get_pool(home, model, trial.generate, n, None, model_class_index(model, data), False)
+    images = np.asarray(pool.images)[:n]
+    name = data.class_names[data.synthetic_label]
+    return {data.synthetic_label: images}, {"pool_keys": {name: pool.key}, "pool_n": n,
+                                            "via": "get_pool"}  # fmt: skip
+
+
+# ------------------------------------------------------------------ statistics and the table
+
+
+def compare(arm: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[str, Any]:
+    """The arm's accuracy over seeds and its paired difference to R = 0, two ways."""
+    from ratio_search.evidence.paired import paired_bootstrap
+    from ratio_search.evidence.stats import mean_ci, paired_difference
+
+    if arm["seeds"] != ref["seeds"]:
+        raise ValueError("an arm and its R = 0 must share their seeds")
+    a, b = unpack(arm["correct"], arm["n_val"]), unpack(ref["correct"], ref["n_val"])
+    acc = mean_ci(arm["accuracy"])
+    out: dict[str, Any] = {"mean": acc.mean, "sd": acc.sd, "n_seeds": acc.n}
+    if arm is not ref:
+        boot = paired_bootstrap(a, b)
+        t = paired_difference(arm["accuracy"], ref["accuracy"])
+        out.update(diff=boot.diff, boot_low=boot.low, boot_high=boot.high,
+                   t_low=t.low, t_high=t.high)  # fmt: skip
+    return out
+
+
+def _fmt_diff(c: Mapping[str, Any]) -> tuple[str, str]:
+    if "diff" not in c:
+        return "", ""
+    return (
+        f"{c['diff']:+.3f} [{c['boot_low']:+.3f}, {c['boot_high']:+.3f}]",
+        f"[{c['t_low']:+.3f}, {c['t_high']:+.3f}]",
+    )
+
+
+def _desc(kv: tuple[str, Any]) -> int:
+    return -int(kv[0])
+
+
+def render(doc: Mapping[str, Any], plan: Sequence[Arm]) -> str:
+    """payoff.md: the header (regime, sizes, seeds, budget, interval), one table, the missing
+    arms, and a closing sentence that says only what the numbers support."""
+    m = doc["meta"]
+    res = doc["arms"]
+    lines = [
+        "# Does generated data pay? (benchmarks/payoff.py)",
+        "",
+        f"- **Base model** (task-naive): {m['naive_regime']}",
+        f"- **Contrast base** (labelled): {m['labelled_regime']}",
+        f"- **Data**: the phantom, {' and '.join(str(s) for s in m['sizes'])} real training "
+        f"images per class (32 px), scored on its validation split ({m['n_val']} images).",
+        "- **Classifier budget**: simple CNN (resnet where stated), "
+        + ", ".join(f"{e} epochs at {n}/class" for n, e in sorted(m["epochs"].items(), key=_desc))
+        + ", batch "
+        f"{m['budget']['batch_size']}, lr {m['budget']['lr']} (R = 0's convergence: below); "
+        f"{m['n_seeds']} seeds ({m['seeds'][0]}..{m['seeds'][-1]}), every arm on the same seeds "
+        "and images as its R = 0; torch on 1 CPU thread.",
+        f"- **Generator**: fine-tuned {m['finetune']} on the labelled training split only; pools "
+        f"sampled with {m['sampler']}, guidance 2 unless stated, each just large enough for its "
+        "arm (the filter's pool holds 1 / filter_top times what the trial uses).",
+        "- **Accuracy**: mean ± sd over seeds. **Δ vs R = 0**: paired difference with its 95 % "
+        "interval from the project's two-way paired bootstrap (evidence/paired.py: seeds *and* "
+        "validation images resampled, 4000 replicates); the last column is the paired t-interval "
+        "over seeds alone (validation images fixed).",
+        "",
+    ]
+    conv = doc.get("convergence") or {}
+    for key, c in sorted(conv.items(), key=lambda kv: (-int(kv[0].split(":")[0]), kv[0])):
+        n_class, e1, e2 = key.split(":")[0], c["e1"], c["e2"]
+        lines.append(
+            f"- R = 0 convergence at {n_class}/class: {e1} epochs {c['acc_e1']:.3f}, {e2} epochs "
+            f"{c['acc_e2']:.3f}; {e2} − {e1} = {c['diff']:+.3f} [{c['boot_low']:+.3f}, "
+            f"{c['boot_high']:+.3f}] (bootstrap), [{c['t_low']:+.3f}, {c['t_high']:+.3f}] (t, seeds)."
+        )
+    if conv:
+        lines.append("")
+    lines += [
+        "| real/class | base | lever | arm | n synthetic | accuracy | Δ vs R = 0 [95 %, seeds × images] | Δ [95 %, seeds] |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    missing = []
+    for arm in plan:
+        rec = res.get(arm.id)
+        if rec is None:
+            missing.append(arm)
+            continue
+        ref = res.get(reference_of(arm).id)
+        if ref is None:
+            missing.append(arm)
+            continue
+        c = compare(rec, ref if reference_of(arm).id != arm.id else rec)
+        d, t = _fmt_diff(c)
+        base = "—" if arm.r == 0 else arm.base
+        lines.append(
+            f"| {arm.n_class} | {base} | {arm.lever} | {arm.label} | {rec['n_synthetic']} | "
+            f"{c['mean']:.3f} ± {c['sd']:.3f} | {d} | {t} |"
+        )
+    if missing:
+        lines += ["", "Not measured (did not finish in time): " +
+                  "; ".join(f"{a.n_class}/class {a.base}: {a.label}" for a in missing) + "."]  # fmt: skip
+    lines += ["", doc.get("takeaway") or takeaway(doc, plan), ""]
+    return "\n".join(lines)
+
+
+def takeaway(doc: Mapping[str, Any], plan: Sequence[Arm]) -> str:
+    """One sentence from the numbers: which naive-base arms' intervals exclude 0, and how."""
+    res = doc["arms"]
+    up, down, n = [], [], 0
+    for arm in plan:
+        if arm.r == 0 or arm.base != "naive" or arm.id not in res:
+            continue
+        ref = res.get(reference_of(arm).id)
+        if ref is None:
+            continue
+        c = compare(res[arm.id], ref)
+        n += 1
+        if c["boot_low"] > 0:
+            up.append(f"{arm.label} at {arm.n_class}/class ({c['diff']:+.3f})")
+        elif c["boot_high"] < 0:
+            down.append(f"{arm.label} at {arm.n_class}/class ({c['diff']:+.3f})")
+    if n == 0:
+        return "No synthetic arm from the task-naive base was measured."
+    if not up and not down:
+        return (
+            f"What to take from it: from a base that never saw a label, none of the {n} measured "
+            "synthetic arms changed validation accuracy by more than the noise of seeds and "
+            "images, so expect no gain from generated data here unless a search on your own "
+            "data shows one."
+        )
+    parts = []
+    if up:
+        parts.append("helped: " + ", ".join(up))
+    if down:
+        parts.append("hurt: " + ", ".join(down))
+    return (
+        f"What to take from it: from a base that never saw a label, of {n} measured synthetic "
+        f"arms only these moved accuracy beyond the noise of seeds and images — "
+        f"{'; '.join(parts)}; the rest did not, so treat any gain as specific to the lever and "
+        "data size, and confirm it on your own data."
+    )
+
+
+# ------------------------------------------------------------------ the run
+
+
+def load_doc(path: Path) -> dict[str, Any]:
+    if path.is_file():
+        doc = read_json(path)
+        conv = doc.get("convergence") or {}
+        for key in [k for k in conv if ":" not in k]:  # the first runs' 16-vs-32 records
+            c = conv.pop(key)
+            c.update(e1=16, e2=32, acc_e1=c.pop("acc16"), acc_e2=c.pop("acc32"))
+            c["accuracy_e2"], c["correct_e2"] = c.pop("accuracy32"), c.pop("correct32")
+            conv[f"{key}:16"] = c
+        return doc
+    return {"meta": {}, "arms": {}, "convergence": {}}
+
+
+def save(doc: dict[str, Any], plan: Sequence[Arm], json_path: Path, md_path: Path) -> None:
+    doc["meta"]["updated"] = utc_now()
+    atomic_write_json(json_path, doc)
+    atomic_write_text(md_path, render(doc, plan))
+
+
+def _ctx_key(base: dict[str, Any], n_class: int, args: argparse.Namespace) -> str:
+    """What an arm's cached result depends on besides its params (a change re-runs it)."""
+    doc = {"base": base.get("weights_sha256"), "n": n_class, "seeds": args.seeds,
+           "budget": {**BUDGET, "epochs": epochs_for(n_class)}, "sampler": [args.sample_steps, args.scheduler]}  # fmt: skip
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from ratio_search.data import load_dataset
+
+    home = Home.resolve(args.home)
+    seeds = list(range(args.seeds))
+    json_path, md_path = Path(args.json), Path(args.md)
+    doc = load_doc(json_path)
+    bases = {
+        "naive": base_info(Path(args.base_model)),
+        "labelled": base_info(Path(args.labelled_base)),
+    }
+    naive_ok = bases["naive"]["unconditional"] or args.allow_conditional_base
+    if not naive_ok:
+        print(f"{args.base_model}: meta.json says the base is not unconditional (task-naive); "
+              "its arms are skipped (--allow-conditional-base to develop with it)",
+              file=sys.stderr)  # fmt: skip
+    half = FinetuneConfig().max_steps // 2
+    plan: list[Arm] = []
+    for n_class in args.sizes:
+        plan += arms_for(n_class, "naive", half, resnet=n_class in args.resnet_sizes)
+    for n_class in args.labelled_sizes:
+        plan += [a for a in arms_for(n_class, "labelled", half) if a.r > 0]
+    doc["meta"].update(
+        naive_regime=args.naive_regime, labelled_regime=args.labelled_regime,
+        sizes=list(args.sizes), epochs={str(n): epochs_for(n) for n in args.sizes}, seeds=seeds, n_seeds=len(seeds), budget=BUDGET,
+        finetune=f"with the default FinetuneConfig ({FinetuneConfig().max_steps} steps, batch "
+                 f"{FinetuneConfig().batch_size}, lr {FinetuneConfig().lr}; checkpoint at {half})",
+        sampler=f"{args.scheduler}, {args.sample_steps} steps", bases=bases,
+        epoch_val=f"the trainer's per-epoch report sees {EPOCH_VAL_PER_CLASS} val images per "
+                  "class; the final models are scored on the whole val split",
+    )  # fmt: skip
+    if args.render_only:
+        save(doc, plan, json_path, md_path)
+        print(md_path.read_text())
+        return 0
+    only = args.only or []
+    for n_class in sorted({a.n_class for a in plan}, reverse=True):
+        data = load_dataset(DataConfig(phantom_n_per_class=n_class), home)
+        doc["meta"]["n_val"] = int(len(data.val_y))
+        models: dict[str, dict[int, Any]] = {}
+        todo = [
+            a for a in plan
+            if a.n_class == n_class and (not only or any(o in a.id for o in only))
+            and (naive_ok or a.r == 0 or a.base != "naive")
+        ]  # fmt: skip
+        # R = 0 first (it needs no generator), then per base.
+        todo.sort(key=lambda a: (a.r > 0, a.base != "naive", a.arch != "simple"))
+        for arm in todo:
+            ctx = _ctx_key(bases[arm.base] if arm.r > 0 else {}, n_class, args)
+            rec = doc["arms"].get(arm.id)
+            if rec is not None and rec.get("ctx") == ctx:
+                continue
+            trial = trial_config(arm, args.sample_steps, args.scheduler, args.threads)
+            pool_images, pool_info, t0 = None, {}, time.time()
+            try:
+                if arm.r > 0:
+                    if arm.base not in models:
+                        base = Path(args.base_model if arm.base == "naive" else args.labelled_base)
+                        steps = [half] if arm.base == "naive" else []  # labelled: final only
+                        models[arm.base], ft = generators(home, data, base, steps, args.threads)
+                        doc["meta"].setdefault("generators", {})[f"n{n_class}/{arm.base}"] = ft
+                    n = pool_size(trial, n_class)
+                    pool_images, pool_info = synthetic_for(home, models[arm.base], data, trial, n)
+                rec = train_arm(trial.train, data, pool_images, seeds)
+            except (ImportError, AttributeError) as e:  # a helper's function not there yet
+                print(f"skip {arm.id}: {e}", flush=True)
+                continue
+            rec.update(ctx=ctx, label=arm.label, lever=arm.lever, base=arm.base,
+                       params=dict(arm.params), pool=pool_info,
+                       seconds=round(time.time() - t0, 1))  # fmt: skip
+            doc["arms"][arm.id] = rec
+            save(doc, plan, json_path, md_path)
+            print(f"{arm.id}: {np.mean(rec['accuracy']):.3f} ({rec['seconds']} s)", flush=True)
+        if n_class in args.converge_sizes:
+            converge(doc, data, seeds, n_class, args)
+            save(doc, plan, json_path, md_path)
+    save(doc, plan, json_path, md_path)
+    return 0
+
+
+def converge(doc: dict[str, Any], data: Any, seeds: list[int], n_class: int, args) -> None:
+    """R = 0 at twice the arms' epochs against the arms' R = 0 (same seeds): converged?"""
+    e1 = epochs_for(n_class)
+    key = f"{n_class}:{e1}"
+    if key in doc.get("convergence", {}):
+        return
+    arm = Arm(n_class, "naive", "", "", {"r": 0.0})
+    r0 = doc["arms"].get(arm.id)
+    if r0 is None:
+        return
+    train = trial_config(arm, 10, "ddim", args.threads).train
+    rec = train_arm(dataclasses.replace(train, epochs=2 * e1), data, None, seeds)
+    c = compare(rec, r0)
+    doc.setdefault("convergence", {})[key] = {
+        "e1": e1, "e2": 2 * e1, "acc_e1": float(np.mean(r0["accuracy"])), "acc_e2": c["mean"],
+        "diff": c["diff"], "boot_low": c["boot_low"], "boot_high": c["boot_high"],
+        "t_low": c["t_low"], "t_high": c["t_high"], "accuracy_e2": rec["accuracy"],
+        "correct_e2": rec["correct"],
+    }  # fmt: skip
+    print(
+        f"convergence {key}: x2 epochs {c['diff']:+.3f} [{c['boot_low']:+.3f}, {c['boot_high']:+.3f}]"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--home", default="/tmp/payoff_home", help="models, pools, data cache")
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 50])
+    ap.add_argument("--resnet-sizes", type=int, nargs="*", default=[50, 100])
+    ap.add_argument("--labelled-sizes", type=int, nargs="*", default=[100])
+    ap.add_argument("--converge-sizes", type=int, nargs="*", default=[50])
+    ap.add_argument("--base-model", default=str(NAIVE_BASE), help="the task-naive base")
+    ap.add_argument("--labelled-base", default=str(LABELLED_BASE))
+    ap.add_argument("--allow-conditional-base", action="store_true", help="development only")
+    ap.add_argument("--sample-steps", type=int, default=10)
+    ap.add_argument("--scheduler", default="ddim")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", nargs="*", help="run only arms whose id contains one of these")
+    ap.add_argument("--json", default=str(RESULTS / "payoff.json"))
+    ap.add_argument("--md", default=str(RESULTS / "payoff.md"))
+    ap.add_argument("--render-only", action="store_true")
+    ap.add_argument(
+        "--naive-regime",
+        default="trained unconditionally (no labels) on 16,000 unlabelled phantom images; "
+        "fine-tuned on the labelled training split only",
+    )
+    ap.add_argument(
+        "--labelled-regime",
+        default="the old bundled base, trained class-conditionally on 8,000 labelled phantom "
+        "images per class (80x the classifier's 100 real images per class)",
+    )
+    return run(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
