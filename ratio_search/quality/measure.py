@@ -246,11 +246,14 @@ def pools_quality(
                 path=extractor_path,
                 **(extractor_kwargs or {}),
             )
+        # the pool's own class (pools are per class), matched by name; else the synthetic class
+        name = pool.manifest.get("class_name")
+        label = data.class_names.index(name) if name in data.class_names else data.synthetic_label
         q = pool_quality(
             pool.images,
-            pools.class_reference(data),  # the real training images of the pool's class
+            pools.class_reference(data, label),  # the real training images of the pool's class
             extractors[data.key],
-            synthetic_label=data.synthetic_label,
+            synthetic_label=label,
             seed=seed,
             **(quality_kwargs or {}),
         )
