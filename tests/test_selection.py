@@ -205,3 +205,16 @@ def test_train_yaml_pools_errors(tmp_path, tiny_home):
     cfg, pool, pool_n = resolve_train_config(p, {})
     with pytest.raises(ConfigError, match="one pool per class"):
         train_from_config(cfg, tiny_home, pool, tmp_path / "o", pool_n=pool_n)
+
+
+def test_generate_makes_one_pool_per_listed_class(tiny_home, tiny_dataset, gen16):
+    from ratio_search.config import TrainConfig
+    from ratio_search.pools import generate
+
+    cfg = Config(data=DataConfig(**DATA), train=TrainConfig(synthetic_classes="NORMAL"))
+    res = generate(tiny_home, cfg, {0: gen16[0]}, n=3, progress=False, data=tiny_dataset)
+    assert [(r["class_name"], r["class_index"], r["n"]) for r in res] == [("NORMAL", 1, 3)]
+    cfg.train.synthetic_classes = "all"
+    res = generate(tiny_home, cfg, {0: gen16[0]}, n=3, progress=False, data=tiny_dataset)
+    assert [r["class_name"] for r in res] == ["CNV", "NORMAL"]
+    assert [r["generated"] for r in res] == [True, False]  # NORMAL's pool was already there
