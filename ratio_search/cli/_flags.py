@@ -62,6 +62,8 @@ def config_flag(
     else:
         if typ.startswith("list"):
             kw["nargs"] = "+"
+            if typ.startswith("list[int]"):
+                kw["type"] = int
         elif typ.startswith("int"):
             kw["type"] = int
         elif typ.startswith("float"):

@@ -32,6 +32,7 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
     )
     config_flag(p, "finetune.from_scratch")
     config_flag(p, "finetune.unconditional")
+    config_flag(p, "finetune.save_steps")  # e.g. --save-steps 100 200: generate.finetune_steps
     p.add_argument(
         "--export-base",
         action="store_true",
@@ -174,6 +175,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         space = load_space(args.space)
 
     model, data = _model_and_data(home, args, cfg, space)
+    if space is not None:
+        model, data = _space_models(home, args, cfg, space, model, data)
 
     def done(r: dict[str, Any]) -> None:
         if not args.json:
@@ -225,6 +228,44 @@ def _model_and_data(home: Any, args: argparse.Namespace, cfg: Any, space: Any) -
         say(f"generate: no --data given: using the newest model {path.name} and its data {where} "
             f"(key {meta['data_key']})")  # fmt: skip
     return str(path), data
+
+
+def _space_models(
+    home: Any, args: argparse.Namespace, cfg: Any, space: Any, model: str, data: Any
+) -> tuple[Any, Any]:
+    """The generators a space's pools need: ``{finetune_steps: model path}`` when the space
+    searches (or fixes) generator checkpoints, else ``model`` unchanged.
+
+    An explicit ``--model``: its saved checkpoints (``checkpoints_of``; a missing one is named by
+    the pool builder). ``latest``: the newest model's checkpoints when it has them all, else one
+    fine-tune (``finetune`` section of --config) saving them, cached ones reused
+    (``finetune_checkpoints``): ``generate --space`` prebuilds everything the search reads.
+    """
+    # The pool grid's finetune_steps (space.choices("finetune_steps") where R can be > 0): the
+    # steps pools.generate builds, and none at all when every trial has R = 0.
+    combos = space.pool_grid() if hasattr(space, "pool_grid") else []
+    steps = sorted({int(c.get("finetune_steps", cfg.generate.finetune_steps)) for c in combos})
+    if steps in ([], [0]):
+        return model, data
+    from ..diffusion import checkpoints_of, finetune_checkpoints, list_models
+
+    if data is None:
+        from ..data import load_dataset
+
+        data_cfg = space.data_config(cfg.data) if hasattr(space, "data_config") else cfg.data
+        data = load_dataset(data_cfg, home)
+    if args.model != "latest":
+        found = checkpoints_of(model, home)
+        return {s: str(p) for s, p in found.items() if s in {0, *steps}}, data
+    newest = list_models(home, data.key)
+    found = checkpoints_of(newest[-1], home) if newest else {}
+    if any(s not in found for s in steps):
+        if not args.json:
+            say(f"generate: fine-tuning a generator for data {data.key} with checkpoints at "
+                f"{', '.join(str(s) for s in steps if s)} steps (cached ones are reused)")  # fmt: skip
+        infos = finetune_checkpoints(data, cfg.finetune, home, steps, progress=not args.json)
+        found = {s: info.path for s, info in infos.items()}
+    return {s: str(found[s]) for s in {0, *steps}}, data
 
 
 def _dash(v: Any) -> str:

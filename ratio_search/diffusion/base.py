@@ -10,6 +10,13 @@ A saved model is one flat folder ``home.models/<hash>/``::
 ``meta.json`` is written last and the folder is renamed into place, so a folder with a
 ``meta.json`` whose ``"complete"`` is true is always a whole model.
 
+A generator checkpoint (``finetune.save_steps``: the weights after ``s`` of a run's steps) is a
+model folder of the same layout with its own hash (:func:`model_hash` with ``at_step``); its
+meta.json adds ``"checkpoint_of"`` (the run's final hash) and ``"at_step"``, and the final
+model's meta.json lists them as ``"checkpoints": {"<s>": "<hash>"}``. While training, a backend
+writes each one to ``<training folder>/``:func:`step_dir_name` (weights, configs, and
+:data:`STEP_STATS_NAME`), and the registry publishes it.
+
 This module imports no backend: a backend module imports it and describes itself with a
 :class:`Backend` (its hooks), which the registry in ``ratio_search.diffusion`` looks up by name.
 """
@@ -34,6 +41,8 @@ from ..errors import ConfigError, ModelError
 
 META_NAME = "meta.json"
 SAMPLES_NAME = "samples.png"
+# The training stats of a saved step, beside its weights until the step is published.
+STEP_STATS_NAME = "step_stats.json"
 # The samplers a model can be asked for: the allowed values of ``generate.scheduler``.
 SCHEDULERS: tuple[str, ...] = next(
     tuple(f.metadata["choices"])
@@ -194,9 +203,23 @@ def file_hash(path: str | os.PathLike) -> str:
     return h.hexdigest()[:16]
 
 
-def model_hash(data_key: str, resolved: dict[str, Any], base_hash: str | None) -> str:
-    """Content hash of a fine-tuned model: (data key, resolved config, base model hash)."""
-    return _sha({"data": data_key, "config": resolved, "base": base_hash})[:16]
+def model_hash(
+    data_key: str, resolved: dict[str, Any], base_hash: str | None, at_step: int | None = None
+) -> str:
+    """Content hash of a fine-tuned model: (data key, resolved config, base model hash).
+
+    ``at_step``: the hash of the run's checkpoint after that many steps (a model of its own);
+    None (the final weights) hashes exactly what it always did.
+    """
+    inputs: dict[str, Any] = {"data": data_key, "config": resolved, "base": base_hash}
+    if at_step is not None:
+        inputs["at_step"] = int(at_step)
+    return _sha(inputs)[:16]
+
+
+def step_dir_name(step: int) -> str:
+    """The subfolder of a training folder that holds the weights saved after ``step`` steps."""
+    return f"at-{int(step)}"
 
 
 @dataclass(frozen=True)
@@ -220,6 +243,8 @@ class Backend:
     load: Callable[[Path], GenerativeModel]
     grid_steps: int  # sampling steps of the samples.png grid
     scratch_files: tuple[str, ...] = ()  # removed from the folder once the model is complete
+    # True: train() takes ``stop_at`` and writes cfg.save_steps to step_dir_name(s) subfolders
+    saves_steps: bool = False
 
 
 def model_meta(

@@ -193,6 +193,7 @@ BACKEND = Backend(
     load=TinyModel.load,
     grid_steps=25,
     scratch_files=(CHECKPOINT_NAME,),
+    saves_steps=True,
 )
 
 
@@ -249,6 +250,8 @@ def export_base(
         raise ConfigError("--export-base trains the base model itself: add --from-scratch")
     if cfg.backend != "tiny":
         raise ConfigError("--export-base is for the tiny backend")
+    if cfg.save_steps:
+        raise ConfigError("--export-base saves only the finished base model: drop --save-steps")
     data = base_dataset(n_per_class, size, cfg.seed)
     resolved = resolve(data, cfg)
     tmp = Path(home.models) / f".tmp-base-{model_hash(data.key, resolved.config, None)}"

@@ -7,6 +7,9 @@ interrupted one stopped.
 
 from __future__ import annotations
 
+import copy
+import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .._io import atomic_write_with
+from .._io import atomic_write_json, atomic_write_with
 from ..config import FinetuneConfig
 from ..errors import ConfigError, ModelError
 from ..home import resolve_device
-from .base import META_NAME, read_meta
+from .base import META_NAME, STEP_STATS_NAME, read_meta, step_dir_name
 from .tiny_unet import BASE_CLASSES, BASE_DIR, WEIGHTS_NAME, build_unet
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -100,6 +103,23 @@ def init_from_base(unet, base: Path, class_names: list[str]) -> dict[str, Any]:
     return {"classes_from_base": mapped, "classes_fresh": fresh, "base_unconditional": naive}
 
 
+def save_step(unet, ema_shadow: dict[str, Any], noise_sched, folder: Path, stats: dict) -> Path:
+    """Save the EMA weights (as the final save does) to ``folder``, atomically: written beside it
+    and renamed into place. A copy of the network: training goes on untouched."""
+    snap = copy.deepcopy(unet).to("cpu")
+    snap.load_state_dict({k: v.detach().cpu() for k, v in ema_shadow.items()})
+    part = folder.with_name(folder.name + ".part")
+    if part.exists():
+        shutil.rmtree(part)
+    snap.save_pretrained(str(part), safe_serialization=True)
+    noise_sched.save_pretrained(str(part))
+    atomic_write_json(part / STEP_STATS_NAME, stats, indent=2, sort_keys=True)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(part, folder)
+    return folder
+
+
 class _EMA:
     """Exponential moving average of the parameters, with the usual warm-up of the decay."""
 
@@ -144,10 +164,16 @@ def train(
     progress: bool = True,
     callback: Callable[[int, float], None] | None = None,
     time_limit_s: float | None = None,
+    stop_at: int | None = None,
 ) -> dict[str, Any]:
     """Train in ``out_dir`` (checkpointing there) and save the EMA weights with save_pretrained.
 
     Reads only ``data.train_x`` / ``data.train_y``. Returns the training stats for meta.json.
+    After each step ``s`` of ``cfg.save_steps`` below ``cfg.max_steps`` the EMA weights are also
+    saved to ``out_dir/at-<s>`` (:func:`save_step`); saving never changes the run's randomness, so
+    the final weights are the same with or without save_steps. ``stop_at``: stop after that many
+    steps (a run of ``cfg.max_steps`` steps, cut short: only its saved steps are wanted) without
+    saving final weights.
     """
     from diffusers import DDPMScheduler
 
@@ -171,7 +197,12 @@ def train(
     warmup = max(1, min(100, cfg.max_steps // 10))
     step, losses, seconds_before = 0, [], 0.0
 
+    saves = sorted({int(s) for s in cfg.save_steps if 0 < int(s) < cfg.max_steps})
     ckpt = load_checkpoint(out_dir) if resume else None
+    if ckpt is not None and any(
+        s <= int(ckpt["step"]) and not (out_dir / step_dir_name(s)).is_dir() for s in saves
+    ):
+        ckpt = None  # a step to save is behind the checkpoint and its weights are gone: again
     if ckpt is not None:
         unet.load_state_dict(ckpt["model"])
         ema.shadow = {k: v.to(device) for k, v in ckpt["ema"].items()}
@@ -181,6 +212,7 @@ def train(
         losses = [float(v) for v in ckpt["losses"].tolist()]
         seconds_before = float(ckpt["seconds"])
     resumed_from = step
+    last = cfg.max_steps if stop_at is None else min(cfg.max_steps, int(stop_at))
 
     def checkpoint() -> None:
         save_checkpoint(
@@ -202,7 +234,7 @@ def train(
     )
     batch = cfg.batch_size  # indices are drawn with replacement, so any batch size works
     stopped_early = False
-    while step < cfg.max_steps:
+    while step < last:
         idx = torch.randint(len(x_all), (batch,), generator=gen)
         flip = torch.rand(batch, generator=gen) < 0.5
         drop = torch.rand(batch, generator=gen) < cfg.null_class_prob
@@ -233,6 +265,13 @@ def train(
         losses.append(float(loss.detach()))
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if step in saves:  # before the resumable checkpoint: a resume past s finds it saved
+            save_step(unet, ema.shadow, noise_sched, out_dir / step_dir_name(step), {
+                "steps": step, "of_steps": cfg.max_steps,
+                "final_loss": round(float(np.mean(losses[-50:])), 5),
+                "first_loss": round(float(np.mean(losses[:50])), 5),
+                "seconds": round(seconds_before + (time.time() - t0), 2),
+            })  # fmt: skip
         if step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
             checkpoint()
         if callback is not None:
@@ -243,12 +282,7 @@ def train(
     bar.close()
     seconds = seconds_before + (time.time() - t0)
     checkpoint()  # always: a later resume (time limit, or a larger max_steps) goes on from here
-
-    # Save the EMA weights the diffusers way (config.json + safetensors) and the noise schedule.
-    unet.load_state_dict(ema.shadow)
-    unet.to("cpu").save_pretrained(str(out_dir), safe_serialization=True)
-    noise_sched.save_pretrained(str(out_dir))
-    return {
+    stats = {
         "steps": step,
         "resumed_from_step": resumed_from,
         "stopped_by_time_limit": stopped_early,
@@ -262,3 +296,11 @@ def train(
         "threads": torch.get_num_threads(),
         **init_info,
     }
+    if step < cfg.max_steps and not stopped_early:  # cut short by stop_at: no final weights
+        return stats
+
+    # Save the EMA weights the diffusers way (config.json + safetensors) and the noise schedule.
+    unet.load_state_dict(ema.shadow)
+    unet.to("cpu").save_pretrained(str(out_dir), safe_serialization=True)
+    noise_sched.save_pretrained(str(out_dir))
+    return stats
