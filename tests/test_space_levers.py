@@ -264,3 +264,15 @@ def test_models_for_checkpoints(monkeypatch, tmp_path):
     info = RunInfo(models={str(s): [p, m] for s, (p, m) in got.items()})
     assert run_models(info)[400] == (str(folders[400]), metas[str(folders[400])])
     assert run_models(RunInfo(model_path="/m", model_meta={"a": 1})) == {0: ("/m", {"a": 1})}
+
+
+def test_confirmation_grid_keeps_augment_within_its_bound():
+    from ratio_search.evidence.confirm import _augment_allows
+
+    r = {"type": "float", "low": 0.0, "high": 1.0, "step": 0.25, "augment_high": 0.5}
+    ctx = types.SimpleNamespace(space=parse_space(_doc(r, **AUG)))
+    assert [v for v in (0.25, 0.5, 0.75, 1.0) if _augment_allows(ctx, v)] == [0.25, 0.5]
+    # a space without a bound (augment fixed below 1): only R < 1
+    free = types.SimpleNamespace(space=parse_space(_doc({"type": "float", "low": 0.0,
+                                                         "high": 0.9, "step": 0.1}, **AUG)))  # fmt: skip
+    assert _augment_allows(free, 0.9) and not _augment_allows(free, 1.0)

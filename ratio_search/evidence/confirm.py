@@ -103,6 +103,15 @@ def _grid(ctx: Any, confirm_r: list[float] | None) -> list[float]:
     return [r for r in GRID if lo <= r <= hi]
 
 
+def _augment_allows(ctx: Any, r: float) -> bool:
+    """Whether an augment configuration can take ``r``: below 1, and within the space's
+    ``r.augment_high`` when it has one (the search never ran augment above it)."""
+    space = getattr(ctx, "space", None)
+    spec = getattr(space, "params", {}).get("r") if space is not None else None
+    high = getattr(spec, "augment_high", None)
+    return r < 1.0 and (high is None or r <= float(high))
+
+
 def confirm(
     home: Home,
     name: str,
@@ -189,6 +198,8 @@ def confirm(
     gen_source = chosen if chosen is not base else (top[0] if top else base)
     for r in _grid(ctx, confirm_r):
         cfg = dict(gen_source.config, r=float(r))
+        if cfg.get("mode") == "augment" and not _augment_allows(ctx, float(r)):
+            continue  # augment needs R < 1, and the space may bound it lower (r.augment_high)
         if any(config_signature(c.config) == config_signature(cfg) for c in everyone):
             continue
         cand = Candidate(label_of(cfg), cfg, "grid", pool_key=gen_source.pool_key)

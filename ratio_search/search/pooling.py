@@ -70,9 +70,8 @@ def pool_size(space: Space, data: Any) -> int:
 
 def _pool_done(results: list[dict[str, Any]], total: int, progress: bool) -> None:
     r = results[-1]
-    extra = "".join(
-        f" {k}={r[k]}" for k in ("finetune_steps", "class_name") if r.get(k) not in (None, 0)
-    )
+    extra = f" finetune_steps={r['finetune_steps']}" if r.get("finetune_steps") else ""
+    extra += f" class={r['class_name']}" if r.get("class_name") else ""
     say(
         f"pool {len(results)}/{total} guidance={r['guidance']:g} steps={r['steps']}{extra}: "
         f"{'generated' if r['generated'] else 'cached'} ({r['seconds']:.1f} s)",
@@ -80,31 +79,37 @@ def _pool_done(results: list[dict[str, Any]], total: int, progress: bool) -> Non
     )
 
 
-def _reference(data: Any, postprocess: str, label: int) -> np.ndarray | None:
-    """The histogram-match reference of class ``label``: its real training images (never val or
-    test), as :func:`pools.postprocess.reference_for` gives for the default class."""
-    from ..pools.postprocess import reference_for
-
-    if postprocess != "histogram-match" or label == int(data.synthetic_label):
-        return reference_for(data, postprocess)
-    return np.asarray(data.train_x[np.asarray(data.train_y) == label])
-
-
 def pool_jobs(
     space: Space, data: Any, models: dict[int, tuple[str, dict[str, Any]]], n: int
 ) -> list[dict[str, Any]]:
     """One job per pool the space can ask for: its grid combination (the checkpoint included) x
-    every class that receives synthetic images; each ``{model_path, model_meta, gen, label}``."""
-    from .trainable import generate_config
+    every class that receives synthetic images, as :func:`pools.build.build_space_pools` builds
+    them (the model's index of the class, matched by name; that class's histogram-match
+    reference); each ``{model_path, gen, index, reference, class_name}``."""
+    from ..pools.build import model_class_index
+    from ..pools.postprocess import reference_for
+    from .trainable import LazyModel
 
-    seed = int(space.fixed.get("pool_seed", 0))
+    base = _base_gen(space, n)
     jobs = []
     for combo in space.pool_grid():
         path, meta = models[int(combo.get("finetune_steps", 0))]
-        gen = generate_config(dict(combo, pool_seed=seed), n, "auto")
+        gen = dataclasses.replace(base, **combo)
         for label in class_labels(space, data):
-            jobs.append({"model_path": path, "model_meta": meta, "gen": gen, "label": label})
+            jobs.append({
+                "model_path": path, "gen": gen,
+                "index": model_class_index(LazyModel(path, meta), data, label),
+                "reference": reference_for(data, gen.postprocess, label),
+                "class_name": str(data.class_names[label]),
+            })  # fmt: skip
     return jobs
+
+
+def _base_gen(space: Space, n: int):
+    """The GenerateConfig a combination of the grid completes: ``pool_seed``, ``n`` images."""
+    from .trainable import generate_config
+
+    return generate_config({"pool_seed": int(space.fixed.get("pool_seed", 0))}, n, "auto")
 
 
 def build_pools(
@@ -119,23 +124,22 @@ def build_pools(
 ) -> list[dict[str, Any]]:
     """Every pool of the space (grid x classes), before the trials: one Ray task per GPU when
     there are GPUs (``@ray.remote(num_gpus=1)`` around :func:`pools.build_one`), else serially
-    here. ``models``: ``{finetune_steps: (path, meta)}`` (or one model's path, then its meta)."""
+    here (:func:`pools.build.build_space_pools`). ``models``: ``{finetune_steps: (path, meta)}``
+    (or one model's path, then its meta)."""
     from .. import pools
+    from ..pools.build import build_space_pools
     from .trainable import LazyModel
 
     if isinstance(models, str | os.PathLike):
         models = {0: (str(models), dict(model_meta or {}))}
     if not space.pool_grid():
         return []
-    jobs = pool_jobs(space, data, models, n)
-    names = list(data.class_names)
+    total = len(space.pool_grid()) * len(class_labels(space, data))
     results: list[dict[str, Any]] = []
 
-    def done(job: dict[str, Any], r: dict[str, Any]) -> None:
-        r = dict(r, finetune_steps=int(job["gen"].finetune_steps), label=int(job["label"]))
-        r["class_name"] = str(names[job["label"]]) if len(jobs) > len(space.pool_grid()) else None
+    def done(r: dict[str, Any]) -> None:
         results.append(r)
-        _pool_done(results, len(jobs), progress)
+        _pool_done(results, total, progress)
         kill_point("pool")
 
     t0 = time.time()
@@ -146,19 +150,20 @@ def build_pools(
         pending = {
             task.remote(
                 str(home.root), j["model_path"], dataclasses.asdict(j["gen"]), n,
-                _reference(data, j["gen"].postprocess, j["label"]), j["label"], False,
+                j["reference"], j["index"], False,
             ): j
-            for j in jobs
+            for j in pool_jobs(space, data, models, n)
         }  # fmt: skip
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
-            done(pending.pop(ready[0]), ray.get(ready[0]))
+            j = pending.pop(ready[0])
+            done(dict(ray.get(ready[0]), class_index=j["index"], class_name=j["class_name"],
+                      finetune_steps=int(j["gen"].finetune_steps)))  # fmt: skip
     else:
-        loaded: dict[str, LazyModel] = {}
-        for j in jobs:
-            model = loaded.setdefault(j["model_path"], LazyModel(j["model_path"], j["model_meta"]))
-            ref = _reference(data, j["gen"].postprocess, j["label"])
-            done(j, pools.build_one(home, model, j["gen"], n, ref, j["label"], progress=False))
+        lazy = {s: LazyModel(p, m) for s, (p, m) in models.items()}
+        build_space_pools(
+            home, lazy, space, n, data, base=_base_gen(space, n), progress=False, on_done=done
+        )
     made = sum(1 for r in results if r["generated"])
     say(f"pools ready: {len(results)} ({made} generated) in {time.time() - t0:.1f} s", progress)
     return results

@@ -189,9 +189,9 @@ def synthetic_for(
     """The synthetic images of one trial, ``{class name: pool key}`` (label order) and how many
     synthetic images it trains on.
 
-    The default draw (the dataset's synthetic class, no filter) reads its one pool here, as
-    before (an array: bit-identical trials); any other (several classes, ``filter_top`` < 1)
-    goes through :func:`ratio_search.quality.selection.trial_synthetic` (a dict per label).
+    The default draw (the dataset's synthetic class, no filter, the final generator) reads its
+    one pool here, as before (an array: bit-identical trials); any other (several classes,
+    ``filter_top`` < 1, a checkpoint) goes through :func:`ratio_search.quality.selection.trial_synthetic` (a dict per label).
     """
 
     tcfg, gen = trial.train, trial.generate
@@ -199,7 +199,8 @@ def synthetic_for(
     if tcfg.r <= 0:
         return None, {}, 0
     step = int(gen.finetune_steps)
-    default = tcfg.synthetic_classes == "default" and float(tcfg.filter_top) >= 1.0
+    # as the confirmation draws them (evidence/runs.py): the final model's one default pool
+    default = tcfg.synthetic_classes == "default" and float(tcfg.filter_top) >= 1.0 and step == 0
     syn = int(data.synthetic_label)
     n_syn = synthetic_needed(int((y == syn).sum()), tcfg.r, tcfg.mode)
     if default and n_syn == 0:
