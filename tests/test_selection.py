@@ -218,3 +218,19 @@ def test_generate_makes_one_pool_per_listed_class(tiny_home, tiny_dataset, gen16
     res = generate(tiny_home, cfg, {0: gen16[0]}, n=3, progress=False, data=tiny_dataset)
     assert [r["class_name"] for r in res] == ["CNV", "NORMAL"]
     assert [r["generated"] for r in res] == [True, False]  # NORMAL's pool was already there
+
+
+def test_the_confirmation_reruns_get_the_trial_images(tiny_home, tiny_dataset, gen16, tmp_path):
+    """evidence.runs.RunContext (confirmation, test split) mixes what the trial mixed."""
+    from ratio_search.evidence.runs import RunContext
+
+    flat = {**TRAIN, "r": 0.5, "synthetic_classes": "all", "filter_top": 0.5,
+            "postprocess": "none", "steps": 2}  # fmt: skip
+    trial = TrialConfig.from_flat(flat)
+    want, _ = selection.trial_synthetic(tiny_home, gen16, tiny_dataset, trial, 8, **JUDGE)
+    ctx = RunContext(tiny_home, tmp_path, {"pool_n": 8, "model_path": "/models/fake"})
+    ctx._data, ctx._model = tiny_dataset, gen16[0]
+    got = ctx.pool_images(trial.to_flat(), "ignored,keys")
+    assert sorted(got) == [0, 1] and all(len(got[k]) == 4 for k in got)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])

@@ -93,10 +93,19 @@ class RunContext:
         return self._data
 
     # -- one run
-    def pool_images(self, config: Mapping[str, Any], pool_key: str | None) -> np.ndarray | None:
-        """The generated images a trial with ``config`` mixes in (None at R = 0)."""
+    def pool_images(
+        self, config: Mapping[str, Any], pool_key: str | None
+    ) -> np.ndarray | dict[int, np.ndarray] | None:
+        """The generated images a trial with ``config`` mixes in (None at R = 0; ``{label:
+        images}`` with several synthetic classes, the confidence filter or a checkpoint)."""
         if float(config.get("r", 0.0)) == 0.0:
             return None
+        if (  # several classes, the confidence filter or a checkpoint: the trainable's path
+            str(config.get("synthetic_classes", "default")) != "default"
+            or float(config.get("filter_top", 1.0)) < 1.0
+            or int(config.get("finetune_steps", 0) or 0) != 0
+        ):
+            return self._trial_synthetic(TrialConfig.from_flat(dict(config)))
         n = self.pool_n(config)
         from .. import pools
 
@@ -116,6 +125,41 @@ class RunContext:
         images of a pool), else the space's ``pool_size``."""
         n = self.info.get("pool_n") or config.get("pool_size")
         return int(n) if n else None
+
+    def _trial_synthetic(self, trial: TrialConfig) -> dict[int, np.ndarray]:
+        """Per class, filtered, of a generator checkpoint: as the search's trainable gets them
+        (``quality.selection.trial_synthetic``; pools and judge scores are cache hits)."""
+        from ..quality.selection import trial_synthetic
+
+        sig = json.dumps(trial.to_flat(), sort_keys=True, default=str)
+        if sig not in self._pools:
+            steps = int(trial.generate.finetune_steps)
+            n = self.pool_n(trial.to_flat()) or trial.generate.n
+            images, _ = trial_synthetic(
+                self.home, {steps: self._model_at(steps)}, self.data, trial, n
+            )
+            self._pools[sig] = images  # type: ignore[assignment]
+        return self._pools[sig]  # type: ignore[return-value]
+
+    def _model_at(self, steps: int) -> Any:
+        """The run's generator (``steps`` 0) or its checkpoint after ``steps`` fine-tune steps."""
+        from ..diffusion import load_model
+
+        path = self.info.get("model_path")
+        if not path:
+            raise SearchError(
+                f"run.json of {self.run_folder.name} names no model_path to regenerate a pool"
+            )
+        if steps == 0:
+            if self._model is None:
+                self._model = load_model(path, self.home)
+            return self._model
+        from ..diffusion import checkpoints_of
+
+        found = checkpoints_of(path, self.home)
+        if steps not in found:
+            raise SearchError(f"the generator {path} has no checkpoint at step {steps}")
+        return load_model(found[steps], self.home)
 
     def _generate(self, config: Mapping[str, Any]) -> np.ndarray:
         from .. import pools

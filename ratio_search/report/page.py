@@ -102,12 +102,18 @@ def _grids(
         if top is None:
             return None
         cfg, key = top["config"], top["pool_key"]
-    images = np.asarray(ctx.pool_images(cfg, key))
+    got = ctx.pool_images(cfg, key)
     data = ctx.data
+    label = int(data.synthetic_label)
+    if isinstance(got, dict):  # one pool per class: the synthetic class's (else the first)
+        if not got:
+            return None
+        label = label if label in got else min(got)
+        got = got[label]
+    images = np.asarray(got)
     clf = real_classifier(
         home.cache / "quality", data, path=classifier_path, **(classifier_kwargs or {})
     )
-    label = int(data.synthetic_label)
     order, score = rank_by_confidence(images, clf, label)
     n = min(grid_n, len(order) // 2 if len(order) > 1 else len(order))
     cls = data.class_names[label]
