@@ -234,3 +234,20 @@ def test_the_confirmation_reruns_get_the_trial_images(tiny_home, tiny_dataset, g
     assert sorted(got) == [0, 1] and all(len(got[k]) == 4 for k in got)
     for k in want:
         np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_train_filter_top_flag_filters_one_pool(tiny_home, tiny_dataset, gen16, run_cli, tmp_path):
+    """`train --filter-top` on the default class's one pool: the top half, by the cached judge."""
+    from ratio_search.pools import get_pool
+
+    pool = get_pool(tiny_home, gen16[0], TrialConfig.from_flat({"steps": 2}).generate, 12,
+                    progress=False)  # fmt: skip
+    selection.pool_scores(tiny_home, pool, tiny_dataset, 0, **JUDGE)  # trains the tiny judge
+    p = tmp_path / "one.yaml"
+    p.write_text(yaml.safe_dump({"data": DATA, "train": {**TRAIN, "r": 0.5},
+                                 "pool": {"key": pool.key, "n": 12}}))  # fmt: skip
+    argv = ["train", "--config", p, "--home", tiny_home.root, "--json", "--filter-top", "0.5"]
+    rc, _, err = run_cli([*argv, "--out", tmp_path / "o"])
+    assert rc == 0, err
+    res = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert res["filter_top"] == 0.5 and res["pool"]["kept"] == 6 and res["n_synthetic"] == 6

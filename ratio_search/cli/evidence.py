@@ -21,7 +21,16 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     config_flag(p, "train.r")
     p.add_argument("--pool", help="pool key, pool folder, or any image folder of synthetic images")
     p.add_argument("--pool-n", type=int, help="use only the pool's first N images")
-    for key in ("mode", "epochs", "batch_size", "lr", "seed", "device"):
+    for key in (
+        "mode",
+        "synthetic_classes",
+        "filter_top",
+        "epochs",
+        "batch_size",
+        "lr",
+        "seed",
+        "device",
+    ):
         config_flag(p, f"train.{key}")
     p.add_argument(
         "--out", help="folder for the resolved config and metrics (default: runs/train-...)"
