@@ -147,3 +147,78 @@ def test_pools_prebuilt_as_one_ray_task_per_gpu(tmp_path):
     import shutil
 
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_all_class_search_with_the_levers_through_ray(tmp_path):
+    """Every class gets synthetic images, filtered to the judge's top half, from a generator
+    checkpoint, in both modes (augment capped at R = 0.5): a grid through Ray whose MLflow child
+    runs carry the levers, and whose trials read one pool per class."""
+    from mlflow.tracking import MlflowClient
+
+    from ratio_search.data import load_dataset
+    from ratio_search.diffusion import finetune
+    from ratio_search.diffusion.tiny import TEST_UNET
+    from ratio_search.search.space import parse_space
+
+    home = Home.resolve(tmp_path / "home")
+    data = load_dataset(parse_space({"data": TINY_DATA}).data_config(), home)
+    cfg = FinetuneConfig(max_steps=2, from_scratch=True, batch_size=8, save_steps=[1])
+    model = finetune(data, cfg, home, progress=False, unet_config=TEST_UNET).path
+    space = {
+        "params": {
+            "r": {"type": "categorical", "choices": [0.5, 1.0], "augment_high": 0.5},
+            "mode": {"type": "categorical", "choices": ["replace", "augment"]},
+        },
+        "fixed": {"synthetic_classes": "all", "filter_top": 0.5, "finetune_steps": 1,
+                  "arch": "simple", "guidance": 2.0, "steps": 2, "epochs": 1, "batch_size": 8,
+                  "widths": [2, 4], "fc": 4},
+        "search": {"sampler": "grid", "calibrate": "off"},
+        "data": TINY_DATA,
+    }  # fmt: skip
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    cmd = [sys.executable, "-m", "ratio_search.cli", "run", "--home", str(home.root), "--space",
+           str(path), "--model", str(model), "--name", "lv", "--concurrency", "2", "--json"]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout)
+    assert out["state"] == "finished" and out["n_trials"] == 4 and out["n_errors"] == 0
+    run_dir = Path(out["run_dir"])
+    info = json.loads((run_dir / "run.json").read_text())
+    assert sorted(info["models"]) == ["0", "1"]  # the final model and its step-1 checkpoint
+    ckpt_hash = info["models"]["1"][1]["model_hash"]
+    assert ckpt_hash != info["model_hash"]
+
+    recs = [json.loads(ln) for ln in (run_dir / "trials.jsonl").read_text().splitlines()]
+    done = [r for r in recs if r["state"] == "TERMINATED"]
+    assert len(done) == 4
+    # augment's R = 1 grid point ran at the bound, as Tune's config says
+    assert sorted((r["params"]["mode"], r["params"]["r"]) for r in done) == [
+        ("augment", 0.5), ("augment", 0.5), ("replace", 0.5), ("replace", 1.0)]  # fmt: skip
+    # the capped point is the same configuration as augment at 0.5: measured once, reused once
+    assert sum(1 for r in done if r["metrics"].get("reused")) == 1
+    for r in done:  # one pool per class, from the checkpoint, in label order
+        keys = json.loads(r["pool_keys"])
+        assert list(keys) == ["CNV", "NORMAL"] and r["pool_key"] == ",".join(keys.values())
+        assert len(set(keys.values())) == 2 and r["model_hash"] == ckpt_hash
+        for k in keys.values():
+            assert (home.pools / k / "images.npy").is_file()
+            assert list((home.pools / k).glob("scores*"))  # the judge's scores, cached there
+        assert r["metrics"]["n_synthetic"] > 0
+
+    client = MlflowClient(info["mlflow"]["tracking_uri"])
+    children = client.search_runs(
+        [info["mlflow"]["experiment_id"]],
+        f"tags.`mlflow.parentRunId` = '{out['mlflow_parent_run_id']}'",
+    )
+    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+    for c in children:
+        ps = c.data.params
+        assert ps["mode"] in ("replace", "augment") and ps["arch"] == "simple"
+        # the fixed levers are params of every child run too
+        lever = (ps["synthetic_classes"], ps["filter_top"], ps["finetune_steps"])
+        assert lever == ("all", "0.5", "1")
+        assert c.data.tags["pool_key"].count(",") == 1  # one pool per class
+        assert c.data.tags["pool_key"] == ",".join(json.loads(c.data.tags["pool_keys"]).values())
+    assert not any(float(c.data.params["r"]) >= 1 and c.data.params["mode"] == "augment"
+                   for c in children)  # fmt: skip

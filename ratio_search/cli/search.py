@@ -13,7 +13,7 @@ from ._flags import data_command, emit, home_flag, json_flag, overrides
 
 def add_run(sub: argparse._SubParsersAction) -> None:
     p = data_command(
-        sub, "run", "search R, guidance and steps (Ray Tune + Optuna, tracked in MLflow)"
+        sub, "run", "search R and the space's other levers (Ray Tune + Optuna, tracked in MLflow)"
     )
     p.add_argument(
         "--space",
@@ -105,15 +105,18 @@ def add_status(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_status)
 
 
+# The sampled parameters a one-line summary names (when the search samples them).
+_SHOWN = ("r", "mode", "guidance", "steps", "finetune_steps", "synthetic_classes", "filter_top",
+          "arch")  # fmt: skip
+
+
 def _search_human(s: dict[str, Any]) -> str:
     best = s.get("best")
     line = f"search {s['name']} {s['state']}: {s['n_trials']}/{s['n_trials_asked']} trials"
     if s.get("n_errors"):
         line += f" ({s['n_errors']} failed)"
     if best:
-        params = ", ".join(
-            f"{k}={best['params'][k]}" for k in ("r", "guidance", "steps") if k in best["params"]
-        )
+        params = ", ".join(f"{k}={best['params'][k]}" for k in _SHOWN if k in best["params"])
         line += f"; best {s['metric']} {best['metric']:.4f} at {params}"
     line += f"; run folder {s['run_dir']}"
     return line
@@ -207,13 +210,17 @@ def cmd_status(args: argparse.Namespace) -> None:
         return
     metric = s["metric"]
     t = Table(title=f"{s['name']}: {s['state']}, {s['done']}/{s['n_trials']} trials done")
-    for col in ("trial", "state", "R", "guidance", "steps", "epoch", metric):
+    from ..search.runs import LEVERS
+
+    levers = [k for k in LEVERS if any(k in r for r in s["trials"])]  # the sampled ones
+    for col in ("trial", "state", "R", "guidance", "steps", *levers, "epoch", metric):
         t.add_column(col)
     best_id = (s["best"] or {}).get("trial_id")
     for r in s["trials"]:
         v = r.get(metric)
         style = "bold green" if r["trial_id"] == best_id else None
         t.add_row(r["trial_id"], r["state"], str(r["r"]), str(r["guidance"]), str(r["steps"]),
+                  *(str(r.get(k, "")) for k in levers),
                   str(r["epoch"]), "" if v is None else f"{v:.4f}", style=style)  # fmt: skip
     console.print(t)
     if s["best"]:

@@ -217,6 +217,8 @@ def run_status(home: Home, name: str) -> dict[str, Any]:
                 "r": params.get("r"),
                 "guidance": params.get("guidance"),
                 "steps": params.get("steps"),
+                # the other sampled levers, when the space samples them
+                **{k: params[k] for k in LEVERS if k in params},
                 "epoch": rec.get("epoch"),
                 metric: metric_value(rec, metric),
                 "pool_key": rec.get("pool_key"),
@@ -264,10 +266,12 @@ def driver_alive(folder: Path, info: RunInfo) -> bool:
     return bool(pid) and pid_alive(int(pid))
 
 
+# Sampled parameters beside R, guidance and steps that a status row shows when sampled.
+LEVERS = ("mode", "filter_top", "finetune_steps", "synthetic_classes", "arch")
 # The parameters shown for the best trial of a finished search.
 _SUMMARY_KEYS = (
     "r", "guidance", "steps", "scheduler", "postprocess", "mode", "lr", "batch_size", "epochs",
-    "seed",
+    "seed", "filter_top", "finetune_steps", "synthetic_classes", "arch",
 )  # fmt: skip
 
 
