@@ -48,6 +48,7 @@ import numpy as np
 
 from ratio_search._io import atomic_write_json, atomic_write_text, read_json, utc_now
 from ratio_search.config import DataConfig, FinetuneConfig, TrainConfig, TrialConfig
+from ratio_search.errors import ModelError
 from ratio_search.home import Home
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -243,7 +244,7 @@ def generators(
     from ratio_search.diffusion import load_model
 
     cfg = FinetuneConfig(base_model=str(base), threads=threads)
-    t0 = time.time()
+    t0, separate = time.time(), False
     try:
         from ratio_search.diffusion import finetune_checkpoints
     except ImportError:  # before the checkpoints land: the final model alone (same hash)
@@ -253,13 +254,25 @@ def generators(
 
         infos = {0: finetune(data, cfg, home, resume=True, progress=False)}
     else:
-        infos = finetune_checkpoints(data, cfg, home, [int(s) for s in steps], progress=False)
+        try:
+            infos = finetune_checkpoints(data, cfg, home, [int(s) for s in steps], progress=False)
+        except ModelError:
+            # the final model was cached by a run without save_steps (another user of the home):
+            # each asked step becomes a fine-tune of its own that many steps long
+            from ratio_search.diffusion import finetune
+
+            infos = finetune_checkpoints(data, cfg, home, [], progress=False)
+            for s in steps:
+                short = dataclasses.replace(cfg, max_steps=int(s))
+                infos[int(s)] = finetune(data, short, home, resume=True, progress=False)
+            separate = True
     models = {int(s): load_model(info.path) for s, info in infos.items()}
     return models, {
         "max_steps": cfg.max_steps,
         "batch_size": cfg.batch_size,
         "lr": cfg.lr,
         "hashes": {str(s): info.hash for s, info in infos.items()},
+        "steps_are": "separate shorter fine-tunes" if separate else "checkpoints of one run",
         "seconds": round(time.time() - t0, 1),
     }
 
@@ -359,8 +372,15 @@ def render(doc: Mapping[str, Any], plan: Sequence[Arm]) -> str:
         "validation images resampled, 4000 replicates); the last column is the paired t-interval "
         "over seeds alone (validation images fixed). **n synthetic**: generated images in each "
         "seed's training set (all classes together).",
-        "",
     ]
+    for key, g in sorted((m.get("generators") or {}).items()):
+        n_key, base = key.split("/")[:2]
+        for step in (s_ for s_ in g.get("hashes", {}) if s_ != "0" and base == "naive"):
+            how = ("a separate fine-tune that many steps long (the home held the final model "
+                   "without its checkpoint)" if g.get("steps_are", "").startswith("separate")
+                   else "a checkpoint of the same 400-step run")  # fmt: skip
+            lines.append(f"- The generator at {step} steps ({n_key[1:]}/class): {how}.")
+    lines.append("")
     conv = doc.get("convergence") or {}
     for key, c in sorted(conv.items(), key=lambda kv: (-int(kv[0].split(":")[0]), kv[0])):
         n_class, e1, e2 = key.split(":")[0], c["e1"], c["e2"]
@@ -376,7 +396,8 @@ def render(doc: Mapping[str, Any], plan: Sequence[Arm]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     missing = []
-    for arm in plan:
+    order = {a.id + a.base: i for i, a in enumerate(plan)}
+    for arm in sorted(plan, key=lambda a: (-a.n_class, a.base != "naive", order[a.id + a.base])):
         rec = res.get(arm.id)
         if rec is None:
             missing.append(arm)
@@ -526,11 +547,15 @@ def run(args: argparse.Namespace) -> int:
             pool_images, pool_info, t0 = None, {}, time.time()
             try:
                 if arm.r > 0:
-                    if arm.base not in models:
+                    # the checkpoint only when an arm asks for it (a cached final may lack it)
+                    step = int(trial.generate.finetune_steps)
+                    if step not in models.get(arm.base, {}):
                         base = Path(args.base_model if arm.base == "naive" else args.labelled_base)
-                        steps = [half] if arm.base == "naive" else []  # labelled: final only
-                        models[arm.base], ft = generators(home, data, base, steps, args.threads)
-                        doc["meta"].setdefault("generators", {})[f"n{n_class}/{arm.base}"] = ft
+                        steps = [step] if step else []
+                        got, ft = generators(home, data, base, steps, args.threads)
+                        models.setdefault(arm.base, {}).update(got)
+                        gens = doc["meta"].setdefault("generators", {})
+                        gens[f"n{n_class}/{arm.base}" + (f"/step{step}" if step else "")] = ft
                     n = pool_size(trial, n_class)
                     pool_images, pool_info = synthetic_for(home, models[arm.base], data, trial, n)
                 rec = train_arm(trial.train, data, pool_images, seeds)
