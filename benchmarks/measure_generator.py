@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--judge-n", type=int, default=2000, help="real images per class for the judge")
     ap.add_argument("--home", help="home for the data and model (default: a temporary folder)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--save-steps", type=int, nargs="*", default=[], help="fine-tune checkpoints")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -104,7 +105,12 @@ def main() -> None:
     data = load_dataset(data_cfg, home)
     size = data.image_size
 
-    ft = FinetuneConfig(from_scratch=args.from_scratch, base_model=args.base_model, device="cpu")
+    # threads: the fine-tune's own count (0 would take every core the job has, which on a shared
+    # machine oversubscribes); save_steps: also keep the generator at these steps (a model each).
+    ft = FinetuneConfig(
+        from_scratch=args.from_scratch, base_model=args.base_model, device="cpu",
+        threads=args.threads, save_steps=list(args.save_steps),
+    )  # fmt: skip
     if args.max_steps:
         ft.max_steps = args.max_steps
     t0 = time.time()
