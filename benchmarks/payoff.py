@@ -551,7 +551,8 @@ def run(args: argparse.Namespace) -> int:
                     step = int(trial.generate.finetune_steps)
                     if step not in models.get(arm.base, {}):
                         base = Path(args.base_model if arm.base == "naive" else args.labelled_base)
-                        steps = [step] if step else []
+                        # naive: the half-way checkpoint comes with the one run (no second run)
+                        steps = [half] if arm.base == "naive" else ([step] if step else [])
                         got, ft = generators(home, data, base, steps, args.threads)
                         models.setdefault(arm.base, {}).update(got)
                         gens = doc["meta"].setdefault("generators", {})
