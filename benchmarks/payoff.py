@@ -371,7 +371,9 @@ def render(doc: Mapping[str, Any], plan: Sequence[Arm]) -> str:
         "interval from the project's two-way paired bootstrap (evidence/paired.py: seeds *and* "
         "validation images resampled, 4000 replicates); the last column is the paired t-interval "
         "over seeds alone (validation images fixed). **n synthetic**: generated images in each "
-        "seed's training set (all classes together).",
+        "seed's training set (all classes together). R = 0 samples nothing, so both bases share "
+        "it; the resnet rows use the simple CNN's budget (their R = 0 convergence not checked) "
+        "and pair with the resnet's own R = 0.",
     ]
     for key, g in sorted((m.get("generators") or {}).items()):
         n_key, base = key.split("/")[:2]
@@ -380,6 +382,13 @@ def render(doc: Mapping[str, Any], plan: Sequence[Arm]) -> str:
                    "without its checkpoint)" if g.get("steps_are", "").startswith("separate")
                    else "a checkpoint of the same 400-step run")  # fmt: skip
             lines.append(f"- The generator at {step} steps ({n_key[1:]}/class): {how}.")
+    rn = sorted({a.n_class for a in plan if a.arch == "resnet"}, reverse=True)
+    lb = sorted({a.n_class for a in plan if a.base == "labelled"}, reverse=True)
+    lines.append(
+        f"- Scope: the resnet at {', '.join(map(str, rn)) or 'no'} real images per class; the "
+        f"labelled base at {', '.join(map(str, lb)) or 'no'} per class, with the mixing, class "
+        "and filter levers only."
+    )
     lines.append("")
     conv = doc.get("convergence") or {}
     for key, c in sorted(conv.items(), key=lambda kv: (-int(kv[0].split(":")[0]), kv[0])):
