@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,9 +24,18 @@ from ratio_search.diffusion import (
     load_model,
 )
 from ratio_search.diffusion.base import model_hash
-from ratio_search.diffusion.tiny import CHECKPOINT_NAME, TEST_UNET, WEIGHTS_NAME, resolve
+from ratio_search.diffusion.tiny import (
+    CHECKPOINT_NAME,
+    CLASS_EMBEDDING_LR_SCALE,
+    TEST_UNET,
+    WEIGHTS_NAME,
+    resolve,
+)
 from ratio_search.errors import ConfigError, ModelError
 from ratio_search.home import Home
+
+# The earlier, class-conditional base, kept beside the benchmarks (the package's base is task-naive).
+LABELLED_BASE = Path(__file__).resolve().parent.parent / "benchmarks" / "base_model_labelled"
 
 # The machine's cores are shared with other jobs; the tiny models do not need more than one.
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
@@ -272,8 +282,10 @@ def _zeros_data(size=16, classes=("CNV", "NORMAL"), key="k-test") -> Dataset:
     "data, cfg, unet, base_hash, expected",
     [
         (_zeros_data(), _cfg(), TEST_UNET, None, "382903078254a461"),
-        (_zeros_data(32, ("NORMAL", "DME", "CNV"), "phantom-x"), FinetuneConfig(), None,
-         "0123456789abcdef", "2103bb6d3482b281"),
+        # a labelled base (the earlier bundled one): no class-embedding lr scale in the config
+        (_zeros_data(32, ("NORMAL", "DME", "CNV"), "phantom-x"),
+         FinetuneConfig(base_model=str(LABELLED_BASE)), None, "0123456789abcdef",
+         "2103bb6d3482b281"),
         (_zeros_data(), FinetuneConfig(from_scratch=True, resolution=24, prompt="x {cls}",
          base_model="/nowhere", device="cuda", checkpoint_every=7, seed=3, lr=1e-3,
          ema_decay=0.9, null_class_prob=0.2, threads=5), None, None, "cc209338d7f0af68"),
@@ -284,6 +296,14 @@ def test_tiny_model_hash_is_unchanged(data, cfg, unet, base_hash, expected):
     # still find their models (the hash is the folder name).
     resolved = resolve(data, cfg, unet)
     assert model_hash(data.key, resolved.config, base_hash) == expected
+
+
+def test_a_task_naive_base_gives_the_class_embeddings_their_own_learning_rate():
+    # The bundled base is unconditional: its fine-tunes train differently, so they hash apart.
+    naive = resolve(_zeros_data(), FinetuneConfig()).config
+    labelled = resolve(_zeros_data(), FinetuneConfig(base_model=str(LABELLED_BASE))).config
+    assert naive["class_embedding_lr_scale"] == CLASS_EMBEDDING_LR_SCALE > 1
+    assert "class_embedding_lr_scale" not in labelled
 
 
 def test_backend_registry_matches_the_config_choices():

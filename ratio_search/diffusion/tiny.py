@@ -68,6 +68,9 @@ __all__ = [
 # list: a field added to FinetuneConfig later must not change the hash of every existing model.
 # (base_model is identified by its weights' hash, prompt is stable-diffusion only, device and
 # checkpoint_every never change the weights.)
+# The class embeddings' learning rate over finetune.lr when the base is unconditional.
+CLASS_EMBEDDING_LR_SCALE = 50.0
+
 HASHED_FIELDS = (
     "backend", "from_scratch", "max_steps", "batch_size", "lr", "ema_decay", "null_class_prob",
     "seed",
@@ -100,6 +103,11 @@ def resolve(data, cfg: FinetuneConfig, unet_overrides: dict[str, Any] | None = N
             f"tiny base model not found: {weights}; train it with "
             "`ratio-search finetune --from-scratch --export-base` or use --from-scratch"
         )
+    if read_meta(base_dir(cfg)).get("config", {}).get("unconditional"):
+        # A task-naive base never trained its class embeddings: every class starts at the null
+        # embedding and must move away from it within one short fine-tune (at the base lr, 400
+        # steps left the classes indistinguishable: 0.485 of CNV samples called CNV).
+        config["class_embedding_lr_scale"] = CLASS_EMBEDDING_LR_SCALE
     return Resolved(config, file_hash(weights), resolution)
 
 

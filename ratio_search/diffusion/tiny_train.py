@@ -191,7 +191,14 @@ def train(
     v_target = noise_sched.config.prediction_type == "v_prediction"
     x_all, y_all = _train_images(data, resolved["resolution"], device)
 
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=1e-2)
+    scale = float(resolved.get("class_embedding_lr_scale", 1.0))
+    if scale != 1.0:  # one more parameter group: the (fresh) class embeddings learn faster
+        emb = [p for n, p in unet.named_parameters() if n.startswith("class_embedding.")]
+        rest = [p for n, p in unet.named_parameters() if not n.startswith("class_embedding.")]
+        groups = [{"params": rest, "lr_scale": 1.0}, {"params": emb, "lr_scale": scale}]
+    else:  # one group, as before: the same weights as every earlier fine-tune
+        groups = [{"params": list(unet.parameters()), "lr_scale": 1.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=1e-2)
     ema = _EMA(unet, cfg.ema_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     warmup = max(1, min(100, cfg.max_steps // 10))
@@ -258,7 +265,7 @@ def train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / warmup)
+            group["lr"] = cfg.lr * group["lr_scale"] * min(1.0, (step + 1) / warmup)
         opt.step()
         ema.update(unet, step)
         step += 1
