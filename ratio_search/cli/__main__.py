@@ -1,7 +1,5 @@
 """``python -m ratio_search.cli``: the same as the ``ratio-search`` command."""
 
-import sys
+from . import run
 
-from . import main
-
-sys.exit(main())
+run()
