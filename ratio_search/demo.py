@@ -71,7 +71,10 @@ def run_demo(
     )
     timings["generate"] = time.perf_counter() - t
 
-    say(4, "search: Ray Tune + Optuna over R, guidance and steps, tracked in MLflow")
+    say(
+        4,
+        "search: Ray Tune + Optuna over R, the mixing mode, guidance and steps, tracked in MLflow",
+    )
     t = time.perf_counter()
     name = name or time.strftime("demo-%Y%m%d-%H%M%S")
     result = run_search(
