@@ -342,3 +342,13 @@ def test_a_meta_json_written_before_the_restructuring_still_loads(trained, tmp_p
     model = load_model(old)
     assert isinstance(model, GenerativeModel) and model.model_hash == info.hash
     assert model.sample(1, 0, guidance=2.0, steps=2).shape == (1, 1, 16, 16)
+
+
+def test_a_base_folder_without_meta_json_still_resolves(tmp_path):
+    # init_from_base accepts a base with only weights and config; resolve must not demand more.
+    import shutil
+
+    for name in ("config.json", WEIGHTS_NAME):
+        shutil.copyfile(LABELLED_BASE / name, tmp_path / name)
+    config = resolve(_zeros_data(), FinetuneConfig(base_model=str(tmp_path))).config
+    assert "class_embedding_lr_scale" not in config

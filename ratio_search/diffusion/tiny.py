@@ -40,7 +40,7 @@ from .base import (
     write_meta,
 )
 from .threads import torch_threads
-from .tiny_train import CHECKPOINT_NAME, base_dir, train
+from .tiny_train import CHECKPOINT_NAME, base_dir, base_is_unconditional, train
 from .tiny_unet import (
     BASE_CLASSES,
     BASE_DIR,
@@ -103,7 +103,7 @@ def resolve(data, cfg: FinetuneConfig, unet_overrides: dict[str, Any] | None = N
             f"tiny base model not found: {weights}; train it with "
             "`ratio-search finetune --from-scratch --export-base` or use --from-scratch"
         )
-    if read_meta(base_dir(cfg)).get("config", {}).get("unconditional"):
+    if base_is_unconditional(base_dir(cfg)):
         # A task-naive base never trained its class embeddings: every class starts at the null
         # embedding and must move away from it within one short fine-tune (at the base lr, 400
         # steps left the classes indistinguishable: 0.485 of CNV samples called CNV).

@@ -35,6 +35,16 @@ def base_dir(cfg: FinetuneConfig) -> Path:
     return Path(cfg.base_model).expanduser() if cfg.base_model else BASE_DIR
 
 
+def base_meta(base: Path) -> dict[str, Any]:
+    """The base model's meta.json, or {} for a base folder that has only weights and config."""
+    return read_meta(base) if (base / META_NAME).is_file() else {}
+
+
+def base_is_unconditional(base: Path) -> bool:
+    """True for a task-naive base (trained without labels, ``finetune.unconditional``)."""
+    return bool(base_meta(base).get("config", {}).get("unconditional"))
+
+
 def save_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
     """Write a resumable checkpoint (tensors, numbers, strings only: loadable with weights_only).
 
@@ -62,11 +72,11 @@ def init_from_base(unet, base: Path, class_names: list[str]) -> dict[str, Any]:
     """
     from safetensors.torch import load_file
 
-    base_meta = read_meta(base) if (base / META_NAME).is_file() else {}
-    base_names = [str(c) for c in base_meta.get("class_names", BASE_CLASSES)]
+    meta = base_meta(base)
+    base_names = [str(c) for c in meta.get("class_names", BASE_CLASSES)]
     # An unconditional base never trained its class embeddings: every class starts from the
     # null class (the unconditional model) and the fine-tune learns what sets it apart.
-    naive = bool(base_meta.get("config", {}).get("unconditional"))
+    naive = bool(meta.get("config", {}).get("unconditional"))
     state = load_file(str(base / WEIGHTS_NAME))
     own = unet.state_dict()
     mapped, fresh = [], []
