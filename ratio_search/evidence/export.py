@@ -86,6 +86,7 @@ def _records_from_mlflow(folder: Path, uri: str, parent: str) -> dict[str, dict[
             "device": tags.get("device"),
             "mlflow_run_id": run.info.run_id,
             "node_id": tags.get("node_id"),
+            "reused_from": tags.get("reused_from"),
         }
     return out
 

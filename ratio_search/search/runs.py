@@ -223,6 +223,8 @@ def run_status(home: Home, name: str) -> dict[str, Any]:
                 metric: metric_value(rec, metric),
                 "pool_key": rec.get("pool_key"),
                 "mlflow_run_id": rec.get("mlflow_run_id"),
+                # the trial that measured this result (an equivalent configuration, not retrained)
+                "reused_from": rec.get("reused_from"),
                 "error": (rec.get("error") or "").strip().splitlines()[-1:] or None,
             }
         )

@@ -7,7 +7,13 @@ without Ray or MLflow. A record::
 
     {"trial_id", "state" (RUNNING | TERMINATED | ERROR | LOST), "params" (the Tune config),
      "metrics" (the last result's numbers), "best" ({"value", "epoch"} of the objective or None),
-     "epoch", "pool_key", "model_hash", "mlflow_run_id", "node_id", "time", ["error"], ...}
+     "epoch", "pool_key", "model_hash", "mlflow_run_id", "node_id", "time", ["error"],
+     ["hostname", "node_ip", "device", "reused_from"]}
+
+A trial that reports an equivalent trial's measured result (search/trainable.py) has
+``metrics["reused"] == 1`` and ``reused_from`` (that trial's id) on every record from its first
+result on, its final one included. Older files lack them on the final record: readers treat a
+missing key as "not known", never as an error.
 
 A write that fails is retried once and then raises :class:`TrialLogError` (the search stops and
 can be resumed; it never goes on with a record missing); a torn last line is repaired before the
@@ -248,6 +254,10 @@ class TrialLog:
             fields["epoch"] = result_epoch(result)
             fields.update({k: result[k] for k in RESULT_TAGS if result.get(k) is not None})
             self.observe(tid, fields["epoch"], fields["metrics"])
+        # The string fields of a result describe the trial, not the event: an event without a
+        # result (its end, an error) carries the last ones forward, so that the final record
+        # still says where it ran and, for a reused result, which trial measured it.
+        tags = {k: fields.pop(k, prev.get(k)) for k in RESULT_TAGS}
         rec: dict[str, Any] = {
             "trial_id": tid,
             "state": state,
@@ -255,14 +265,14 @@ class TrialLog:
             "metrics": fields.pop("metrics", prev.get("metrics", {})),
             "best": self.best.get(tid),
             "epoch": fields.pop("epoch", prev.get("epoch", 0)),
-            "pool_key": fields.pop("pool_key", prev.get("pool_key")),
-            "pool_keys": fields.pop("pool_keys", prev.get("pool_keys")),
-            "model_hash": fields.pop("model_hash", prev.get("model_hash")),
+            "pool_key": tags.pop("pool_key"),
+            "pool_keys": tags.pop("pool_keys"),
+            "model_hash": tags.pop("model_hash"),
             "mlflow_run_id": mlflow_run_id or prev.get("mlflow_run_id"),
-            "node_id": fields.pop("node_id", prev.get("node_id")),
+            "node_id": tags.pop("node_id"),
             "time": time.time(),
         }
-        rec.update({k: v for k, v in {**fields, **extra}.items() if v is not None})
+        rec.update({k: v for k, v in {**tags, **fields, **extra}.items() if v is not None})
         return json_safe(rec)
 
     def event(self, trial: Any, state: str, result: Mapping[str, Any] | None = None, **kw: Any):
