@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -158,20 +161,33 @@ def test_bad_save_steps_are_one_line_config_errors(tiny_dataset, tiny_home):
     assert not tiny_home.models.exists()  # refused before anything was trained
 
 
-@pytest.mark.e2e
-def test_cli_finetune_save_steps(tmp_path, run_cli, monkeypatch):
+@pytest.fixture
+def cli_config(tmp_path, monkeypatch) -> Callable[..., Path]:
+    """Test-sized fine-tunes through the CLI: the tiny test network, and 2 sampling steps for
+    each model's samples grid. Returns ``write(**finetune)``, which writes ``tmp_path/c.yaml``
+    (a tiny phantom data set; a CPU fine-tune from scratch, plus ``finetune``) and returns it."""
     from ratio_search.diffusion import tiny
 
-    # test-sized: the tiny test network, and 2 sampling steps for each model's samples grid
     full = tiny.tiny_unet_config
     monkeypatch.setattr(tiny, "tiny_unet_config", lambda n, s, c, o=None: full(n, s, c, TEST_UNET))
     monkeypatch.setattr(tiny, "BACKEND", dataclasses.replace(tiny.BACKEND, grid_steps=2))
-    (tmp_path / "c.yaml").write_text(
-        "data: {image_size: 16, phantom_n_per_class: 12, phantom_val_per_class: 6,\n"
-        "       phantom_test_per_class: 6, min_val_per_class: 2}\n"
-        "finetune: {from_scratch: true, batch_size: 4, device: cpu}\n"
-    )
-    argv = ["finetune", "--home", tmp_path, "--config", tmp_path / "c.yaml", "--max-steps", "3",
+
+    def write(**finetune: Any) -> Path:
+        extra = "".join(f", {k}: {v}" for k, v in finetune.items())
+        path = tmp_path / "c.yaml"
+        path.write_text(
+            "data: {image_size: 16, phantom_n_per_class: 12, phantom_val_per_class: 6,\n"
+            "       phantom_test_per_class: 6, min_val_per_class: 2}\n"
+            f"finetune: {{from_scratch: true, batch_size: 4, device: cpu{extra}}}\n"
+        )
+        return path
+
+    return write
+
+
+@pytest.mark.e2e
+def test_cli_finetune_save_steps(tmp_path, run_cli, cli_config):
+    argv = ["finetune", "--home", tmp_path, "--config", cli_config(), "--max-steps", "3",
             "--json"]  # fmt: skip
     rc, out, err = run_cli([*argv, "--save-steps", "1", "2"])
     assert rc == 0, err
@@ -187,24 +203,16 @@ def test_cli_finetune_save_steps(tmp_path, run_cli, monkeypatch):
 
 
 @pytest.mark.e2e
-def test_cli_generate_space_prebuilds_the_pools_of_every_checkpoint(tmp_path, run_cli, monkeypatch):
-    from ratio_search.diffusion import tiny
+def test_cli_generate_space_prebuilds_the_pools_of_every_checkpoint(tmp_path, run_cli, cli_config):
     from ratio_search.pools import load_pool
 
-    full = tiny.tiny_unet_config
-    monkeypatch.setattr(tiny, "tiny_unet_config", lambda n, s, c, o=None: full(n, s, c, TEST_UNET))
-    monkeypatch.setattr(tiny, "BACKEND", dataclasses.replace(tiny.BACKEND, grid_steps=2))
-    (tmp_path / "c.yaml").write_text(
-        "data: {image_size: 16, phantom_n_per_class: 12, phantom_val_per_class: 6,\n"
-        "       phantom_test_per_class: 6, min_val_per_class: 2}\n"
-        "finetune: {from_scratch: true, batch_size: 4, device: cpu, max_steps: 2}\n"
-    )
+    config = cli_config(max_steps=2)
     (tmp_path / "s.yaml").write_text(
         "params:\n  finetune_steps: {type: categorical, choices: [0, 1, 3]}\n"
         "fixed: {r: 0.5, guidance: 2.0, steps: 2, pool_size: 2}\n"
         "search: {n_trials: 1}\n"
     )
-    argv = ["generate", "--home", tmp_path, "--config", tmp_path / "c.yaml",
+    argv = ["generate", "--home", tmp_path, "--config", config,
             "--space", tmp_path / "s.yaml", "--device", "cpu", "--json"]  # fmt: skip
     rc, out, err = run_cli(argv)  # no model yet ("latest"): one fine-tune saving steps 1 and 2
     assert rc == 0, err
