@@ -28,6 +28,11 @@ and the intervals can be recomputed from the file.
 
     .venv/bin/python benchmarks/payoff.py [--home /tmp/payoff_home] [--seeds 10]
         [--sizes 100 50] [--only n100] [--render-only]
+        [--finetune-note TEXT] [--note TEXT ...] [--unmeasured MATCH WHY ...] [--clear-notes]
+
+What the page says beyond the numbers (a note on the fine-tune, lines above the table, why some
+planned arms have no result) is recorded in the JSON's meta with the plan's sizes
+(:data:`RECORDED`), so ``--render-only`` rewrites payoff.md from payoff.json alone.
 """
 
 from __future__ import annotations
@@ -346,9 +351,32 @@ def _desc(kv: tuple[str, Any]) -> int:
     return -int(kv[0])
 
 
+def _paren(note: str | None) -> str:
+    return f"({note}) " if note else ""
+
+
+# Why a planned arm has no result, unless the JSON's meta.unmeasured says otherwise.
+NOT_MEASURED = "Not measured (did not finish in time)"
+
+
+def missing_by_reason(
+    missing: Sequence[Arm], reasons: Sequence[Mapping[str, str]]
+) -> dict[str, list[Arm]]:
+    """The missing arms grouped by why they are missing: the first of ``reasons``
+    (``[{"match", "why"}]``, meta.unmeasured, set with ``--unmeasured``) whose ``match`` is part
+    of the arm's id, else :data:`NOT_MEASURED`. Reasons in their recorded order, the default last."""
+    out: dict[str, list[Arm]] = {r["why"]: [] for r in reasons}
+    out[NOT_MEASURED] = []
+    for arm in missing:
+        why = next((r["why"] for r in reasons if r["match"] in arm.id), NOT_MEASURED)
+        out[why].append(arm)
+    return {why: arms for why, arms in out.items() if arms}
+
+
 def render(doc: Mapping[str, Any], plan: Sequence[Arm]) -> str:
-    """payoff.md: the header (regime, sizes, seeds, budget, interval), one table, the missing
-    arms, and a closing sentence that says only what the numbers support."""
+    """payoff.md: the header (regime, sizes, seeds, budget, interval, the recorded notes), one
+    table, the missing arms (with why, from meta.unmeasured), and a closing sentence that says
+    only what the numbers support."""
     m = doc["meta"]
     res = doc["arms"]
     lines = [
@@ -364,7 +392,8 @@ def render(doc: Mapping[str, Any], plan: Sequence[Arm]) -> str:
         f"{m['budget']['batch_size']}, lr {m['budget']['lr']} (R = 0's convergence: below); "
         f"{m['n_seeds']} seeds ({m['seeds'][0]}..{m['seeds'][-1]}), every arm on the same seeds "
         "and images as its R = 0; torch on 1 CPU thread.",
-        f"- **Generator**: fine-tuned {m['finetune']} on the labelled training split only; pools "
+        f"- **Generator**: fine-tuned {_paren(m.get('finetune_note'))}{m['finetune']} on the "
+        "labelled training split only; pools "
         f"sampled with {m['sampler']}, guidance 2 unless stated, each just large enough for its "
         "arm (the filter's pool holds 1 / filter_top times what the trial uses).",
         "- **Accuracy**: mean ± sd over seeds. **Δ vs R = 0**: paired difference with its 95 % "
@@ -400,6 +429,9 @@ def render(doc: Mapping[str, Any], plan: Sequence[Arm]) -> str:
         )
     if conv:
         lines.append("")
+    lines += [f"- {note}" for note in m.get("notes") or []]
+    if m.get("notes"):
+        lines.append("")
     lines += [
         "| real/class | base | lever | arm | n synthetic | accuracy | Δ vs R = 0 [95 %, seeds × images] | Δ [95 %, seeds] |",
         "|---|---|---|---|---|---|---|---|",
@@ -422,9 +454,8 @@ def render(doc: Mapping[str, Any], plan: Sequence[Arm]) -> str:
             f"| {arm.n_class} | {base} | {arm.lever} | {arm.label} | {rec['n_synthetic']} | "
             f"{c['mean']:.3f} ± {c['sd']:.3f} | {d} | {t} |"
         )
-    if missing:
-        lines += ["", "Not measured (did not finish in time): " +
-                  "; ".join(f"{a.n_class}/class {a.base}: {a.label}" for a in missing) + "."]  # fmt: skip
+    for why, arms in missing_by_reason(missing, m.get("unmeasured") or []).items():
+        lines += ["", f"{why}: " + "; ".join(f"{a.n_class}/class {a.base}: {a.label}" for a in arms) + "."]  # fmt: skip
     lines += ["", doc.get("takeaway") or takeaway(doc, plan), ""]
     return "\n".join(lines)
 
@@ -496,6 +527,40 @@ def _ctx_key(base: dict[str, Any], n_class: int, args: argparse.Namespace) -> st
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
 
 
+# Options that shape the plan or the page's text. Given, they are recorded in the JSON's meta;
+# not given, the recorded value holds (else this default), so that a restart goes on with the
+# same plan and --render-only reproduces the same payoff.md.
+RECORDED: dict[str, Any] = {
+    "sizes": [100, 50],
+    "resnet_sizes": [50, 100],
+    "labelled_sizes": [100],
+    "naive_regime": "trained unconditionally (no labels) on 16,000 unlabelled phantom images; "
+    "fine-tuned on the labelled training split only",
+    "labelled_regime": "the old bundled base, trained class-conditionally on 8,000 labelled "
+    "phantom images per class (80x the classifier's 100 real images per class)",
+    "finetune_note": None,
+    "notes": [],
+    "unmeasured": [],
+}
+_NOTES = ("finetune_note", "notes", "unmeasured")  # what --clear-notes drops
+
+
+def resolve_options(args: argparse.Namespace, meta: dict[str, Any]) -> None:
+    """Fill each :data:`RECORDED` option not given from ``meta`` (else its default) and record
+    the result in ``meta``. ``--clear-notes`` first drops the recorded notes."""
+    if getattr(args, "clear_notes", False):
+        for key in _NOTES:
+            meta.pop(key, None)
+    if args.unmeasured is not None:  # [[match, why], ...] from the command line
+        args.unmeasured = [{"match": m, "why": w} for m, w in args.unmeasured]
+    for name, default in RECORDED.items():
+        if getattr(args, name) is None:
+            setattr(args, name, meta.get(name, default))
+        meta[name] = getattr(args, name)
+    if meta["finetune_note"] is None:
+        del meta["finetune_note"]
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -506,6 +571,7 @@ def run(args: argparse.Namespace) -> int:
     seeds = list(range(args.seeds))
     json_path, md_path = Path(args.json), Path(args.md)
     doc = load_doc(json_path)
+    resolve_options(args, doc["meta"])
     bases = {
         "naive": base_info(Path(args.base_model)),
         "labelled": base_info(Path(args.labelled_base)),
@@ -521,9 +587,8 @@ def run(args: argparse.Namespace) -> int:
         plan += arms_for(n_class, "naive", half, resnet=n_class in args.resnet_sizes)
     for n_class in args.labelled_sizes:
         plan += [a for a in arms_for(n_class, "labelled", half) if a.r > 0]
-    doc["meta"].update(
-        naive_regime=args.naive_regime, labelled_regime=args.labelled_regime,
-        sizes=list(args.sizes), epochs={str(n): epochs_for(n) for n in args.sizes}, seeds=seeds, n_seeds=len(seeds), budget=BUDGET,
+    measured = dict(
+        epochs={str(n): epochs_for(n) for n in args.sizes}, seeds=seeds, n_seeds=len(seeds), budget=BUDGET,
         finetune=f"with the default FinetuneConfig ({FinetuneConfig().max_steps} steps, batch "
                  f"{FinetuneConfig().batch_size}, lr {FinetuneConfig().lr}; checkpoint at {half})",
         sampler=f"{args.scheduler}, {args.sample_steps} steps", bases=bases,
@@ -533,9 +598,13 @@ def run(args: argparse.Namespace) -> int:
     if args.takeaway:
         doc["takeaway"] = args.takeaway
     if args.render_only:
+        # nothing is measured: what the file says the arms were measured with stays
+        for key, value in measured.items():
+            doc["meta"].setdefault(key, value)
         save(doc, plan, json_path, md_path)
         print(md_path.read_text())
         return 0
+    doc["meta"].update(measured)
     only = args.only or []
     for n_class in sorted({a.n_class for a in plan}, reverse=True):
         data = load_dataset(DataConfig(phantom_n_per_class=n_class), home)
@@ -609,13 +678,15 @@ def converge(doc: dict[str, Any], data: Any, seeds: list[int], n_class: int, arg
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line (:func:`main`)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--home", default="/tmp/payoff_home", help="models, pools, data cache")
     ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 50])
-    ap.add_argument("--resnet-sizes", type=int, nargs="*", default=[50, 100])
-    ap.add_argument("--labelled-sizes", type=int, nargs="*", default=[100])
+    # these and the notes below: not given, the JSON's recorded value (RECORDED)
+    ap.add_argument("--sizes", type=int, nargs="+", help="default: recorded, else 100 50")
+    ap.add_argument("--resnet-sizes", type=int, nargs="*", help="default: recorded, else 50 100")
+    ap.add_argument("--labelled-sizes", type=int, nargs="*", help="default: recorded, else 100")
     ap.add_argument("--converge-sizes", type=int, nargs="*", default=[50])
     ap.add_argument("--base-model", default=str(NAIVE_BASE), help="the task-naive base")
     ap.add_argument("--labelled-base", default=str(LABELLED_BASE))
@@ -628,17 +699,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--md", default=str(RESULTS / "payoff.md"))
     ap.add_argument("--render-only", action="store_true")
     ap.add_argument("--takeaway", help="the closing sentence (kept in the JSON); default: derived")
+    ap.add_argument("--naive-regime", help="how the task-naive base was trained")
+    ap.add_argument("--labelled-regime", help="how the labelled base was trained")
+    ap.add_argument("--finetune-note", help="said of the generators' fine-tune (in parentheses)")
     ap.add_argument(
-        "--naive-regime",
-        default="trained unconditionally (no labels) on 16,000 unlabelled phantom images; "
-        "fine-tuned on the labelled training split only",
+        "--note",
+        dest="notes",
+        action="append",
+        help="a line of the page above the table (repeat; replaces the recorded ones)",
     )
     ap.add_argument(
-        "--labelled-regime",
-        default="the old bundled base, trained class-conditionally on 8,000 labelled phantom "
-        "images per class (80x the classifier's 100 real images per class)",
+        "--unmeasured",
+        nargs=2,
+        action="append",
+        metavar=("MATCH", "WHY"),
+        help="planned arms whose id contains MATCH are listed as missing because WHY "
+        "(repeat; replaces the recorded ones)",
     )
-    return run(ap.parse_args(argv))
+    ap.add_argument(
+        "--clear-notes",
+        action="store_true",
+        help="drop the recorded --finetune-note, --note and --unmeasured",
+    )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(parser().parse_args(argv))
 
 
 if __name__ == "__main__":

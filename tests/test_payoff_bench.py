@@ -97,3 +97,76 @@ def test_render_states_regime_interval_and_missing_arms(payoff):
     assert f"| 50 | naive | mixing | {arm.label} |" in md
     assert "Not measured" in md and plan[2].label in md
     assert md.rstrip().splitlines()[-1].startswith(("What to take", "No synthetic"))
+
+
+def _doc(payoff, plan, **meta):
+    """A two-arm document (R = 0 and the plan's first synthetic arm measured) for ``plan``."""
+    rng = np.random.default_rng(1)
+    a, b = rng.random((4, 20)) < 0.8, rng.random((4, 20)) < 0.7
+
+    def rec(c):
+        return {"seeds": [0, 1, 2, 3], "accuracy": c.mean(axis=1).tolist(),
+                "correct": payoff.pack(c), "n_val": 20, "n_synthetic": 12}  # fmt: skip
+
+    base = {"naive_regime": "N", "labelled_regime": "L", "sizes": [50], "n_val": 20,
+            "budget": payoff.BUDGET, "epochs": {"50": 32}, "n_seeds": 4, "seeds": [0, 1, 2, 3],
+            "finetune": "with F", "sampler": "S"}  # fmt: skip
+    return {"meta": {**base, **meta}, "arms": {plan[0].id: rec(b), plan[1].id: rec(a)}}
+
+
+def test_render_writes_the_recorded_notes_and_why_arms_are_missing(payoff):
+    plan = payoff.arms_for(50, "naive", 200, resnet=False)
+    guidance = [a for a in plan if a.lever == "guidance"]
+    doc = _doc(payoff, plan, finetune_note="FT-NOTE", notes=["NOTE-ONE", "NOTE-TWO"],
+               unmeasured=[{"match": "guidance=", "why": "Not re-run (WHY)"}])  # fmt: skip
+    lines = payoff.render(doc, plan).splitlines()
+    gen = next(x for x in lines if x.startswith("- **Generator**"))
+    assert gen.startswith("- **Generator**: fine-tuned (FT-NOTE) with F on the labelled")
+    table = lines.index(next(x for x in lines if x.startswith("| real/class")))
+    assert lines.index("- NOTE-ONE") < lines.index("- NOTE-TWO") < table
+    assert lines[lines.index("- NOTE-TWO") + 1] == ""
+    rerun = next(x for x in lines if x.startswith("Not re-run (WHY): "))
+    assert (
+        rerun
+        == "Not re-run (WHY): " + "; ".join(f"50/class naive: {a.label}" for a in guidance) + "."
+    )
+    # the other missing arms keep the default reason, listed after the recorded ones
+    default = next(x for x in lines if x.startswith(payoff.NOT_MEASURED))
+    assert lines.index(rerun) < lines.index(default)
+    assert plan[2].label in default and not any(a.label in default for a in guidance)
+    # without notes the page is as before: no parentheses, no note lines
+    plain = payoff.render(_doc(payoff, plan), plan)
+    assert "fine-tuned with F on" in plain and "- NOTE" not in plain
+    assert "Not re-run" not in plain and guidance[0].label in plain
+
+
+def test_options_not_given_come_from_the_json_and_given_ones_are_recorded(payoff):
+    def args(*argv):
+        return payoff.parser().parse_args(list(argv))
+
+    meta = {"sizes": [100], "resnet_sizes": [100], "notes": ["OLD"], "finetune_note": "FT",
+            "unmeasured": [{"match": "n50/", "why": "W"}]}  # fmt: skip
+    a = args("--render-only")
+    payoff.resolve_options(a, meta)
+    assert (a.sizes, a.resnet_sizes, a.labelled_sizes) == ([100], [100], [100])
+    assert a.notes == ["OLD"] and a.finetune_note == "FT" and meta["unmeasured"][0]["why"] == "W"
+    a = args("--note", "NEW", "--unmeasured", "n100/", "W2", "--resnet-sizes")
+    payoff.resolve_options(a, meta)
+    assert meta["notes"] == ["NEW"] and meta["unmeasured"] == [{"match": "n100/", "why": "W2"}]
+    assert meta["resnet_sizes"] == [] and meta["finetune_note"] == "FT"
+    payoff.resolve_options(args("--clear-notes"), meta)
+    assert meta["notes"] == [] and meta["unmeasured"] == [] and "finetune_note" not in meta
+    fresh: dict = {}  # a new JSON: the defaults
+    payoff.resolve_options(args(), fresh)
+    assert fresh["sizes"] == [100, 50] and fresh["resnet_sizes"] == [50, 100]
+
+
+def test_render_only_reproduces_the_committed_payoff_md(payoff, tmp_path):
+    """payoff.md as committed is what payoff.py renders from payoff.json alone (no flags)."""
+    results = _PATH.parent / "results"
+    if not (results / "payoff.json").is_file():
+        pytest.skip("no committed payoff.json")
+    (tmp_path / "p.json").write_bytes((results / "payoff.json").read_bytes())
+    argv = ["--render-only", "--json", str(tmp_path / "p.json"), "--md", str(tmp_path / "p.md")]
+    assert payoff.main(argv) == 0
+    assert (tmp_path / "p.md").read_text() == (results / "payoff.md").read_text()
