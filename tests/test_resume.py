@@ -89,93 +89,6 @@ def _wait_for_a_finished_trial(driver: subprocess.Popen, run_dir: Path, log: Pat
         time.sleep(0.1)
 
 
-def test_kill_driver_then_resume(tmp_path, tiny_home):
-    home, model = tiny_home
-    space_path = _space_file(tmp_path)
-    run_dir = home.runs / "rz"
-    log = open(tmp_path / "run.log", "w")  # noqa: SIM115
-    driver = subprocess.Popen(
-        _cli(
-            home,
-            "run",
-            "--space",
-            str(space_path),
-            "--trials",
-            str(N_TRIALS),
-            "--concurrency",
-            "1",
-            "--model",
-            str(model),
-            "--name",
-            "rz",
-        ),  # fmt: skip
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        _wait_for_a_finished_trial(driver, run_dir, tmp_path / "run.log")
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(10)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait()
-        log.close()
-
-    info = json.loads((run_dir / "run.json").read_text())
-    assert info["state"] == "running"  # nobody recorded the end
-    temp_dir = info["ray"]["temp_dir"]
-    leftovers = find_ray_processes(temp_dir)
-    assert leftovers, "the killed driver left no Ray process behind (nothing to test)"
-    assert run_status(home, "rz")["state"] == "crashed"
-    assert _finished_trials(run_dir) < N_TRIALS
-
-    p = subprocess.run(
-        _cli(home, "resume", "rz", "--json"), capture_output=True, text=True, timeout=600
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    out = json.loads(p.stdout)
-    assert out["state"] == "finished" and out["n_trials"] == N_TRIALS
-
-    # the old cluster's processes are gone, and the new one's too
-    assert not any(pid_alive(pid) for pid in leftovers)
-    assert find_ray_processes(temp_dir) == []
-
-    st = run_status(home, "rz")
-    assert st["state"] == "finished"
-    assert st["done"] == N_TRIALS and len(st["trials"]) == N_TRIALS
-    assert all(t["state"] == "TERMINATED" for t in st["trials"])
-    trial_ids = {t["trial_id"] for t in st["trials"]}
-
-    # MLflow: exactly one child per trial, none RUNNING, no epoch logged twice
-    from mlflow.tracking import MlflowClient
-
-    info = json.loads((run_dir / "run.json").read_text())
-    client = MlflowClient(info["mlflow"]["tracking_uri"])
-    parent = info["mlflow"]["parent_run_id"]
-    children = client.search_runs(
-        [info["mlflow"]["experiment_id"]], f"tags.`mlflow.parentRunId` = '{parent}'"
-    )
-    assert sorted(c.data.tags["ray_trial_id"] for c in children) == sorted(trial_ids)
-    assert all(c.info.status == "FINISHED" for c in children)
-    for c in children:
-        steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_accuracy")]
-        assert steps == sorted(set(steps)) and steps[-1] == 3, steps
-    assert client.get_run(parent).info.status == "FINISHED"
-
-    # Optuna kept what it learnt: one COMPLETE trial per Tune trial
-    import optuna
-
-    study = optuna.load_study(study_name="rz", storage=f"sqlite:///{run_dir / 'optuna.db'}")
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == N_TRIALS
-    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
-
-    # a finished run is not resumed again: nothing is left, which is not an error
-    p = subprocess.run(_cli(home, "resume", "rz"), capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0 and "run rz is finished (4 trials): nothing left to do" in p.stderr
-
-
 def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(tmp_path, tiny_home):
     home, model = tiny_home
     run_dir = home.runs / "ri"
@@ -228,17 +141,27 @@ def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(tmp_path, tiny_home)
 
 # ---------------------------------------------------------------- a kill at every phase
 
+# One run killed in each phase in turn, in the order a search meets them: `run` is killed in the
+# data load, then each `resume` is killed in the next phase (the fine-tune, the pool build, the
+# first trial, between trials), and a last `resume` finishes. Each kill is checked as it happens
+# (what the next resume needs was kept), the end state once: exactly N trials, one MLflow child
+# each, none RUNNING, no metric step logged twice, no Ray process left. One home and one chain
+# instead of a run per phase: each `run`/`resume` costs seconds of imports and a Ray start.
 KILL_POINTS = ("data", "finetune", "pool", "trial", "between")
+# run.json's phase at each kill (setup.enter_phase records it before the kill point)
+KILL_PHASES = {"data": "data", "finetune": "model", "pool": "pools", "trial": "trials",
+               "between": "trials"}  # fmt: skip
 N_KILL = 2
+KILL_EPOCHS = 2  # two epochs a trial: a re-run trial would log a step twice
 
 
 def _kill_files(tmp_path: Path) -> tuple[Path, Path]:
     """The smallest search that has every phase: fine-tune (3 steps, a checkpoint each), one
-    pool, 2 one-epoch trials."""
+    pool, 2 two-epoch trials."""
     space = {
         "params": {"r": {"type": "categorical", "choices": [0.0, 0.5]}},
-        "fixed": {"guidance": 1.0, "steps": 2, "epochs": 1, "batch_size": 8, "widths": [2, 4],
-                  "fc": 4},
+        "fixed": {"guidance": 1.0, "steps": 2, "epochs": KILL_EPOCHS, "batch_size": 8,
+                  "widths": [2, 4], "fc": 4},
         "search": {"n_startup_trials": 2},
         "data": TINY_DATA,
     }  # fmt: skip
@@ -258,36 +181,71 @@ def _children(info: dict) -> list:
     )
 
 
-@pytest.mark.parametrize("point", KILL_POINTS)
-def test_sigkill_at_every_phase_then_resume_gives_exactly_n_trials(tmp_path, point):
-    """SIGKILL of the driver in the data load, the fine-tune, the pool build, the first trial and
-    between trials (RATIO_SEARCH_TEST_KILL_AT: the driver kills itself there); `resume` finishes
-    with exactly N trials, one MLflow child each, none RUNNING, no Ray process left."""
+def _pool_mtimes(home: Home) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in home.pools.glob("*/images.npy")}
+
+
+@pytest.fixture(scope="module")
+def kill_chain(tmp_path_factory) -> dict:
+    """Run the chain; return what was seen after each kill (``seen[point]``) and at the end."""
+    tmp_path = tmp_path_factory.mktemp("kill_chain")
     home = Home.resolve(tmp_path / "home")
     space, config = _kill_files(tmp_path)
-    run = _cli(home, "run", "--space", str(space), "--config", str(config), "--trials",
-               str(N_KILL), "--concurrency", "1", "--name", "k")  # fmt: skip
-    env = dict(os.environ, RATIO_SEARCH_TEST_KILL_AT=point)
-    p = subprocess.run(run, env=env, capture_output=True, text=True, timeout=600)
-    assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
     run_dir = home.runs / "k"
-    info = json.loads((run_dir / "run.json").read_text())  # there from the first second
-    assert info["state"] in ("starting", "running") and info["host"]
-    assert run_status(home, "k")["state"] == "crashed"
-    if point == "finetune":  # the fine-tune's checkpoint is kept for the resume
-        assert list(home.models.glob(".tmp-*/*")), "no fine-tune checkpoint left"
-    kept = {}
-    if point == "pool":
-        assert info["phase"] == "pools" and not info["pools_built"]
-        kept = {p: p.stat().st_mtime_ns for p in home.pools.glob("*/images.npy")}
-        assert kept, "the first pool was not complete before the kill"
+    seen: dict = {"home": home, "run_dir": run_dir}
+    cmd = _cli(home, "run", "--space", str(space), "--config", str(config), "--trials",
+               str(N_KILL), "--concurrency", "1", "--name", "k")  # fmt: skip
+    for point in KILL_POINTS:
+        env = dict(os.environ, RATIO_SEARCH_TEST_KILL_AT=point)
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        info = json.loads((run_dir / "run.json").read_text())  # there from the first second
+        seen[point] = {
+            "rc": p.returncode,
+            "stderr": p.stderr[-3000:],
+            "info": info,
+            "status": run_status(home, "k"),
+            "finished": _finished_trials(run_dir),
+            "ray": find_ray_processes(info["ray"]["temp_dir"]) if info["ray"]["temp_dir"] else [],
+            "checkpoints": list(home.models.glob(".tmp-*/*")),
+            "pools": _pool_mtimes(home),
+        }
+        # a resume that did not die where it should would make the rest meaningless
+        assert p.returncode == -signal.SIGKILL, (point, p.stderr[-3000:])
+        cmd = _cli(home, "resume", "k", "--json")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    seen["final"] = {"rc": r.returncode, "stdout": r.stdout, "stderr": r.stderr[-3000:],
+                     "pools": _pool_mtimes(home)}  # fmt: skip
+    return seen
 
-    r = subprocess.run(_cli(home, "resume", "k", "--json"), capture_output=True, text=True,
-                       timeout=600)  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads(r.stdout)["n_trials"] == N_KILL
-    # the complete pool was kept, not rebuilt
-    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_sigkill_at_every_phase_leaves_a_crashed_resumable_run(kill_chain, point):
+    """SIGKILL of the driver in the data load, the fine-tune, the pool build, the first trial and
+    between trials (RATIO_SEARCH_TEST_KILL_AT: the driver kills itself there): run.json is there
+    and says where it stopped, the run reads as crashed, and what the resume needs is kept."""
+    s = kill_chain[point]
+    assert s["rc"] == -signal.SIGKILL, s["stderr"]
+    assert s["info"]["state"] in ("starting", "running") and s["info"]["host"]
+    assert s["info"]["phase"] == KILL_PHASES[point]
+    assert s["status"]["state"] == "crashed"
+    assert s["finished"] < N_KILL
+    if point == "finetune":  # the fine-tune's checkpoint is kept for the resume
+        assert s["checkpoints"], "no fine-tune checkpoint left"
+    if point == "pool":
+        assert not s["info"]["pools_built"]
+        assert s["pools"], "the first pool was not complete before the kill"
+    if point in ("trial", "between"):  # killed with its Ray cluster up
+        assert s["info"]["state"] == "running"  # nobody recorded the end
+        assert s["ray"], "the killed driver left no Ray process behind (nothing to test)"
+
+
+def test_resume_after_the_kills_gives_exactly_n_trials(kill_chain):
+    """The last `resume` finishes the run with exactly N trials, one MLflow child each (all
+    FINISHED), and stops every Ray process the killed drivers left behind."""
+    f, home, run_dir = kill_chain["final"], kill_chain["home"], kill_chain["run_dir"]
+    assert f["rc"] == 0, f["stderr"]
+    out = json.loads(f["stdout"])
+    assert out["state"] == "finished" and out["n_trials"] == N_KILL
     st = run_status(home, "k")
     assert st["state"] == "finished" and st["done"] == N_KILL == len(st["trials"])
     assert all(t["state"] == "TERMINATED" for t in st["trials"])
@@ -297,7 +255,55 @@ def test_sigkill_at_every_phase_then_resume_gives_exactly_n_trials(tmp_path, poi
         t["trial_id"] for t in st["trials"]
     )
     assert all(c.info.status == "FINISHED" for c in children)
+    # the old clusters' processes are gone (each resume stops them first), and the last one's too
+    for point in ("trial", "between"):
+        left = kill_chain[point]["ray"]
+        assert not any(pid_alive(pid) for pid in left), (point, left)
     assert find_ray_processes(info["ray"]["temp_dir"]) == []
+
+
+def test_the_complete_pool_is_kept_not_rebuilt(kill_chain):
+    """The pool finished before the kill in the pool build is the same file after the resumes."""
+    kept = kill_chain["pool"]["pools"]
+    assert kept
+    for later in ("trial", "between"):  # the resume after the pool kill, and the one after that
+        assert {p: kill_chain[later]["pools"][p] for p in kept} == kept
+    assert {p: kill_chain["final"]["pools"][p] for p in kept} == kept
+
+
+def test_resumed_run_logs_each_metric_step_once(kill_chain):
+    """MLflow after the kills: no epoch logged twice in any child, each has all its epochs, and
+    the parent run is FINISHED (not left RUNNING by a killed driver)."""
+    from mlflow.tracking import MlflowClient
+
+    assert kill_chain["final"]["rc"] == 0, kill_chain["final"]["stderr"]
+    info = json.loads((kill_chain["run_dir"] / "run.json").read_text())
+    client = MlflowClient(info["mlflow"]["tracking_uri"])
+    children = _children(info)
+    assert len(children) == N_KILL
+    for c in children:
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_accuracy")]
+        assert steps == sorted(set(steps)) and steps[-1] == KILL_EPOCHS, steps
+    assert client.get_run(info["mlflow"]["parent_run_id"]).info.status == "FINISHED"
+
+
+def test_resumed_run_keeps_what_optuna_learnt(kill_chain):
+    """Optuna: one COMPLETE trial per Tune trial, none left RUNNING by the killed drivers."""
+    import optuna
+
+    assert kill_chain["final"]["rc"] == 0, kill_chain["final"]["stderr"]
+    db = kill_chain["run_dir"] / "optuna.db"
+    study = optuna.load_study(study_name="k", storage=f"sqlite:///{db}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == N_KILL
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+def test_a_finished_run_is_not_resumed_again(kill_chain, run_cli):
+    """Nothing is left to do, which is not an error (in-process: not a test of the process)."""
+    assert kill_chain["final"]["rc"] == 0, kill_chain["final"]["stderr"]
+    rc, _, err = run_cli(["resume", "k", "--home", kill_chain["home"].root])
+    assert rc == 0 and f"run k is finished ({N_KILL} trials): nothing left to do" in err
 
 
 def _wait_for_holder(folder: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
