@@ -99,6 +99,13 @@ def add_pools(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--force", action="store_true", help="--quality: measure again even if figures exist"
     )
+    p.add_argument(
+        "--pool-n",
+        type=int,
+        metavar="N",
+        help="--quality: measure the first N images of each pool (what a trial with pool size N "
+        "uses; default: all)",
+    )
     p.set_defaults(handler=cmd_pools)
 
 
@@ -295,26 +302,49 @@ def cmd_pools(args: argparse.Namespace) -> None:
     print(f"{len(rows)} pool(s), {human_size(total)} in {home.pools}")
 
 
+def _with_floor(q: dict[str, Any], name: str) -> str:
+    """``value/floor`` of one figure (3 decimals), a dash for what is not there."""
+    from ..quality import floor_name
+
+    def f(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, int | float) and not isinstance(v, bool) else "-"
+
+    return f"{f(q.get(name))}/{f(q.get(floor_name(name)))}"
+
+
 def cmd_pools_quality(args: argparse.Namespace, home: Any) -> None:
+    from ..errors import ConfigError
     from ..quality import pools_quality
 
+    pool_n = getattr(args, "pool_n", None)
+    if pool_n is not None and pool_n < 1:
+        raise ConfigError(f"--pool-n: {pool_n} must be >= 1")
     rows = pools_quality(
-        home, args.keys, extractor_path=args.feature_extractor, force=args.force,
+        home, args.keys, pool_n=pool_n, extractor_path=args.feature_extractor, force=args.force,
         progress=None if args.json else say,
     )  # fmt: skip
     if args.json:
         emit(args, {"pools": rows}, "")
         return
-    t = table("key", "status", "fd", "kid", "precision", "recall", "c2st", "memorised", "as-class")
+    names = ("fd", "kid", "precision", "recall", "c2st", "memorisation", "label_agreement")
+    t = table("key", "status", "images", "fd", "kid", "precision", "recall", "c2st", "c2st p",
+              "memorised", "as-class")  # fmt: skip
     for r in rows:
         q = r["quality"] or {}
-        t.add_row(r["key"], r["status"], *(
-            f"{q[k]:.3f}" if isinstance(q.get(k), int | float) else "-"
-            for k in ("fd", "kid", "precision", "recall", "c2st", "memorisation", "label_agreement")
-        ))  # fmt: skip
+        p = q.get("c2st_p_value")
+        status = r["status"] if r.get("current", True) or not q else f"{r['status']} (old)"
+        t.add_row(r["key"], status, _dash(q.get("n_pool")),
+                  *(_with_floor(q, k) for k in names[:5]),
+                  f"{p:.2g}" if isinstance(p, int | float) else "-",
+                  *(_with_floor(q, k) for k in names[5:]))  # fmt: skip
     print_table(t)
     for r in rows:
         if r["status"] == "skipped":
             print(f"skipped {r['key']}: {r['reason']}")
-    print("c2st: 0.5 = real and generated indistinguishable; memorised: share closer to a training "
-          "image than training images are to each other (about 0.05 without copying)")  # fmt: skip
+    print("each figure as pool/floor: the floor is the same figure for two halves of held-out real "
+          "images of the pool's class (real vs real, same features and sizes where possible); "
+          "the pool is compared with real training images the feature extractor never saw. "
+          "c2st: 0.5 = indistinguishable, p = exact binomial test against 0.5; memorised: share "
+          "closer to a training image or its mirror image than training images are to each "
+          "other (about 0.05 without copying); old = figures of an older measurement (no floor, "
+          "the extractor's own training images): run with the dataset cached to re-measure")  # fmt: skip

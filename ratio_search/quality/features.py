@@ -9,6 +9,7 @@ dataset and one extractor, not with published FID numbers.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -100,6 +101,49 @@ def _per_class_subset(
         keep.append(idx)
     keep_idx = np.sort(np.concatenate(keep))
     return keep_idx if len(keep_idx) < len(y) else None
+
+
+#: The reference split's defaults: the share of each class's training images held out as the
+#: quality reference, and the fewest held out per class (two halves of 4: the floor's minimum).
+REFERENCE_SHARE = 0.2
+REFERENCE_MIN = 8
+
+
+def reference_split(
+    train_y: np.ndarray,
+    *,
+    share: float = REFERENCE_SHARE,
+    min_per_class: int = REFERENCE_MIN,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split the training split into ``(fit, reference)`` indices, per class and seeded.
+
+    The quality feature extractor trains on ``fit`` only; ``reference`` are real images it never
+    saw, which the pools are compared with (and, in two halves, with each other: the floor). Per
+    class, ``max(min_per_class, round(share * n_c))`` images go to the reference, but never more
+    than half of the class, so that the extractor still sees every class. Val and test are not
+    involved. Both index arrays are sorted; same ``train_y`` and arguments, same split.
+    """
+    if not 0.0 < share < 1.0:
+        raise ConfigError(f"reference share: {share!r} is outside (0, 1)")
+    y = np.asarray(train_y).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    ref: list[np.ndarray] = []
+    for c in np.unique(y):  # in class order, so the draws do not depend on the images' order
+        idx = np.flatnonzero(y == c)
+        n_ref = min(max(int(min_per_class), int(round(share * len(idx)))), len(idx) // 2)
+        ref.append(rng.choice(idx, size=n_ref, replace=False))
+    ref_idx = np.sort(np.concatenate(ref)) if ref else np.zeros(0, np.int64)
+    is_ref = np.zeros(len(y), dtype=bool)
+    is_ref[ref_idx] = True
+    return np.flatnonzero(~is_ref), ref_idx
+
+
+def split_key(fit_idx: np.ndarray, n_train: int) -> str:
+    """12 hex digits naming an extractor's training set (which of ``n_train`` images it fits)."""
+    h = hashlib.sha256(f"{int(n_train)}|".encode())
+    h.update(np.ascontiguousarray(np.asarray(fit_idx, dtype=np.int64)).tobytes())
+    return h.hexdigest()[:12]
 
 
 def train_feature_extractor(

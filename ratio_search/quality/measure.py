@@ -1,14 +1,32 @@
 """Measuring pools: all figures of one pool, and of every pool in the store (cached in manifests).
 
-The figures of a pool are written into its manifest's ``quality`` block and, optionally, logged
-as a ``pool`` job in MLflow. Each dataset's feature extractor is trained once and cached under
-``<home>/cache/quality``, so that every pool of a dataset is measured in the same feature space.
+The rules (docs/evidence.md, "Pool quality"):
+
+- **Held-out reference.** The training split is cut, per class and seeded
+  (:func:`.features.reference_split`), into the part the quality feature extractor trains on and a
+  held-out *reference* it never sees; val and test are never used. A pool is compared with the
+  reference images of its own class. The extractor is cached under ``<home>/cache/quality`` by
+  a key of its training set (:func:`quality_extractor`), so one trained on all of train (the
+  judge of :mod:`.selection`, which keeps its own numbers) is never taken for it.
+- **Floor.** Every figure is also computed with a second half of held-out real images in the
+  pool's place (``<name>_floor``): what two real samples of that size score, through the same
+  features, classifiers and code. A pool is only as bad as its distance above its floor.
+- **C2ST** comes with an exact binomial test of its held-out predictions against 0.5
+  (``c2st_p_value``, 95 % interval ``c2st_low``..``c2st_high``).
+- **Memorisation** counts a generated image as a copy when it is nearer to a training image *or
+  its mirror image* than training images are to each other (the fine-tune trains with flips).
+- **The first pool_n images**: a trial with pool size ``n`` uses the first ``n`` images of a pool,
+  so those are the ones measured (``pool_n``; all of the pool by default).
+
+The figures of a pool are written into its manifest's ``quality`` block (``format``
+:data:`QUALITY_FORMAT`) and, optionally, logged as a ``pool`` job in MLflow. A block of an
+older format (measured against the extractor's own training images, without floors) is
+re-measured, or shown as old where that cannot be done; never read as current.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Sequence
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,9 +34,17 @@ import numpy as np
 
 from .._io import is_number, read_json
 from ..errors import DataError
-from .features import FeatureExtractor, load_feature_extractor, train_feature_extractor
+from .features import (
+    REFERENCE_MIN,
+    REFERENCE_SHARE,
+    FeatureExtractor,
+    load_feature_extractor,
+    reference_split,
+    split_key,
+    train_feature_extractor,
+)
 from .metrics import (
-    c2st,
+    c2st_test,
     frechet_distance,
     kernel_inception_distance,
     memorisation_share,
@@ -29,12 +55,14 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..data import Dataset
-    from ..home import Home
 
-QUALITY_NUMBERS = (
+#: The quality block's format: 2 = held-out reference, floors, C2ST test, flips, first pool_n.
+QUALITY_FORMAT = 2
+
+#: The figures that have a floor (``<name>_floor``), in the order they are shown.
+FLOORED = (
     "fd",
     "kid",
-    "kid_std",
     "precision",
     "recall",
     "c2st",
@@ -43,14 +71,69 @@ QUALITY_NUMBERS = (
     "label_agreement",
     "mean_confidence",
 )
+_C2ST_EXTRA = ("p_value", "low", "high")
+
+#: Every number of a quality block (logged to MLflow).
+QUALITY_NUMBERS = (
+    *FLOORED,
+    *(f"{m}_floor" for m in FLOORED),
+    "kid_std",
+    "kid_std_floor",
+    *(
+        f"{c}{f}_{x}"
+        for c in ("c2st", "c2st_features")
+        for f in ("", "_floor")
+        for x in _C2ST_EXTRA
+    ),
+)
+
+#: The fewest pool images measured: C2ST and the k-NN manifolds need 4 per side.
+MIN_POOL = 4
+
+
+def is_current(quality: dict[str, Any] | None, pool_n: int | None = None) -> bool:
+    """Whether a stored quality block follows the current rules (and, with ``pool_n``, measured
+    the first ``pool_n`` images). Old blocks are readable, never current."""
+    q = quality or {}
+    if q.get("format") != QUALITY_FORMAT or not is_number(q.get("fd_floor")):
+        return False
+    return pool_n is None or q.get("pool_n") == int(pool_n)
+
+
+def floor_name(name: str) -> str:
+    """The key of a figure's floor: ``fd`` -> ``fd_floor``, ``c2st_p_value`` -> ``c2st_floor_p_value``."""
+    for base in ("c2st_features", "c2st"):
+        if name.startswith(base + "_") and name != "c2st_features":
+            return f"{base}_floor_{name[len(base) + 1 :]}"
+    return f"{name}_floor"
+
+
+def _side(
+    fe: FeatureExtractor, ref_x: np.ndarray, ref_f: np.ndarray, x: np.ndarray, seed: int,
+    k: int, kid_subsets: int, c2st_kw: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """The reference-vs-``x`` figures that need no training images (pool, or a real half)."""
+    fx = fe.features(x)
+    kid, kid_std = kernel_inception_distance(ref_f, fx, n_subsets=kid_subsets, seed=seed)
+    precision, recall = precision_recall(ref_f, fx, k=k)
+    out: dict[str, Any] = {"fd": frechet_distance(ref_f, fx), "kid": kid, "kid_std": kid_std,
+                           "precision": precision, "recall": recall}  # fmt: skip
+    for name, t in (("c2st", c2st_test(ref_x, x, seed=seed, **c2st_kw)),
+                    ("c2st_features", c2st_test(ref_f, fx, seed=seed))):  # fmt: skip
+        out[name] = t["accuracy"]
+        out.update({f"{name}_{x_}": t[x_] for x_ in _C2ST_EXTRA})
+        out[f"{name}_n"] = t["n"]
+    return out
 
 
 def pool_quality(
     pool_images: np.ndarray,
-    real_train_images: np.ndarray,
+    class_train_images: np.ndarray,
+    reference_idx: np.ndarray,
     feature_extractor: FeatureExtractor,
     *,
     synthetic_label: int | None = None,
+    pool_n: int | None = None,
     seed: int = 0,
     k: int = 3,
     kid_subsets: int = 20,
@@ -58,49 +141,80 @@ def pool_quality(
     c2st_epochs: int = 15,
     c2st_min_steps: int = 100,
     max_images: int = 2000,
+    reference_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """All quality figures of one pool against the real training images of its class.
+    """All quality figures of one pool, each beside its real-vs-real floor.
 
-    ``real_train_images`` should be the real training images of the class the pool was generated
-    for (uint8, same shape). Both sets are capped at ``max_images`` (random, seeded) so that the
-    quadratic distance matrices stay small. With ``synthetic_label`` given, also the share of pool
-    images the real-trained extractor labels as that class and its mean confidence.
+    ``class_train_images``: the real training images of the pool's class (the generator's
+    training images: memorisation is checked against all of them and their mirror images).
+    ``reference_idx``: which of them are held out from ``feature_extractor``'s training
+    (:func:`.features.reference_split`); at least 8. They are shuffled (seeded) into halves A and
+    B: the pool is compared with A, and the floor is B compared with A, B cut to the pool's size
+    where it is larger (``n_real`` = len(A), ``n_floor`` = len(B) used). The memorisation floor is
+    B against the class's other training images.
+
+    Only the first ``pool_n`` images of the pool are measured (all by default; what a trial with
+    pool size ``pool_n`` uses), and of them at most the first ``max_images``, as A and B are
+    (``n_pool`` is the number measured). With ``synthetic_label``, also the share of images the
+    extractor calls that class and its mean probability, with the same on B as floor.
     """
-    pool_images, real = np.asarray(pool_images), np.asarray(real_train_images)
-    if pool_images.shape[1:] != real.shape[1:]:
+    pool, train = np.asarray(pool_images), np.asarray(class_train_images)
+    if pool.shape[1:] != train.shape[1:]:
         raise DataError(
-            f"pool images {pool_images.shape[1:]} and real images {real.shape[1:]} differ in shape"
+            f"pool images {pool.shape[1:]} and real images {train.shape[1:]} differ in shape"
         )
+    ref_idx = np.unique(np.asarray(reference_idx, dtype=np.int64))
+    if len(ref_idx) and (ref_idx[0] < 0 or ref_idx[-1] >= len(train)):
+        raise DataError(f"reference indices outside the {len(train)} training images of the class")
+    if len(ref_idx) < 2 * MIN_POOL:
+        raise DataError(
+            f"only {len(ref_idx)} held-out real image(s) of the pool's class: the comparison and "
+            f"its floor need at least {2 * MIN_POOL} (two halves of {MIN_POOL})"
+        )
+    n_total = len(pool)
+    used = n_total if pool_n is None else int(pool_n)
+    if used > n_total:
+        raise DataError(f"pool_n = {used}, but the pool holds {n_total} images")
+    pool = pool[: min(used, max_images)]
+    if len(pool) < MIN_POOL:
+        raise DataError(f"{len(pool)} pool image(s): need at least {MIN_POOL} to measure")
     rng = np.random.default_rng(seed)
-    if len(pool_images) > max_images:
-        pool_images = pool_images[np.sort(rng.choice(len(pool_images), max_images, replace=False))]
-    if len(real) > max_images:
-        real = real[np.sort(rng.choice(len(real), max_images, replace=False))]
-    fr = feature_extractor.features(real)
-    fp = feature_extractor.features(pool_images)
-    kid_mean, kid_std = kernel_inception_distance(fr, fp, n_subsets=kid_subsets, seed=seed)
-    precision, recall = precision_recall(fr, fp, k=k)
-    mem, mem_threshold = memorisation_share(real, pool_images, memorisation_quantile)
-    out: dict[str, Any] = {
-        "fd": frechet_distance(fr, fp),
-        "kid": kid_mean,
-        "kid_std": kid_std,
-        "precision": precision,
-        "recall": recall,
-        "c2st": c2st(real, pool_images, seed=seed, epochs=c2st_epochs, min_steps=c2st_min_steps),
-        "c2st_features": c2st(fr, fp, seed=seed),
-        "memorisation": mem,
-        "memorisation_expected": float(memorisation_quantile),
-        "memorisation_threshold": mem_threshold,
-        "n_pool": int(len(pool_images)),
-        "n_real": int(len(real)),
-        "k": int(k),
-        "feature_extractor": dict(feature_extractor.info),
-    }
+    shuffled = rng.permutation(ref_idx)
+    half = math.ceil(len(shuffled) / 2)
+    a_idx, b_idx = shuffled[:half][:max_images], shuffled[half:]
+    b_idx = b_idx[: min(len(b_idx), len(pool), max_images)]
+    ref_x = train[np.sort(a_idx)]
+    ref_f = feature_extractor.features(ref_x)
+    real_b = train[np.sort(b_idx)]
+    kw = {"epochs": c2st_epochs, "min_steps": c2st_min_steps}
+    got = _side(feature_extractor, ref_x, ref_f, pool, seed, k, kid_subsets, kw)
+    floor = _side(feature_extractor, ref_x, ref_f, real_b, seed, k, kid_subsets, kw)
+    got["memorisation"], threshold = memorisation_share(train, pool, memorisation_quantile)
+    rest = np.ones(len(train), dtype=bool)
+    rest[b_idx] = False
+    floor["memorisation"], _ = memorisation_share(train[rest], real_b, memorisation_quantile)
     if synthetic_label is not None:
-        proba = feature_extractor.predict_proba(pool_images)[:, synthetic_label]
-        out["label_agreement"] = float(np.mean(proba >= 0.5))
-        out["mean_confidence"] = float(np.mean(proba))
+        for side, x in ((got, pool), (floor, real_b)):
+            proba = feature_extractor.predict_proba(x)[:, synthetic_label]
+            side["label_agreement"] = float(np.mean(proba >= 0.5))
+            side["mean_confidence"] = float(np.mean(proba))
+    out: dict[str, Any] = {"format": QUALITY_FORMAT}
+    for name, v in got.items():
+        out[name], out[floor_name(name)] = v, floor[name]
+    out.update({
+        "memorisation_expected": float(memorisation_quantile),
+        "memorisation_threshold": threshold,
+        "memorisation_flips": True,
+        "pool_n": int(used),
+        "pool_total": int(n_total),
+        "n_pool": int(len(pool)),
+        "n_real": int(len(a_idx)),
+        "n_floor": int(len(b_idx)),
+        "n_train": int(len(train)),
+        "k": int(k),
+        "reference": {**(reference_info or {}), "n_class": int(len(ref_idx))},
+        "feature_extractor": dict(feature_extractor.info),
+    })  # fmt: skip
     return out
 
 
@@ -155,134 +269,55 @@ def real_classifier(
     return fe
 
 
-def dataset_of_pool(home: Home, manifest: dict[str, Any]) -> Dataset:
-    """The real training set a pool's model was fine-tuned on, from the model's meta.json and the
-    data cache (``<home>/cache/data-<key>``). DataError when either is gone."""
-    from ..data import cached_dataset
+class Reference:
+    """A dataset's quality split: the extractor fitted on ``fit`` and the held-out ``reference``
+    indices (into ``data.train_x``); ``info`` is recorded in every quality block."""
 
-    model_path = manifest.get("model_path")
-    if not model_path:
-        raise DataError(
-            f"pool {manifest.get('key')}: no model recorded (an imported folder?), so its real "
-            "dataset is unknown"
-        )
-    meta_path = Path(model_path) / "meta.json"
-    try:
-        meta = read_json(meta_path)
-    except (OSError, ValueError):
-        raise DataError(
-            f"pool {manifest.get('key')}: the model's {meta_path} cannot be read"
-        ) from None
-    key = meta.get("data_key")
-    data = cached_dataset(home, str(key), int(meta.get("synthetic_label", 0))) if key else None
-    if data is None:
-        raise DataError(
-            f"pool {manifest.get('key')}: the dataset {key} of its model is not in {home.cache} "
-            "(load it once, e.g. with `ratio-search finetune`, to cache it)"
-        )
-    if meta.get("class_names"):  # the model's own names win, as when it was trained
-        data.class_names = list(meta["class_names"])
-    return data
+    def __init__(self, fe: FeatureExtractor, fit: np.ndarray, ref: np.ndarray, info: dict) -> None:
+        self.extractor, self.fit, self.ref, self.info = fe, fit, ref, info
 
 
-Progress = Callable[[str], Any]
-
-
-def _select(rows: list[dict[str, Any]], keys: Sequence[str] | None) -> list[dict[str, Any]]:
-    """The rows of ``keys`` (pool keys or names); DataError naming any that is not there."""
-    if not keys:
-        return rows
-    wanted = set(keys)
-    missing = wanted - {r["key"] for r in rows} - {r.get("name") for r in rows}
-    if missing:
-        raise DataError(
-            f"pool(s) not found: {', '.join(sorted(missing))} (see `ratio-search pools`)"
-        )
-    return [r for r in rows if r["key"] in wanted or r.get("name") in wanted]
-
-
-def pools_quality(
-    home: Home,
-    keys: Sequence[str] | None = None,
+def quality_extractor(
+    cache_dir: str | Path,
+    data: Dataset,
     *,
-    extractor_path: str | Path | None = None,
-    force: bool = False,
     seed: int = 0,
-    track: bool = True,
-    progress: Progress | None = None,
-    extractor_kwargs: dict[str, Any] | None = None,
-    quality_kwargs: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """Compute (or read) the quality figures of every pool (or of ``keys``) in the store.
+    path: str | Path | None = None,
+    share: float = REFERENCE_SHARE,
+    min_per_class: int = REFERENCE_MIN,
+    **train_kwargs: Any,
+) -> Reference:
+    """The quality feature extractor of a dataset, trained on the training split *minus* the
+    held-out reference (:func:`.features.reference_split`, seeded by ``seed``), cached.
 
-    Figures already in a pool's manifest are reused unless ``force``. New figures are written into
-    the manifest's ``quality`` block (atomically, :func:`ratio_search.pools.update_manifest`) and,
-    with ``track``, logged as a ``pool`` job in MLflow (``home.tracking_uri()``). Returns one row
-    per pool: ``{"key", "status": computed|cached|skipped, "reason", "quality"}``.
+    Kept as ``<cache_dir>/extractor-<data key>-s<seed>-fit<split key>.safetensors``, where the
+    split key names the images it trained on (:func:`.features.split_key`): another split, or the
+    judge's extractor trained on all of train (``extractor-<data key>-s<seed>``), is never
+    reused for it. ``path``: the user's own checkpoint instead (what it trained on is then unknown,
+    which ``info["extractor_saw_reference"]`` says).
     """
-    from .. import pools
-
-    rows = _select(pools.list_pools(home), keys)
-    extractors: dict[str, FeatureExtractor] = {}
-    out = []
-    for row in rows:
-        pool = pools.load_pool(home, row["path"])
-        have = pool.manifest.get("quality") or {}
-        if have.get("fd") is not None and not force:
-            out.append({"key": pool.key, "status": "cached", "reason": None, "quality": have})
-            continue
-        try:
-            data = dataset_of_pool(home, pool.manifest)
-        except DataError as e:
-            out.append({"key": pool.key, "status": "skipped", "reason": str(e), "quality": have})
-            continue
-        if progress:
-            progress(f"pool {pool.key}: measuring quality")
-        if data.key not in extractors:
-            extractors[data.key] = real_classifier(
-                Path(home.cache) / "quality",
-                data,
-                seed=seed,
-                path=extractor_path,
-                **(extractor_kwargs or {}),
-            )
-        # the pool's own class (pools are per class), matched by name; else the synthetic class
-        name = pool.manifest.get("class_name")
-        label = data.class_names.index(name) if name in data.class_names else data.synthetic_label
-        q = pool_quality(
-            pool.images,
-            pools.class_reference(data, label),  # the real training images of the pool's class
-            extractors[data.key],
-            synthetic_label=label,
-            seed=seed,
-            **(quality_kwargs or {}),
-        )
-        pools.update_manifest(home, pool.key, {"quality": q})
-        if track:
-            q["mlflow_run_id"] = _log_quality(home, pool.key, pool.manifest, q)
-        out.append({"key": pool.key, "status": "computed", "reason": None, "quality": q})
-    return out
-
-
-_LOGGED_PARAMS = ("key", "model_hash", "guidance", "steps", "scheduler", "postprocess", "seed", "n")
-
-
-def _log_quality(home: Home, key: str, manifest: dict[str, Any], q: dict[str, Any]) -> str | None:
-    """Log a pool's figures as a ``pool`` job in MLflow; None (and a warning) if that fails."""
-    try:
-        from .. import tracking
-
-        params = {k: manifest.get(k) for k in _LOGGED_PARAMS}
-        params["feature_extractor"] = q["feature_extractor"].get("source")
-        metrics = {k: q[k] for k in QUALITY_NUMBERS if is_number(q.get(k))}
-        return tracking.log_job(
-            "pool",
-            params,
-            metrics,
-            tracking_uri=home.tracking_uri(),
-            run_name=f"pool-quality {key}",
-            tags={"pool_key": key, "ratio_search.job": "pool_quality"},
-        )
-    except Exception as e:  # noqa: BLE001 - the figures are in the manifest either way
-        warnings.warn(f"pool {key}: quality not logged to MLflow ({e})", stacklevel=2)
-        return None
+    fit, ref = reference_split(data.train_y, share=share, min_per_class=min_per_class, seed=seed)
+    key = split_key(fit, len(data.train_y))
+    info: dict[str, Any] = {
+        "source": "held-out part of the training split (never val or test)",
+        "seed": int(seed), "share": float(share), "min_per_class": int(min_per_class),
+        "n_fit": int(len(fit)), "n_reference": int(len(ref)), "split_key": key,
+        "extractor_saw_reference": False if path is None else "unknown (your own extractor)",
+    }  # fmt: skip
+    shape = tuple(int(s) for s in data.train_x.shape[1:])
+    if path is not None:
+        return Reference(load_feature_extractor(path, shape), fit, ref, info)
+    cached = Path(cache_dir) / f"extractor-{data.key}-s{seed}-fit{key}.safetensors"
+    info_path = Path(str(cached) + ".json")
+    if cached.is_file() and info_path.is_file():
+        fe = load_feature_extractor(cached, shape)
+        fe.info = read_json(info_path)
+        return Reference(fe, fit, ref, info)
+    fe = train_feature_extractor(
+        np.asarray(data.train_x)[fit], np.asarray(data.train_y)[fit], len(data.class_names),
+        seed=seed, **train_kwargs,
+    )  # fmt: skip
+    fe.info.update(source="trained on the training split minus the held-out reference",
+                   data_key=str(data.key), split_key=key)  # fmt: skip
+    fe.save(cached)
+    return Reference(fe, fit, ref, info)

@@ -8,11 +8,13 @@
   indistinguishable; near 1 means a classifier can learn "looks synthetic", which is exactly the
   shortcut that makes an all-synthetic class (R = 1) collapse. Run on pixels with a small CNN (it
   sees brightness and texture cues that class features may ignore) and on the features with a
-  logistic regression.
+  logistic regression. :func:`c2st_test` adds an exact two-sided binomial test of the held-out
+  predictions against chance (p-value and a 95 % Clopper-Pearson interval of the accuracy).
 - **Memorisation**: the share of generated images closer to a training image than training images
   are to each other (below the ``quantile`` of the training set's nearest-neighbour distances,
-  in pixel space). An independent sample of the real distribution scores about ``quantile``;
-  copies score 1.
+  in pixel space). Images are also compared with the horizontally *flipped* training images (the
+  fine-tune trains with flips, so a mirrored copy is a copy). An independent sample of the real
+  distribution scores about ``quantile``; copies and mirrored copies score 1.
 
 Inputs are features ``(N, D)`` or uint8 images ``(N, C, H, W)``, so that each figure is tested
 on cases with a known answer (tests/test_quality.py).
@@ -143,7 +145,7 @@ def _balanced(real: np.ndarray, fake: np.ndarray, rng: np.random.Generator):
     return real[ia], fake[ib], n
 
 
-def c2st(
+def c2st_test(
     real: np.ndarray,
     fake: np.ndarray,
     seed: int = 0,
@@ -152,19 +154,27 @@ def c2st(
     min_steps: int = 100,
     widths: Sequence[int] = (8, 16),
     fc: int = 32,
-) -> float:
-    """Classifier two-sample test: held-out accuracy of telling ``real`` from ``fake``.
+) -> dict[str, float | int]:
+    """Classifier two-sample test: held-out accuracy of telling ``real`` from ``fake``, with a test.
 
-    Both sets are subsampled to the same size, so chance is exactly 0.5: 0.5 means a classifier
-    cannot tell them apart, 1.0 that it always can. Well *below* 0.5 happens when generated images
-    are copies of real ones (the classifier learns the images themselves, and a copy in the
-    held-out half carries the other label); :func:`memorisation_share` flags that case.
+    Both sets are subsampled to the same size ``n``, so chance is exactly 0.5: 0.5 means a
+    classifier cannot tell them apart, 1.0 that it always can. Well *below* 0.5 happens when
+    generated images are copies of real ones (the classifier learns the images themselves, and a
+    copy in the held-out part carries the other label); :func:`memorisation_share` flags that case.
+
+    Every one of the ``2 n`` samples is predicted exactly once by a classifier that did not train
+    on it; ``correct`` of them are right. ``p_value`` is the exact two-sided binomial test of
+    ``correct`` out of ``2 n`` against 0.5 (:func:`scipy.stats.binomtest`) and ``low``/``high`` the
+    95 % Clopper-Pearson interval of the accuracy. (The folds' classifiers share training data, so
+    the predictions are not strictly independent; the test is the usual approximation.)
 
     - Features ``(N, D)``: standardised logistic regression, ``folds``-fold cross-validated.
     - uint8 images ``(N, C, H, W)``: a small :class:`SimpleCNN` trained on one stratified half and
-      scored on the other (two folds: train on each half, score on the other, average), for
-      ``epochs`` but at least ``min_steps`` steps. The held-out half is never used to pick
-      anything (no early stopping), so its accuracy is a fair estimate.
+      scored on the other (two folds: train on each half, score on the other), for ``epochs`` but
+      at least ``min_steps`` steps. The held-out half is never used to pick anything (no early
+      stopping), so its accuracy is a fair estimate.
+
+    Returns ``{"accuracy", "correct", "n", "p_value", "low", "high"}`` (``n``: samples predicted).
     """
     rng = np.random.default_rng(seed)
     real, fake = np.asarray(real), np.asarray(fake)
@@ -177,19 +187,20 @@ def c2st(
     y = np.concatenate([np.zeros(n, np.int64), np.ones(n, np.int64)])
     if x.ndim == 2:
         from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import StratifiedKFold, cross_val_score
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
         x = _feats(x, "c2st features")
         cv = StratifiedKFold(n_splits=min(folds, n), shuffle=True, random_state=seed)
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-        return float(np.mean(cross_val_score(clf, x, y, cv=cv, scoring="accuracy")))
+        correct = int(np.sum(cross_val_predict(clf, x, y, cv=cv) == y))
+        return _binomial(correct, len(y))
     if x.ndim != 4 or x.dtype != np.uint8:
         raise DataError(
             f"c2st: expected features (N, D) or uint8 images (N, C, H, W), got {x.dtype} {x.shape}"
         )
-    from ..train.loop import train_classifier  # torch: only for images
+    from ..train.loop import predict_proba, train_classifier  # torch: only for images
 
     # Two stratified halves; each side's first half vs second half after a shuffle.
     half = np.zeros(2 * n, dtype=bool)
@@ -198,22 +209,49 @@ def c2st(
         half[idx[: n // 2]] = True
     batch_size = 32
     epochs = max(epochs, math.ceil(min_steps / math.ceil(int(half.sum()) / batch_size)))
-    accs = []
+    correct = 0
     for fold, train_mask in enumerate((half, ~half)):
         cfg = TrainConfig(
             epochs=epochs, batch_size=batch_size, lr=1e-3, seed=seed + fold, device="cpu",
             widths=list(widths), fc=int(fc),
         )  # fmt: skip
+        held = np.ascontiguousarray(x[~train_mask])
         res = train_classifier(
-            np.ascontiguousarray(x[train_mask]),
-            y[train_mask],
-            np.ascontiguousarray(x[~train_mask]),
-            y[~train_mask],
-            cfg,
+            np.ascontiguousarray(x[train_mask]), y[train_mask], held, y[~train_mask], cfg,
             n_classes=2,
-        )
-        accs.append(res.metrics["accuracy"])
-    return float(np.mean(accs))
+        )  # fmt: skip
+        correct += int(np.sum(predict_proba(res.model, held).argmax(axis=1) == y[~train_mask]))
+    return _binomial(correct, len(y))
+
+
+def _binomial(correct: int, n: int) -> dict[str, float | int]:
+    """Accuracy ``correct / n`` with the exact binomial test against 0.5 and its 95 % interval."""
+    from scipy.stats import binomtest
+
+    test = binomtest(int(correct), int(n), 0.5, alternative="two-sided")
+    ci = test.proportion_ci(confidence_level=0.95, method="exact")
+    return {
+        "accuracy": float(correct / n),
+        "correct": int(correct),
+        "n": int(n),
+        "p_value": float(test.pvalue),
+        "low": float(ci.low),
+        "high": float(ci.high),
+    }
+
+
+def c2st(
+    real: np.ndarray,
+    fake: np.ndarray,
+    seed: int = 0,
+    folds: int = 5,
+    epochs: int = 15,
+    min_steps: int = 100,
+    widths: Sequence[int] = (8, 16),
+    fc: int = 32,
+) -> float:
+    """The held-out accuracy of :func:`c2st_test` alone (same arguments, same classifiers)."""
+    return float(c2st_test(real, fake, seed, folds, epochs, min_steps, widths, fc)["accuracy"])
 
 
 def _as_flat(x: np.ndarray, name: str) -> np.ndarray:
@@ -223,8 +261,21 @@ def _as_flat(x: np.ndarray, name: str) -> np.ndarray:
     return _feats(x, name)
 
 
+def _nearest_other(a: np.ndarray, flipped: np.ndarray | None) -> np.ndarray:
+    """Each training sample's distance to its nearest *other* training sample (and, with
+    ``flipped``, the others' mirror images; never its own mirror image, which is not a copy)."""
+    if flipped is None:
+        return _kth_nn_radius(a, 1)
+    n = len(a)
+    both = np.concatenate([a, flipped])
+    # At most two of the 3 nearest are the sample itself and its own mirror image.
+    dist, idx = NearestNeighbors(n_neighbors=min(3, len(both))).fit(both).kneighbors(a)
+    other = (idx % n) != np.arange(n)[:, None]
+    return np.where(other, dist, np.inf).min(axis=1)
+
+
 def memorisation_share(
-    train: np.ndarray, fake: np.ndarray, quantile: float = 0.05
+    train: np.ndarray, fake: np.ndarray, quantile: float = 0.05, flips: bool = True
 ) -> tuple[float, float]:
     """Share of ``fake`` samples closer to a training sample than training samples are to each other.
 
@@ -234,14 +285,24 @@ def memorisation_share(
     an independent draw from the training distribution gives about ``quantile`` (its distance to
     the training set is distributed like a training point's distance to the others).
     Images are compared as flattened pixels scaled to [0, 1] when given as uint8 ``(N, C, H, W)``.
+
+    ``flips`` (images only): the training set also holds each image mirrored left-right, for the
+    generated images' distances and for the threshold alike (a training image's own mirror image
+    is left out of its threshold distance), so a horizontally flipped copy counts as a copy.
+    Features ``(N, D)`` have no left and right and are never flipped.
     """
     if not 0.0 < quantile < 1.0:
         raise ConfigError(f"quantile: {quantile!r} is outside (0, 1)")
+    images = np.asarray(train).ndim == 4
     a, b = _as_flat(train, "train"), _as_flat(fake, "fake")
     if a.shape[1] != b.shape[1]:
         raise DataError(
             f"memorisation: train and fake differ in size ({a.shape[1]} vs {b.shape[1]})"
         )
-    threshold = float(np.quantile(_kth_nn_radius(a, 1), quantile))
-    nearest, _ = NearestNeighbors(n_neighbors=1).fit(a).kneighbors(b)
+    flipped = None
+    if flips and images:
+        flipped = _as_flat(np.ascontiguousarray(np.asarray(train)[..., ::-1]), "train flipped")
+    threshold = float(np.quantile(_nearest_other(a, flipped), quantile))
+    ref = a if flipped is None else np.concatenate([a, flipped])
+    nearest, _ = NearestNeighbors(n_neighbors=1).fit(ref).kneighbors(b)
     return float(np.mean(nearest[:, 0] <= threshold)), threshold

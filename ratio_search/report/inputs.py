@@ -13,7 +13,7 @@ from .._io import is_number
 from ..errors import RatioSearchError
 from ..evidence.confirm import group_of
 from ..home import Home
-from .text import setting
+from .text import fmt, setting
 
 
 def find_confirmation(
@@ -88,8 +88,42 @@ def load_study(folder: Path, name: str):
         return optuna.load_study(study_name=names[0], storage=storage) if len(names) == 1 else None
 
 
-def pool_table(home: Home, rows: list[dict[str, Any]], mode: str) -> list[list[Any]]:
-    """Per pool used by a trial with R > 0: its settings, trials, best value, quality figures."""
+#: The quality figures of the report's pool table, each shown as ``value / floor``.
+POOL_FIGURES = ("fd", "kid", "precision", "recall", "c2st", "memorisation", "label_agreement")
+
+
+def with_floor(q: Mapping[str, Any], name: str) -> Any:
+    """A quality cell: ``value / floor`` (4 decimals), the value alone where a stored block of an
+    older format has no floor, None where the figure is missing."""
+    from ..quality import floor_name
+
+    v, f = q.get(name), q.get(floor_name(name))
+    if not is_number(v):
+        return None
+    return f"{fmt(v)} / {fmt(f)}" if is_number(f) else v
+
+
+def measured_on(q: Mapping[str, Any], pool_n: int | None = None) -> str | None:
+    """What a pool's figures were measured on, in words (None: never measured); with the
+    trials' ``pool_n``, says so when the figures are of another number of first images."""
+    from ..quality import is_current
+
+    if not q:
+        return None
+    if not is_current(dict(q)):
+        return "old: vs the extractor's own training images, no floor"
+    words = f"first {q.get('n_pool')} vs {q.get('n_real')} held-out"
+    if pool_n and q.get("pool_n") != int(pool_n):
+        words += f" (the trials used the first {int(pool_n)}: --pool-n {int(pool_n)})"
+    return words
+
+
+def pool_table(
+    home: Home, rows: list[dict[str, Any]], mode: str, pool_n: int | None = None
+) -> list[list[Any]]:
+    """Per pool used by a trial with R > 0: its settings, trials, best value, quality figures
+    (each beside its real-vs-real floor), C2ST's p-value and what the figures were measured on
+    (``pool_n``: the images per pool the trials used, from run.json)."""
     from ..pools import load_pool
 
     sign = 1.0 if mode == "max" else -1.0
@@ -106,7 +140,6 @@ def pool_table(home: Home, rows: list[dict[str, Any]], mode: str) -> list[list[A
         q = m.get("quality") or {}
         out.append([
             key, setting(m.get("guidance")), m.get("steps"), m.get("n"), len(values), max(values, key=lambda v: sign * v),
-            q.get("fd"), q.get("kid"), q.get("precision"), q.get("recall"), q.get("c2st"),
-            q.get("memorisation"), q.get("label_agreement"),
+            *(with_floor(q, k) for k in POOL_FIGURES), q.get("c2st_p_value"), measured_on(q, pool_n),
         ])  # fmt: skip
     return out

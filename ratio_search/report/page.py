@@ -233,7 +233,8 @@ def build_report(
     page = render_page(
         name=name, info=info, summary=summary, notes=notes, figs=figs, rows=rows,
         confirm=confirm, confirm_path=confirm_path, usable=usable,
-        pool_rows=pool_table(home, rows, mode), importances=importances, metric=metric,
+        pool_rows=pool_table(home, rows, mode, _int_or_none(info.get("pool_n"))),
+        importances=importances, metric=metric,
     )  # fmt: skip
     html_path = atomic_write_text(out / REPORT_NAME, page)
 
@@ -250,6 +251,11 @@ def build_report(
     if track:
         result["mlflow"] = _log_report(info, folder, out)
     return result
+
+
+def _int_or_none(v: Any) -> int | None:
+    """A positive int from run.json, else None (an old or hand-written run folder)."""
+    return int(v) if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
 
 
 def _tables(rows, confirm, usable, pool_rows, importances, metric) -> dict[str, Any]:
@@ -283,8 +289,9 @@ def _tables(rows, confirm, usable, pool_rows, importances, metric) -> dict[str, 
         )
     if pool_rows:
         out["pools"] = t(
-            ["pool", "guidance", "steps", "images", "trials", f"best {metric}", "FD", "KID",
-             "precision", "recall", "C2ST", "memorised", "called its class"],
+            ["pool", "guidance", "steps", "images", "trials", f"best {metric}", "FD / floor",
+             "KID / floor", "precision / floor", "recall / floor", "C2ST / floor", "C2ST p",
+             "memorised / floor", "called its class / floor", "measured on"],
             pool_rows,
         )  # fmt: skip
     out["trials"] = t(
