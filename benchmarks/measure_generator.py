@@ -84,18 +84,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0])
     ap.add_argument("--n", type=int, default=200, help="generated CNV images per guidance")
-    ap.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    ap.add_argument("--steps", type=int, default=25, help="sampling steps")
     ap.add_argument("--scheduler", default="ddim")
+    ap.add_argument(
+        "--samplers", nargs="+", metavar="SCHEDULER:STEPS",
+        help="compare these samplers (e.g. ddim:25 dpm-solver++:10); default: --scheduler:--steps",
+    )  # fmt: skip
     ap.add_argument(
         "--eta", type=float, nargs="+", help="DDIM eta values to compare (default: the model's)"
     )
     ap.add_argument("--from-scratch", action="store_true", help="fine-tune without the base model")
     ap.add_argument("--base-model", help="another tiny base model folder")
     ap.add_argument("--max-steps", type=int, help="fine-tune steps (default: FinetuneConfig's)")
+    ap.add_argument("--lr", type=float, help="fine-tune learning rate (default: FinetuneConfig's)")
+    ap.add_argument("--batch-size", type=int, help="fine-tune batch (default: FinetuneConfig's)")
     ap.add_argument("--judge-n", type=int, default=2000, help="real images per class for the judge")
     ap.add_argument("--home", help="home for the data and model (default: a temporary folder)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--save-steps", type=int, nargs="*", default=[], help="fine-tune checkpoints")
+    ap.add_argument(
+        "--save-steps", type=int, nargs="*", default=[],
+        help="fine-tune checkpoints, each measured like the final model",
+    )  # fmt: skip
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -113,6 +122,10 @@ def main() -> None:
     )  # fmt: skip
     if args.max_steps:
         ft.max_steps = args.max_steps
+    if args.lr:
+        ft.lr = args.lr
+    if args.batch_size:
+        ft.batch_size = args.batch_size
     t0 = time.time()
     info = finetune(data, ft, home, progress=False)
     ft_wall = time.time() - t0
@@ -132,29 +145,42 @@ def main() -> None:
     print(f"real CNV (demo test split, {len(real_cnv)}): mean {real['mean']:.3f} sd {real['sd']:.3f} "
           f"pixel-var {real['pixel_var_across_images']:.4f}; called CNV {real_called:.3f}")  # fmt: skip
 
-    model = load_model(info.path, home)
+    samplers = [(sch, int(st)) for sch, st in (x.rsplit(":", 1) for x in args.samplers)] \
+        if args.samplers else [(args.scheduler, args.steps)]  # fmt: skip
+    from ratio_search.diffusion.checkpoints import checkpoints_of
+
+    models = {**checkpoints_of(info.path, home), stats["steps"]: Path(info.path)}
     rows = []
-    settings = [(g, eta) for eta in (args.eta or [model.ddim_eta]) for g in args.guidance]
-    for g, eta in settings:
-        model.ddim_eta = eta
-        t0 = time.time()
-        x = model.sample(args.n, 0, guidance=g, steps=args.steps, scheduler=args.scheduler, seed=0)
-        secs = time.time() - t0
-        called = float((predict_proba(judge, x).argmax(1) == 0).mean())
-        st = intensity(x)
-        row = {
-            "guidance": g,
-            "ddim_eta": eta,
-            "called_cnv": round(called, 4),
-            **st,
-            "mean_rel_err": round(abs(st["mean"] - real["mean"]) / real["mean"], 4),
-            "sd_rel_err": round(abs(st["sd"] - real["sd"]) / real["sd"], 4),
-            "seconds_per_image": round(secs / args.n, 4),
-        }
-        rows.append(row)
-        print(f"guidance {g:>4} eta {eta:g}: called CNV {called:.3f}  mean {st['mean']:.3f} "
-              f"({100 * row['mean_rel_err']:.1f} % off)  sd {st['sd']:.3f} ({100 * row['sd_rel_err']:.1f} % off)  "
-              f"pixel-var {st['pixel_var_across_images']:.4f}  {row['seconds_per_image']:.3f} s/image")  # fmt: skip
+    for at_step in sorted(models):
+        model = load_model(models[at_step], home)
+        etas = args.eta or [model.ddim_eta]
+        for scheduler, steps in samplers:
+            for g, eta in [(g, eta) for eta in etas for g in args.guidance]:
+                model.ddim_eta = eta
+                t0 = time.time()
+                x = model.sample(args.n, 0, guidance=g, steps=steps, scheduler=scheduler, seed=0)
+                secs = time.time() - t0
+                called = float((predict_proba(judge, x).argmax(1) == 0).mean())
+                st = intensity(x)
+                row = {
+                    "finetune_step": at_step,
+                    "scheduler": scheduler,
+                    "steps": steps,
+                    "guidance": g,
+                    "ddim_eta": eta,
+                    "called_cnv": round(called, 4),
+                    **st,
+                    "mean_rel_err": round(abs(st["mean"] - real["mean"]) / real["mean"], 4),
+                    "sd_rel_err": round(abs(st["sd"] - real["sd"]) / real["sd"], 4),
+                    "seconds_per_image": round(secs / args.n, 4),
+                }
+                rows.append(row)
+                print(f"step {at_step:>4} {scheduler}-{steps} guidance {g:>4} eta {eta:g}: "
+                      f"called CNV {called:.3f}  mean {st['mean']:.3f} "
+                      f"({100 * row['mean_rel_err']:.1f} % off)  sd {st['sd']:.3f} "
+                      f"({100 * row['sd_rel_err']:.1f} % off)  pixel-var "
+                      f"{st['pixel_var_across_images']:.4f}  {row['seconds_per_image']:.3f} s/image",
+                      flush=True)  # fmt: skip
     result = {
         "model_path": str(info.path),
         "model_hash": info.hash,
@@ -180,8 +206,7 @@ def main() -> None:
         "real_cnv": real,
         "sampling": {
             "n": args.n,
-            "steps": args.steps,
-            "scheduler": args.scheduler,
+            "samplers": [f"{sch}:{st}" for sch, st in samplers],
             "threads": args.threads,
         },
         "rows": rows,

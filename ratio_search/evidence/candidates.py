@@ -14,7 +14,7 @@ from typing import Any
 from .._io import is_number
 from ..config import POOL_FIELDS, TrialConfig
 from ..errors import SearchError
-from ..search.space import PARAMS
+from ..search.space import DRAW_PARAMS, PARAMS
 from ..search.trials import metric_value
 from .stats import mean_ci, paired_difference
 
@@ -32,8 +32,9 @@ SEED_BASE = 1000
 # Flat-config fields that do not make a trial another configuration: the seed (confirmation
 # varies it) and where and with how many threads it runs.
 _NOT_CONFIG = ("seed", "device", "threads")
-# Flat-config fields that only matter when generated images are mixed in (R > 0).
-_POOL_ONLY = (*POOL_FIELDS, "pool_size", "pool_seed")
+# Flat-config fields that only matter when generated images are mixed in (R > 0): the pool, the
+# draw from it, and the mode (replace and augment both train on the real set alone at R = 0).
+_POOL_ONLY = (*POOL_FIELDS, "pool_size", "pool_seed", *DRAW_PARAMS, "mode")
 
 
 def _num(v: Any) -> Any:
@@ -46,7 +47,7 @@ def config_signature(config: Mapping[str, Any]) -> tuple:
     """What makes two trial configs the same configuration: their :class:`TrialConfig`, rounded,
     without the seed (nor device and threads).
 
-    At R = 0 no generated image is used, so the pool settings are dropped from it.
+    At R = 0 no generated image is used, so the pool, draw and mode settings are dropped from it.
     """
     flat = TrialConfig.from_flat(dict(config)).to_flat()
     r0 = float(flat["r"]) == 0.0
@@ -109,8 +110,10 @@ def select_candidates(
     ``trials`` are trials.jsonl records (the last per trial id); ``full_config(params)`` turns a
     trial's params into its complete config. Configurations are compared by
     :func:`config_signature`; a configuration tried twice counts once, with its best trial. The
-    baseline is the best trial's config with R = 0 (so it differs from the best in R alone); it
-    is always confirmed, and never takes one of the ``top_k`` places.
+    baseline is the best trial's config with R = 0 (so it differs from the best in R alone), made
+    complete by ``full_config`` as the search made its R = 0 trials (one canonical config, so
+    that it is trained once per seed and matches the search's own R = 0 trial); it is always
+    confirmed, and never takes one of the ``top_k`` places.
     """
     sign = 1.0 if mode == "max" else -1.0
     done = []
@@ -127,7 +130,7 @@ def select_candidates(
             "(trials stopped early by the scheduler are not candidates)"
         )
     done.sort(key=lambda t: (-t[0], t[1]))  # a ranking: ties by trial id
-    base_cfg = dict(done[0][4], r=0.0)
+    base_cfg = full_config({**(done[0][2].get("params") or {}), "r": 0.0})
     base = Candidate(label_of(base_cfg), base_cfg, "baseline")
     base_sig = config_signature(base_cfg)
     seen: set[tuple] = {base_sig}
