@@ -7,9 +7,7 @@ trainable's config handling, reported through the tracking callback (trials.json
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,17 +50,21 @@ class FakeTrial:
     config: dict = field(default_factory=dict)
 
 
-def _env() -> dict:
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RATIO_SEARCH_HOME")
-    }
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return env
+@pytest.fixture
+def cli(run_cli, monkeypatch, one_thread):
+    """``cli("export", ...) -> CompletedProcess``: the command line in-process (``run_cli``), in
+    the environment the command would get: no MLFLOW_TRACKING_URI or RATIO_SEARCH_HOME from the
+    caller, torch on one thread (as the trainable's). In-process: these tests are about what
+    `export` writes and `train` reproduces, not the process; a subprocess costs seconds of imports.
+    """
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RATIO_SEARCH_HOME", raising=False)
 
+    def run(*args: str) -> subprocess.CompletedProcess:
+        rc, out, err = run_cli(list(args))
+        return subprocess.CompletedProcess(list(args), rc, out, err)
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "ratio_search.cli", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    return run
 
 
 def _fabricate(home: Home, data_root: Path, name: str = "fab") -> dict:
@@ -133,7 +135,7 @@ def _fabricate(home: Home, data_root: Path, name: str = "fab") -> dict:
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_export_then_train_reproduces_the_metric(make_image_folder, tmp_path: Path) -> None:
+def test_export_then_train_reproduces_the_metric(make_image_folder, tmp_path: Path, cli) -> None:
     home = Home(tmp_path / "home")
     data_root = make_image_folder("data", n_train=8, n_val=6, n_test=2)
     fab = _fabricate(home, data_root)
@@ -166,7 +168,7 @@ def test_export_then_train_reproduces_the_metric(make_image_folder, tmp_path: Pa
     # Both trials, each exported explicitly, reproduced by `train --config` on the CPU.
     for tid in finals:
         out_yaml = tmp_path / f"best-{tid}.yaml"
-        res = _cli(
+        res = cli(
             "export",
             "fab",
             "--home",
@@ -188,7 +190,7 @@ def test_export_then_train_reproduces_the_metric(make_image_folder, tmp_path: Pa
         else:
             assert pool is None
         out_dir = tmp_path / f"train-{tid}"
-        res = _cli(
+        res = cli(
             "train",
             "--config",
             str(out_yaml),
@@ -216,7 +218,7 @@ def test_export_then_train_reproduces_the_metric(make_image_folder, tmp_path: Pa
 
 
 @pytest.mark.e2e
-def test_export_errors_are_one_line(tmp_path: Path) -> None:
+def test_export_errors_are_one_line(tmp_path: Path, cli) -> None:
     home = Home(tmp_path / "home")
     (home.runs / "busy").mkdir(parents=True)
     (home.runs / "busy" / "run.json").write_text(
@@ -239,7 +241,7 @@ def test_export_errors_are_one_line(tmp_path: Path) -> None:
         build_export(home, "busy", trial_id="a")
 
     for name, fragment in (("nope", "unknown run 'nope'"), ("busy", "no finished trial")):
-        res = _cli(
+        res = cli(
             "export",
             name,
             "--home",
@@ -310,7 +312,7 @@ def test_write_export_is_atomic_yaml(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_real_search_export_train_chain(tmp_path: Path) -> None:
+def test_real_search_export_train_chain(tmp_path: Path, cli) -> None:
     """A real (tiny) Ray Tune search, tracked by the callback; every trial exported and re-trained."""
     from ratio_search.config import FinetuneConfig
     from ratio_search.diffusion import finetune
@@ -349,7 +351,7 @@ def test_real_search_export_train_chain(tmp_path: Path) -> None:
     assert sorted(r["params"]["r"] for r in records.values()) == [0.0, 0.5]
     for tid, rec in records.items():
         out_yaml = tmp_path / f"{tid}.yaml"
-        res = _cli(
+        res = cli(
             "export",
             "chain",
             "--home",
@@ -365,7 +367,7 @@ def test_real_search_export_train_chain(tmp_path: Path) -> None:
         assert doc["expected"]["mlflow"]["child_run_id"] == rec["mlflow_run_id"]
         if rec["params"]["r"] > 0:
             assert doc["pool"]["key"] == rec["pool_key"] and (home.pools / rec["pool_key"]).is_dir()
-        res = _cli(
+        res = cli(
             "train",
             "--config",
             str(out_yaml),
