@@ -238,24 +238,20 @@ def test_ui_server_takes_remote_writers(tmp_path: Path) -> None:
     assert len(pngs) == 1 and child.info.run_id in str(pngs[0])
 
 
-def test_ui_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RATIO_SEARCH_HOME")
-    }
-    base = [sys.executable, "-m", "ratio_search.cli", "ui", "--home", str(tmp_path / "home")]
+def test_ui_bad_inputs_are_one_line_errors(tmp_path: Path, run_cli, monkeypatch) -> None:
+    """In-process (``run_cli``): both are refused before any server starts."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RATIO_SEARCH_HOME", raising=False)
+    base = ["ui", "--home", str(tmp_path / "home")]
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        res = subprocess.run(
-            [*base, "--port", str(port)], capture_output=True, text=True, env=env, timeout=120
-        )
-    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
-    assert f"port {port} on 127.0.0.1 is already in use" in res.stderr
+        rc, _, err = run_cli([*base, "--port", str(port)])
+    assert rc == 2 and err.count("\n") == 1, err
+    assert f"port {port} on 127.0.0.1 is already in use" in err
 
-    env["MLFLOW_TRACKING_URI"] = "http://tracking.example:5000"
-    res = subprocess.run(
-        [*base, "--port", str(_free_port())], capture_output=True, text=True, env=env, timeout=120
-    )
-    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
-    assert "MLFLOW_TRACKING_URI is http://tracking.example:5000" in res.stderr
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    rc, _, err = run_cli([*base, "--port", str(_free_port())])
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "MLFLOW_TRACKING_URI is http://tracking.example:5000" in err
