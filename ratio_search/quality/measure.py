@@ -27,6 +27,7 @@ re-measured, or shown as old where that cannot be done; never read as current.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -269,12 +270,15 @@ def real_classifier(
     return fe
 
 
+@dataclass
 class Reference:
-    """A dataset's quality split: the extractor fitted on ``fit`` and the held-out ``reference``
-    indices (into ``data.train_x``); ``info`` is recorded in every quality block."""
+    """A dataset's quality split: the extractor fitted on the ``fit`` indices (into
+    ``data.train_x``) and the held-out ``ref`` indices; ``info`` is recorded in every block."""
 
-    def __init__(self, fe: FeatureExtractor, fit: np.ndarray, ref: np.ndarray, info: dict) -> None:
-        self.extractor, self.fit, self.ref, self.info = fe, fit, ref, info
+    extractor: FeatureExtractor
+    fit: np.ndarray
+    ref: np.ndarray
+    info: dict[str, Any]
 
 
 def quality_extractor(
