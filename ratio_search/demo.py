@@ -148,6 +148,8 @@ def where_to_look(out: dict[str, Any]) -> str:
         "",
         "=" * 72,
         f"ratio-search demo finished in {out['timings']['total'] / 60:.1f} min",
+        "stages: "
+        + ", ".join(f"{s} {out['timings'][s]:.0f} s" for s in STAGES if s in out["timings"]),
         "",
     ]
     answer = []

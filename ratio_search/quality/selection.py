@@ -2,7 +2,7 @@
 
 The reference study picked "well" and "poorly" generated images by eye. Here a *judge* scores
 each generated image: the probability of its intended class under the real-trained classifier
-that the quality figures and the report already use (:func:`.measure.real_classifier`, trained
+(:func:`.measure.real_classifier`, trained
 on the data's real **training** split only, never on val or test, so that filtering cannot leak
 the evaluation images into training). ``train.filter_top`` keeps that top fraction of a pool,
 highest score first (``ratio_search.train.mixing.top_fraction``; ``ceil(f * n)`` images), so a

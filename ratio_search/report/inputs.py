@@ -66,10 +66,20 @@ def trial_rows(
                 "pool_key": rec.get("pool_key"),
                 "group": group_of(cfg),
                 "config": cfg,
+                # an equivalent configuration's measurement reported again (search/trainable.py)
+                "reused": bool(rec.get("reused_from"))
+                or (rec.get("metrics") or {}).get("reused") == 1,
             }
         )
     rows.sort(key=lambda r: (r["time"], r["trial_id"]))
     return rows
+
+
+def r0_trial_mean(rows: list[dict[str, Any]]) -> float | None:
+    """The mean of the search's R = 0 trials, each measurement once: a reused trial reports
+    another trial's value again (an equivalent configuration), not a new measurement."""
+    values = [r["value"] for r in rows if r["r"] == 0.0 and not r.get("reused")]
+    return float(sum(values) / len(values)) if values else None
 
 
 def load_study(folder: Path, name: str):

@@ -14,7 +14,7 @@ from ..errors import RatioSearchError
 from ..evidence.confirm import label_of
 from ..home import Home
 from . import figures
-from .inputs import find_confirmation, load_study, pool_table, trial_rows
+from .inputs import find_confirmation, load_study, pool_table, r0_trial_mean, trial_rows
 from .text import NO_TRIAL, fmt, pm, setting, summary_text
 
 REPORT_NAME = "report.html"
@@ -175,8 +175,7 @@ def build_report(
         confirm, confirm_path = None, None
 
     best = _best_row(trials, rows, metric, mode)
-    base_trials = [r["value"] for r in rows if r["r"] == 0.0]
-    baseline_trial = float(np.mean(base_trials)) if base_trials else None
+    baseline_trial = r0_trial_mean(rows)
     if confirm:
         usable = confirm["usable_ratio"]
         best_cfg = confirm["chosen"].get("config") or confirm["chosen"]["params"]
