@@ -11,6 +11,10 @@ the same machine load; the medians and their ratio are printed as one markdown t
   per epoch a no-grad forward pass over the validation set and its accuracy.
 - ``bare-train-only`` (also printed): the same loop without any validation, a lower bound.
 
+Both validate in batches of ``train.loop.EVAL_BATCH_SIZE`` images. A second table compares that
+evaluation batch with others on ``--eval-n`` validation images (alternating reps, the largest
+logit difference to the 1,024-image batch alongside).
+
 Throughput is training images per second (images x epochs / wall time).
 
     .venv/bin/python benchmarks/bench_trainer.py [--n 2000] [--size 32] [--epochs 2] [--reps 5]
@@ -28,8 +32,9 @@ import torch.nn.functional as F
 
 from ratio_search.config import TrainConfig
 from ratio_search.home import resolve_device
+from ratio_search.train import loop as train_loop
 from ratio_search.train.cnn import SimpleCNN, normalize
-from ratio_search.train.loop import train_classifier
+from ratio_search.train.loop import EVAL_BATCH_SIZE, train_classifier
 
 
 def make_data(n: int, n_val: int, size: int, seed: int = 0):
@@ -65,8 +70,8 @@ def bare_loop(x, y, vx, vy, cfg: TrainConfig, device: torch.device, validate: bo
             with torch.no_grad():
                 pred = torch.cat(
                     [
-                        model(normalize(vxt[i : i + 1024])).argmax(1)
-                        for i in range(0, len(vxt), 1024)
+                        model(normalize(vxt[i : i + EVAL_BATCH_SIZE])).argmax(1)
+                        for i in range(0, len(vxt), EVAL_BATCH_SIZE)
                     ]
                 )
             float((pred == vyt).float().mean())  # forces the work to finish, like .item()
@@ -78,6 +83,34 @@ def trainer_run(x, y, vx, vy, cfg: TrainConfig, device: torch.device) -> None:
     train_classifier(x, y, vx, vy, cfg, n_classes=2, device=device, report=lambda e, m, s: None)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def eval_batches(n_val: int, size: int, reps: int, device: torch.device) -> None:
+    """Seconds to evaluate ``n_val`` images at several evaluation batch sizes, side by side."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = SimpleCNN(1, 2, size).to(device)
+    x = torch.from_numpy(make_data(8, n_val, size)[2]).to(device)
+    sizes = (1024, 256, 128, 64)
+    times: dict[int, list[float]] = {b: [] for b in sizes}
+    logits: dict[int, torch.Tensor] = {}
+    for rep in range(reps + 1):  # the first round warms up
+        for b in sizes:
+            train_loop.EVAL_BATCH_SIZE = b
+            t0 = time.perf_counter()
+            logits[b] = train_loop._logits(model, x, device)
+            if rep:
+                times[b].append(time.perf_counter() - t0)
+    train_loop.EVAL_BATCH_SIZE = EVAL_BATCH_SIZE
+    print(f"\n| eval batch ({n_val} val images {size} px) | median ms | speed vs 1024 | "
+          "max abs logit diff vs 1024 |")  # fmt: skip
+    print("|---|---|---|---|")
+    ref = statistics.median(times[1024])
+    for b in sizes:
+        med = statistics.median(times[b])
+        diff = float((logits[b] - logits[1024]).abs().max())
+        mark = " (the trainer's)" if b == EVAL_BATCH_SIZE else ""
+        print(f"| {b}{mark} | {1000 * med:.1f} | {ref / med:.2f}x | {diff:.1e} |")
 
 
 def timed(fn, *args) -> float:
@@ -95,6 +128,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--reps", type=int, default=5, help="alternating repetitions of each side")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--eval-n", type=int, default=600, help="validation images, eval-batch table")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (shared machines: 1)")
     args = ap.parse_args()
 
@@ -133,6 +167,7 @@ def main() -> None:
     )
     spread = {k: f"{min(v):.2f}-{max(v):.2f}s" for k, v in times.items()}
     print(f"(raw times per side: {spread})")
+    eval_batches(args.eval_n, args.size, args.reps, device)
 
 
 if __name__ == "__main__":
