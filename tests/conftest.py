@@ -107,16 +107,25 @@ def one_thread():
 def run_cli(capsys) -> Callable[[list[str]], tuple[int, str, str]]:
     """``run_cli(["train", ...]) -> (exit code, stdout, stderr)`` through ``cli.main``, in-process.
 
-    An argparse error (SystemExit) gives its exit code like the real command would.
+    An argparse error (SystemExit) gives its exit code like the real command would. SIGINT and
+    SIGTERM handlers are put back afterwards: an interrupted ``main`` ignores both (it is leaving),
+    which in-process would leave the whole pytest run deaf to Ctrl-C.
     """
+    import signal
+
     from ratio_search.cli import main
 
     def run(argv: list[str]) -> tuple[int, str, str]:
         capsys.readouterr()  # drop what earlier steps of the test printed
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             rc = main([str(a) for a in argv])
         except SystemExit as e:
             rc = e.code if isinstance(e.code, int) else 2
+        finally:
+            for s, h in handlers.items():
+                if h is not None:  # None: set outside Python, cannot be put back
+                    signal.signal(s, h)
         out, err = capsys.readouterr()
         return rc, out, err
 

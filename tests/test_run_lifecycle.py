@@ -302,3 +302,22 @@ def test_a_broken_run_json_is_named_with_its_repair_and_status_lists_the_others(
     assert "runs/b/run.json" in rows["b"]["error"]
     rc, out, err = run_cli(["status", "--home", tmp_path])
     assert rc == 0 and "good" in out and "broken" in out and "runs/b/run.json" in err
+
+
+@pytest.mark.unit
+def test_run_cli_puts_the_signal_handlers_back_after_an_interrupted_command(monkeypatch, run_cli):
+    """An interrupted ``main`` ignores SIGINT/SIGTERM (it is leaving, exit 130); in-process, the
+    ``run_cli`` fixture puts the handlers back, or the rest of the test run would ignore Ctrl-C."""
+    import signal
+
+    from ratio_search.cli import search as cli_search
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_search, "cmd_status", interrupted)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    rc, _, err = run_cli(["status"])
+    assert rc == 130 and "ratio-search: interrupted" in err
+    assert {s: signal.getsignal(s) for s in before} == before
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
