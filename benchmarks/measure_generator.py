@@ -149,7 +149,9 @@ def main() -> None:
         if args.samplers else [(args.scheduler, args.steps)]  # fmt: skip
     from ratio_search.diffusion.checkpoints import checkpoints_of
 
-    models = {**checkpoints_of(info.path, home), stats["steps"]: Path(info.path)}
+    # checkpoints_of maps 0 (and the final's own step count) to the final model: measured once
+    models = {s: p for s, p in checkpoints_of(info.path, home).items() if s > 0}
+    models[stats["steps"]] = Path(info.path)
     rows = []
     for at_step in sorted(models):
         model = load_model(models[at_step], home)
