@@ -96,6 +96,10 @@ def main() -> None:
     ap.add_argument("--from-scratch", action="store_true", help="fine-tune without the base model")
     ap.add_argument("--base-model", help="another tiny base model folder")
     ap.add_argument("--max-steps", type=int, help="fine-tune steps (default: FinetuneConfig's)")
+    ap.add_argument(
+        "--only-steps", type=int, nargs="+",
+        help="measure only these fine-tune steps (of --save-steps and the final)",
+    )  # fmt: skip
     ap.add_argument("--lr", type=float, help="fine-tune learning rate (default: FinetuneConfig's)")
     ap.add_argument("--batch-size", type=int, help="fine-tune batch (default: FinetuneConfig's)")
     ap.add_argument("--judge-n", type=int, default=2000, help="real images per class for the judge")
@@ -152,6 +156,8 @@ def main() -> None:
     # checkpoints_of maps 0 (and the final's own step count) to the final model: measured once
     models = {s: p for s, p in checkpoints_of(info.path, home).items() if s > 0}
     models[stats["steps"]] = Path(info.path)
+    if args.only_steps:
+        models = {s: p for s, p in models.items() if s in set(args.only_steps)}
     rows = []
     for at_step in sorted(models):
         model = load_model(models[at_step], home)
