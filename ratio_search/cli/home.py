@@ -66,7 +66,11 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     )
     home_flag(p)
     p.add_argument("--name", help="search name (default: demo-<timestamp>)")
-    p.add_argument("--trials", type=int, help="trials (default: the quick space's budget, 12)")
+    p.add_argument("--trials", type=int, help="trials (default: the quick space's n_trials)")
+    p.add_argument(
+        "--finetune-steps", type=int,
+        help="fine-tune steps of the demo's generator (default: the demo's budget, demo.py)",
+    )  # fmt: skip
     p.add_argument("--concurrency", type=int, default=2, help="trials at a time (default 2)")
     p.add_argument(
         "--confirm-seeds", type=int, default=3, help="seeds per confirmed configuration (default 3)"
@@ -190,6 +194,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         Home.resolve(args.home),
         name=args.name,
         trials=args.trials,
+        finetune_steps=args.finetune_steps,
         concurrency=args.concurrency,
         confirm_seeds=args.confirm_seeds,
         top_k=args.top_k,
