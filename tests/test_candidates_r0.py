@@ -43,3 +43,25 @@ def test_the_baseline_is_the_searchs_canonical_r0_config_whatever_the_best_trial
     twin = dict(base.config, mode="augment", guidance=12.5, filter_top=0.8, steps=10)
     assert config_signature(twin) == config_signature(base.config)
     assert config_signature(dict(twin, r=0.1)) != config_signature(dict(base.config, r=0.1))
+
+
+def test_labels_name_every_lever_that_is_not_plain_so_configurations_never_share_one():
+    from ratio_search.evidence.candidates import label_of
+
+    plain = {"r": 0.5, "guidance": 2.0, "steps": 10, "mode": "replace", "filter_top": 1.0,
+             "synthetic_classes": "default", "finetune_steps": 0, "arch": "simple"}  # fmt: skip
+    assert label_of(plain) == "R=0.50 guidance=2.0 steps=10"  # as before for the plain case
+    aug = dict(plain, mode="augment", filter_top=0.8)
+    assert label_of(aug) == "R=0.50 guidance=2.0 steps=10 mode=augment filter_top=0.8"
+    assert label_of(dict(plain, mode="augment")) != label_of(plain)
+
+
+def test_the_usable_clause_says_adding_for_augment_and_replacing_for_replace():
+    from ratio_search.evidence.answer import usable_clause
+
+    c = {"usable_ratio": {"r": 0.5, "delta": 0.01, "mode": "augment"}}
+    assert usable_clause(c).startswith("adding generated images up to R = 0.5 (augment) costs")
+    c["usable_ratio"]["mode"] = "replace"
+    assert usable_clause(c).startswith("replacing up to R = 0.5 costs at most 1 point(s)")
+    del c["usable_ratio"]["mode"]  # a best.yaml written before the mode was recorded
+    assert usable_clause(c).startswith("replacing up to R = 0.5")

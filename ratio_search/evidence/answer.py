@@ -6,7 +6,8 @@ non-inferiority usable ratio (:mod:`.noninferiority`):
 - ``synthetic data helps: +x points [lo, hi] at CONFIG``: the interval lies above 0;
 - ``synthetic data hurts: -x points [lo, hi] at CONFIG``: the interval lies below 0;
 - ``no gain larger than δ; replacing up to R = u costs at most δ``: the interval holds 0 and is
-  narrower than δ (so the gain is below δ);
+  narrower than δ (so the gain is below δ) ("adding ... up to R = u (augment)" when the usable
+  configuration adds generated images instead of replacing real ones);
 - ``undecided after S seeds``: the interval holds 0 and is still wider than δ when the seed
   budget is spent (more seeds would decide).
 
@@ -33,7 +34,10 @@ def usable_clause(c: Mapping[str, Any]) -> str:
     delta = 100.0 * float(u["delta"])
     if float(u["r"]) <= 0.0:
         return f"no R > 0 stays within {delta:g} point(s) of R = 0 (non-inferiority on validation)"
-    text = f"replacing up to R = {u['r']:g} costs at most {delta:g} point(s)"
+    if u.get("mode") == "augment":  # R generated images added per real one of the class
+        text = f"adding generated images up to R = {u['r']:g} (augment) costs at most {delta:g} point(s)"
+    else:
+        text = f"replacing up to R = {u['r']:g} costs at most {delta:g} point(s)"
     if u.get("failed_below"):
         text += f" (R = {', '.join(f'{r:g}' for r in u['failed_below'])} below it did not pass)"
     t = (c.get("test") or {}).get("usable")

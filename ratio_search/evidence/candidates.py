@@ -71,13 +71,24 @@ def group_of(config: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={config.get(k)}" for k in keys if config.get(k) is not None)
 
 
+# Levers named in a label only when they differ from these (the plain replace configuration).
+_LABEL_PLAIN = {"mode": "replace", "filter_top": 1.0, "synthetic_classes": "default",
+                "finetune_steps": 0, "arch": "simple"}  # fmt: skip
+
+
 def label_of(config: Mapping[str, Any]) -> str:
-    """A short human label: ``R=0.40 guidance=2.0 steps=25``."""
+    """A short human label: ``R=0.40 guidance=2.0 steps=25``, plus every lever that is not the
+    plain one (``mode=augment``, ``filter_top=0.8``, ...), so two configurations never share one."""
     r = float(config.get("r", 0.0))
     if r == 0.0:
         return "R=0 (real only)"
     parts = [f"R={r:.2f}"]
     parts += [f"{k}={config[k]}" for k in ("guidance", "steps") if config.get(k) is not None]
+    parts += [
+        f"{k}={config[k]}"
+        for k, plain in _LABEL_PLAIN.items()
+        if config.get(k) is not None and _num(config[k]) != _num(plain)
+    ]
     return " ".join(parts)
 
 

@@ -260,7 +260,10 @@ def confirm(
             "look_confidence": look_confidence(confidence, len(schedule)),
             "accuracy_only": "the bootstrap intervals are on accuracy (per-image correctness)",
         },
-        "usable_ratio": {**ni.as_dict(), "split": "validation", "seeds": seeds, "confirmed": True},
+        "usable_ratio": {
+            **ni.as_dict(), "split": "validation", "seeds": seeds, "confirmed": True,
+            "mode": (usable_cand.config.get("mode") if usable_cand is not None else None),
+        },  # fmt: skip
         # "chosen"/"baseline": every test metric over seeds, as before (readers of older files).
         "test": {
             **test,
