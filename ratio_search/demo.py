@@ -18,10 +18,11 @@ from .errors import ConfigError
 from .home import Home
 
 STAGES = ("data", "finetune", "generate", "search", "export", "report")
-# The demo's fine-tune budget: the default's. Fewer steps would shorten the demo's longest stage,
-# but the generator learns the classes only between 200 and 400 steps (share of its CNV images a
-# real-trained judge calls CNV at guidance 2: 0.545 after 100, 0.560 after 200, 0.885 after 400;
-# benchmarks/measure_generator.py, BENCHMARKS.md "The generator").
+# The demo's fine-tune budget: 400 steps, below the default 600, for the demo's time (its longest
+# stage; 200 more steps cost about 3 minutes here). Fewer would not do: the generator learns the
+# classes between 200 and 400 steps (share of its CNV images a real-trained judge calls CNV at
+# guidance 2, DPM-Solver++ 10 steps, checkpoints of one fine-tune: 0.545 after 100, 0.560 after
+# 200, 0.885 after 400, 0.895 after 600; DDIM-25 after 400 steps: 0.890; TRAINING.md).
 DEMO_FINETUNE_STEPS = 400
 
 # Stage headers and the confirmation's messages go through the one progress logger (plain lines
