@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml
 # Two pytest workers, one test file each at a time (--dist loadfile: a file's module fixtures,
 # such as one search several tests assert on, are built once). The suite is mostly one
 # process at a time: the last serial run kept about one of two cores busy (14.5 min CPU in
-# 15.5 min wall), so a second worker uses the other.
+# 15.5 min wall), so a second worker uses the other. --no-loadscope-reorder keeps the order of
+# tests/conftest.py (the longest files first) instead of xdist's order by test count.
 test: setup
-	$(BIN)/python -m pytest -q --durations=10 -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q --durations=10 -n 2 --dist loadfile --no-loadscope-reorder
 
 demo: setup
 	$(BIN)/ratio-search demo

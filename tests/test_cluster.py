@@ -292,6 +292,23 @@ def last_json(text: str) -> dict:
     raise AssertionError(f"no JSON object in the output:\n{text[-3000:]}")
 
 
+def wait_for_idle_cpus(cluster: Cluster, timeout: float = 120) -> None:
+    """Wait until the cluster shows both CPUs and none in use: an earlier search's actors may
+    still hold one for a while on a loaded machine, and then a 2-trial search runs both trials
+    on the other node, one after the other (what check_spread must not be fooled by)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        p = subprocess.run([RAY, "status", "--address", cluster.address], capture_output=True,
+                           text=True, env=cluster.env, timeout=60)  # fmt: skip
+        # " 0.0/2.0 CPU", with "(x used of y reserved in placement groups)" while a placement
+        # group of a finished search still holds a CPU
+        m = re.search(r"([\d.]+)/([\d.]+) CPU(.*)", p.stdout)
+        if m and float(m.group(1)) == 0.0 and float(m.group(2)) >= 2.0 and "reserved" not in m[3]:
+            return
+        assert time.monotonic() < deadline, (p.stdout + p.stderr)[-2000:]
+        time.sleep(1.0)
+
+
 def check_spread(home: Home, name: str, out: dict, cluster: Cluster) -> None:
     """Both trials finished, one on each node, both read the one pool from the shared home."""
     assert out["name"] == name and out["state"] == "finished", out
@@ -317,6 +334,7 @@ def check_spread(home: Home, name: str, out: dict, cluster: Cluster) -> None:
 @pytest.mark.e2e
 def test_run_with_address_spreads_trials_over_both_nodes(cluster):
     home, model, space = cluster.home, cluster.model, cluster.space
+    wait_for_idle_cpus(cluster)
     t0 = time.monotonic()
     p = subprocess.run(
         search_args(home, model, space, "spread", "--address", cluster.address),
@@ -349,6 +367,7 @@ def test_ray_job_submit_runs_the_search_on_the_cluster(cluster):
     sets for a Job (no --address needed), the trials run on both nodes."""
     home, model, space = cluster.home, cluster.model, cluster.space
     args = search_args(home, model, space, "job", "--no-tracking")
+    wait_for_idle_cpus(cluster)
     t0 = time.monotonic()
     p = subprocess.run(
         [
