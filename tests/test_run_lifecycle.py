@@ -126,6 +126,36 @@ def test_resume_waits_for_an_old_driver_still_shutting_down(tmp_path, run_cli, m
     assert "search w finished" in out
 
 
+@pytest.mark.edges
+def test_resume_of_a_finished_run_stops_the_ray_its_killed_driver_left(tmp_path, run_cli):
+    """Killed in its clean-up after recording "finished", a driver leaves its private Ray up:
+    `resume` says nothing is left to do and stops those processes (found by the temp dir)."""
+    import subprocess
+    import sys
+
+    from ratio_search.search.procs import find_ray_processes
+
+    home = Home.resolve(tmp_path)
+    folder = _fake_run(home, "f", "finished")
+    temp_dir = tmp_path / "rs-leftover"
+    temp_dir.mkdir()
+    info = RunInfo.load(folder)
+    info.ray.temp_dir = str(temp_dir)
+    info.save(folder)
+    # a stand-in for a raylet: a process whose command line names the run's Ray temp dir
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(temp_dir)])
+    try:
+        assert find_ray_processes(str(temp_dir)) == [proc.pid]
+        rc, _, err = run_cli(["resume", "f", "--home", tmp_path])
+        assert rc == 0 and "nothing left to do" in err, err
+        assert f"stopped 1 leftover Ray processes of f: [{proc.pid}]" in err
+        assert proc.wait(timeout=10) is not None and find_ray_processes(str(temp_dir)) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 # ----------------------------------------------------------------- run.json and clean-up
 
 

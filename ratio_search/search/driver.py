@@ -378,6 +378,13 @@ def resume_search(home: Home, name: str, progress: bool = True) -> dict[str, Any
     try:
         info = RunInfo.load(folder)  # as the last driver left it
         if info.state == "finished":
+            # A driver killed in its clean-up, after it recorded "finished", can leave its
+            # private Ray running (benchmarks/bench_faults.py found it): stop it, by PID.
+            if not info.ray.address and info.ray.temp_dir:
+                killed = kill_ray_processes(str(info.ray.temp_dir))
+                if killed:
+                    say(f"stopped {len(killed)} leftover Ray processes of {name}: {killed}",
+                        progress)  # fmt: skip
             lock.release()
             say(f"run {name} is finished ({info.n_trials} trials): nothing left to do", progress)
             return summary(home, folder, info)
