@@ -126,15 +126,13 @@ def arms_for(n_class: int, base: str, half_step: int, resnet: bool = True) -> li
         Arm(n_class, base, "filter", "augment 0.5, filter_top 0.8", {**aug, "filter_top": 0.8}),
         Arm(n_class, base, "filter", "augment 0.5, filter_top 0.5", {**aug, "filter_top": 0.5}),
     ]
-    if base == "labelled":  # the contrast: the main levers only
-        return out
     out += [
         Arm(n_class, base, "finetune_steps", f"augment 0.5, generator at step {half_step}",
             {**aug, "finetune_steps": half_step}),
         Arm(n_class, base, "guidance", "augment 0.5, guidance 1", {**aug, "guidance": 1.0}),
         Arm(n_class, base, "guidance", "augment 0.5, guidance 4", {**aug, "guidance": 4.0}),
     ]  # fmt: skip
-    if resnet:
+    if resnet and base != "labelled":  # the contrast: every lever but the second classifier
         out += [
             Arm(n_class, base, "arch", "R = 0, resnet", {"r": 0.0, "arch": "resnet"}),
             Arm(n_class, base, "arch", "augment 0.5, resnet", {**aug, "arch": "resnet"}),
@@ -410,17 +408,18 @@ def render(doc: Mapping[str, Any], plan: Sequence[Arm]) -> str:
     ]
     for key, g in sorted((m.get("generators") or {}).items()):
         n_key, base = key.split("/")[:2]
-        for step in (s_ for s_ in g.get("hashes", {}) if s_ != "0" and base == "naive"):
+        for step in (s_ for s_ in g.get("hashes", {}) if s_ != "0"):
             how = ("a separate fine-tune that many steps long (the home held the final model "
                    "without its checkpoint)" if g.get("steps_are", "").startswith("separate")
-                   else "a checkpoint of the same 400-step run")  # fmt: skip
-            lines.append(f"- The generator at {step} steps ({n_key[1:]}/class): {how}.")
+                   else f"a checkpoint of the same {g.get('max_steps')}-step run")  # fmt: skip
+            lines.append(f"- The generator at {step} steps ({n_key[1:]}/class, {base} base): "
+                         f"{how}.")  # fmt: skip
     rn = sorted({a.n_class for a in plan if a.arch == "resnet"}, reverse=True)
     lb = sorted({a.n_class for a in plan if a.base == "labelled"}, reverse=True)
     lines.append(
         f"- Scope: the resnet at {', '.join(map(str, rn)) or 'no'} real images per class; the "
-        f"labelled base at {', '.join(map(str, lb)) or 'no'} per class, with the mixing, class "
-        "and filter levers only."
+        f"labelled base at {', '.join(map(str, lb)) or 'no'} per class, with every lever but "
+        "the resnet."
     )
     lines.append("")
     conv = doc.get("convergence") or {}

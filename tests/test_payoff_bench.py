@@ -40,6 +40,9 @@ def test_arms_are_unique_and_pair_with_their_own_r0(payoff):
     resnet = next(a for a in plan if a.arch == "resnet" and a.r > 0)
     assert payoff.reference_of(resnet).id == "n50/any/arch=resnet,r=0.0"
     labelled = next(a for a in plan if a.base == "labelled" and a.r > 0)
+    # the contrast repeats every lever but the second classifier
+    levers = {b: {a.lever for a in plan if a.base == b and a.r > 0} for b in ("naive", "labelled")}
+    assert levers["naive"] - levers["labelled"] == {"arch"}
     # R = 0 never samples: both bases share it
     assert payoff.reference_of(labelled).id == payoff.arms_for(50, "naive", 200)[0].id
 
