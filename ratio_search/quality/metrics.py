@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import linalg
@@ -240,18 +241,9 @@ def _binomial(correct: int, n: int) -> dict[str, float | int]:
     }
 
 
-def c2st(
-    real: np.ndarray,
-    fake: np.ndarray,
-    seed: int = 0,
-    folds: int = 5,
-    epochs: int = 15,
-    min_steps: int = 100,
-    widths: Sequence[int] = (8, 16),
-    fc: int = 32,
-) -> float:
-    """The held-out accuracy of :func:`c2st_test` alone (same arguments, same classifiers)."""
-    return float(c2st_test(real, fake, seed, folds, epochs, min_steps, widths, fc)["accuracy"])
+def c2st(real: np.ndarray, fake: np.ndarray, **kwargs: Any) -> float:
+    """The held-out accuracy of :func:`c2st_test` alone (same keyword arguments, same classifiers)."""
+    return float(c2st_test(real, fake, **kwargs)["accuracy"])
 
 
 def _as_flat(x: np.ndarray, name: str) -> np.ndarray:
