@@ -592,7 +592,8 @@ def run(args: argparse.Namespace) -> int:
         plan += [a for a in arms_for(n_class, "labelled", half) if a.r > 0]
     measured = dict(
         epochs={str(n): epochs_for(n) for n in args.sizes}, seeds=seeds, n_seeds=len(seeds), budget=BUDGET,
-        finetune=f"with the default FinetuneConfig ({FINETUNE_STEPS} steps, batch "
+        finetune=f"with FinetuneConfig's defaults but {FINETUNE_STEPS} steps (default "
+                 f"{FinetuneConfig().max_steps} since; batch "
                  f"{FinetuneConfig().batch_size}, lr {FinetuneConfig().lr}; checkpoint at {half})",
         sampler=f"{args.scheduler}, {args.sample_steps} steps", bases=bases,
         epoch_val=f"the trainer's per-epoch report sees {EPOCH_VAL_PER_CLASS} val images per "
