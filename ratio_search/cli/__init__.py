@@ -69,15 +69,28 @@ def main(argv: list[str] | None = None) -> int:
         # clean exit 130 (work saved, resumable) into a death by signal.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
+        _forget_unhandled_interrupt()
         sys.stderr.write("ratio-search: interrupted\n")
         return 130
     return 0
 
 
+def _forget_unhandled_interrupt() -> None:
+    """Clear CPython's "unhandled KeyboardInterrupt" flag after we handled the interrupt.
+
+    When a KeyboardInterrupt leaves code run by a string ``exec`` (``dataclasses`` builds every
+    ``__init__`` that way, so an interrupt during an import can land there), CPython sets a flag
+    that stays set even after we catch the exception. Under ``python -m`` the interpreter checks
+    it at exit and kills itself with SIGINT, so the process dies by signal (-2) instead of exiting
+    130. Every string ``exec`` clears the flag when it starts, so one harmless ``exec`` here puts
+    the exit code back to ours. The console script does not check the flag at all.
+    """
+    exec("pass", {})
+
+
 def run() -> None:
     """The console entry point: exit with :func:`main`'s code. An interrupt that gets past
-    main's own handling (seen once under heavy load: a death by SIGINT after "interrupted" was
-    printed) still exits 130, the documented code for "stopped, resumable"."""
+    main's own handling still exits 130, the documented code for "stopped, resumable"."""
     try:
         code = main()
     except KeyboardInterrupt:
