@@ -69,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
         # clean exit 130 (work saved, resumable) into a death by signal.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
-        _forget_unhandled_interrupt()
         sys.stderr.write("ratio-search: interrupted\n")
         return 130
     return 0
@@ -95,6 +94,8 @@ def run() -> None:
         code = main()
     except KeyboardInterrupt:
         code = 130
+    if code == 130:  # either way we handled an interrupt: the exit code must stay ours
+        _forget_unhandled_interrupt()
     sys.exit(code)
 
 
