@@ -147,13 +147,27 @@ def run_demo(
         "confirm": doc.get("expected", {}).get("confirm"),
         "timings": timings,
         "finetune_steps": steps,
-        # what the generator behind the evidence has seen (the base: TRAINING.md)
-        "generator": (
-            f"the bundled task-naive base (16,000 unlabelled phantom scans of its own seed stream, "
-            f"none of the demo's) fine-tuned {steps} steps on the {len(data.train_y)} labelled "
-            f"training images (train split only; val and test never seen)"
-        ),
+        "generator": generator_seen(steps, len(data.train_y)),
     }
+
+
+def generator_seen(steps: int, n_train: int) -> str:
+    """What the generator behind the demo's evidence has seen, read from the bundled base's
+    meta.json (how it was trained: base_model/TRAINING.md) and the fine-tune's own data."""
+    from .diffusion.tiny_train import base_meta
+    from .diffusion.tiny_unet import BASE_DIR
+
+    meta = base_meta(BASE_DIR)
+    per_class = int((meta.get("data_info") or {}).get("n_per_class", 0))
+    n_base = per_class * len(meta.get("class_names") or [])
+    if meta.get("config", {}).get("unconditional"):
+        base = f"the bundled task-naive base ({n_base:,} unlabelled phantom scans"
+    else:
+        base = f"the bundled labelled base ({n_base:,} labelled phantom scans"
+    return (
+        f"{base} of its own seed stream, none of the demo's) fine-tuned {steps} steps on the "
+        f"{n_train} labelled training images (train split only; val and test never seen)"
+    )
 
 
 def where_to_look(out: dict[str, Any]) -> str:

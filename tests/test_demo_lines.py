@@ -27,3 +27,12 @@ def test_closing_lines_give_the_stages_and_the_generator(tmp_path):
     )
     assert "generator: the base fine-tuned 7 steps" in text
     assert f"ratio-search ui --home {tmp_path}" in text
+
+
+def test_the_generator_line_is_read_from_the_bundled_base():
+    from ratio_search.demo import generator_seen
+
+    line = generator_seen(400, 200)
+    # the bundled base: unconditional, 8,000 phantom images per class (its meta.json)
+    assert line.startswith("the bundled task-naive base (16,000 unlabelled phantom scans")
+    assert "fine-tuned 400 steps on the 200 labelled training images" in line
