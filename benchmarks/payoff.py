@@ -629,13 +629,12 @@ def run(args: argparse.Namespace) -> int:
             pool_images, pool_info, t0 = None, {}, time.time()
             try:
                 if arm.r > 0:
-                    # the checkpoint only when an arm asks for it (a cached final may lack it)
                     step = int(trial.generate.finetune_steps)
                     if step not in models.get(arm.base, {}):
                         base = Path(args.base_model if arm.base == "naive" else args.labelled_base)
-                        # naive: the half-way checkpoint comes with the one run (no second run)
-                        steps = [half] if arm.base == "naive" else ([step] if step else [])
-                        got, ft = generators(home, data, base, steps, args.threads)
+                        # both bases have the checkpoint lever: the half-way checkpoint comes
+                        # with the one run (a cached final without it is run again to there)
+                        got, ft = generators(home, data, base, [half], args.threads)
                         models.setdefault(arm.base, {}).update(got)
                         gens = doc["meta"].setdefault("generators", {})
                         gens[f"n{n_class}/{arm.base}" + (f"/step{step}" if step else "")] = ft
