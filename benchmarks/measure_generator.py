@@ -102,6 +102,9 @@ def main() -> None:
     )  # fmt: skip
     ap.add_argument("--lr", type=float, help="fine-tune learning rate (default: FinetuneConfig's)")
     ap.add_argument("--batch-size", type=int, help="fine-tune batch (default: FinetuneConfig's)")
+    ap.add_argument(
+        "--ema-decay", type=float, help="fine-tune EMA decay (default: FinetuneConfig's)"
+    )
     ap.add_argument("--judge-n", type=int, default=2000, help="real images per class for the judge")
     ap.add_argument("--home", help="home for the data and model (default: a temporary folder)")
     ap.add_argument("--threads", type=int, default=1)
@@ -130,6 +133,8 @@ def main() -> None:
         ft.lr = args.lr
     if args.batch_size:
         ft.batch_size = args.batch_size
+    if args.ema_decay is not None:
+        ft.ema_decay = args.ema_decay
     t0 = time.time()
     info = finetune(data, ft, home, progress=False)
     ft_wall = time.time() - t0
@@ -204,7 +209,8 @@ def main() -> None:
                 "final_loss",
                 "batch_size",
             )
-        },  # fmt: skip
+        }
+        | {"lr": ft.lr, "ema_decay": ft.ema_decay},  # fmt: skip
         "judge": {
             "n_per_class": args.judge_n,
             "val_accuracy": round(judge_val["accuracy"], 4),

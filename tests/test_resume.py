@@ -26,19 +26,6 @@ TINY_DATA = {
     "phantom_test_per_class": 2,
     "min_val_per_class": 0,
 }
-N_TRIALS = 4
-
-
-def _tiny_model(home: Home) -> Path:
-    from ratio_search.config import FinetuneConfig
-    from ratio_search.data import load_dataset
-    from ratio_search.diffusion import finetune
-    from ratio_search.diffusion.tiny import TEST_UNET
-    from ratio_search.search.space import parse_space
-
-    data = load_dataset(parse_space({"data": TINY_DATA}).data_config(), home)
-    cfg = FinetuneConfig(max_steps=2, from_scratch=True, batch_size=8)
-    return finetune(data, cfg, home, progress=False, unet_config=TEST_UNET).path
 
 
 def _cli(home: Home, *args: str) -> list[str]:
@@ -60,90 +47,12 @@ def _finished_trials(run_dir: Path) -> int:
     return len(done)
 
 
-@pytest.fixture(scope="module")
-def tiny_home(tmp_path_factory):
-    home = Home.resolve(tmp_path_factory.mktemp("home"))
-    return home, _tiny_model(home)
-
-
-def _space_file(tmp_path: Path) -> Path:
-    space = {
-        "params": {
-            "r": {"type": "float", "low": 0.0, "high": 1.0, "step": 0.25},
-            "guidance": {"type": "categorical", "choices": [1.0, 3.0]},
-        },
-        "fixed": {"steps": 2, "epochs": 3, "batch_size": 8, "widths": [2, 4], "fc": 4},
-        "search": {"n_startup_trials": 2},
-        "data": TINY_DATA,
-    }
-    path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump(space))
-    return path
-
-
-def _wait_for_a_finished_trial(driver: subprocess.Popen, run_dir: Path, log: Path) -> None:
-    deadline = time.time() + 400
-    while _finished_trials(run_dir) < 1:
-        assert driver.poll() is None, log.read_text()[-3000:]
-        assert time.time() < deadline, "no trial finished in time"
-        time.sleep(0.1)
-
-
-def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(tmp_path, tiny_home):
-    home, model = tiny_home
-    run_dir = home.runs / "ri"
-    log_path = tmp_path / "run.log"
-    with open(log_path, "w") as log:
-        driver = subprocess.Popen(
-            _cli(
-                home,
-                "run",
-                "--space",
-                str(_space_file(tmp_path)),
-                "--trials",
-                str(N_TRIALS),
-                "--concurrency",
-                "1",
-                "--model",
-                str(model),
-                "--name",
-                "ri",
-                "--no-tracking",
-            ),  # fmt: skip
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            _wait_for_a_finished_trial(driver, run_dir, log_path)
-            os.kill(driver.pid, signal.SIGINT)  # what Ctrl-C sends
-            rc = driver.wait(120)
-        finally:
-            if driver.poll() is None:
-                driver.kill()
-                driver.wait()
-    text = log_path.read_text()
-    assert rc == 130, text[-3000:]
-    assert f"resume it with: ratio-search resume ri --home {home.root}" in text
-    assert "Traceback" not in text
-    info = json.loads((run_dir / "run.json").read_text())
-    assert info["state"] == "interrupted"
-    assert find_ray_processes(info["ray"]["temp_dir"]) == []
-    assert run_status(home, "ri")["done"] < N_TRIALS
-
-    p = subprocess.run(
-        _cli(home, "resume", "ri", "--json"), capture_output=True, text=True, timeout=600
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert json.loads(p.stdout)["n_trials"] == N_TRIALS
-    st = run_status(home, "ri")
-    assert st["state"] == "finished" and st["done"] == N_TRIALS == len(st["trials"])
-
-
 # ---------------------------------------------------------------- a kill at every phase
 
 # One run killed in each phase in turn, in the order a search meets them: `run` is killed in the
 # data load, then each `resume` is killed in the next phase (the fine-tune, the pool build, the
-# first trial, between trials), and a last `resume` finishes. Each kill is checked as it happens
+# first trial, between trials), one more `resume` gets SIGINT as a trial starts (Ctrl-C), and
+# a last `resume` finishes. Each kill is checked as it happens
 # (what the next resume needs was kept), the end state once: exactly N trials, one MLflow child
 # each, none RUNNING, no metric step logged twice, no Ray process left. One home and one chain
 # instead of a run per phase: each `run`/`resume` costs seconds of imports and a Ray start.
@@ -212,6 +121,13 @@ def kill_chain(tmp_path_factory) -> dict:
         # a resume that did not die where it should would make the rest meaningless
         assert p.returncode == -signal.SIGKILL, (point, p.stderr[-3000:])
         cmd = _cli(home, "resume", "k", "--json")
+    # Ctrl-C: SIGINT as the second trial starts (at a known moment, not a race with the trial)
+    env = dict(os.environ, RATIO_SEARCH_TEST_KILL_AT="trial:SIGINT")
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    info = json.loads((run_dir / "run.json").read_text())
+    seen["interrupt"] = {"rc": p.returncode, "stderr": p.stderr, "info": info,
+                         "status": run_status(home, "k"),
+                         "ray": find_ray_processes(info["ray"]["temp_dir"])}  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     seen["final"] = {"rc": r.returncode, "stdout": r.stdout, "stderr": r.stderr[-3000:],
                      "pools": _pool_mtimes(home)}  # fmt: skip
@@ -237,6 +153,19 @@ def test_sigkill_at_every_phase_leaves_a_crashed_resumable_run(kill_chain, point
     if point in ("trial", "between"):  # killed with its Ray cluster up
         assert s["info"]["state"] == "running"  # nobody recorded the end
         assert s["ray"], "the killed driver left no Ray process behind (nothing to test)"
+
+
+def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(kill_chain):
+    """SIGINT (what Ctrl-C sends) during the trials: Tune stops gracefully, the driver exits 130
+    with the resume command and no traceback, run.json says interrupted, and the run's Ray
+    processes are gone; the next `resume` finishes the run (the tests below)."""
+    s, home = kill_chain["interrupt"], kill_chain["home"]
+    assert s["rc"] == 130, s["stderr"][-3000:]
+    assert f"resume it with: ratio-search resume k --home {home.root}" in s["stderr"]
+    assert "Traceback" not in s["stderr"]
+    assert s["info"]["state"] == "interrupted"
+    assert s["ray"] == []
+    assert s["status"]["done"] < N_KILL
 
 
 def test_resume_after_the_kills_gives_exactly_n_trials(kill_chain):

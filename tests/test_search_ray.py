@@ -38,66 +38,104 @@ def make_tiny_model(home: Home, data_cfg: dict) -> Path:
     return finetune(data, cfg, home, progress=False, unet_config=TEST_UNET).path
 
 
-def test_search_end_to_end_with_a_failing_trial(tmp_path):
+@pytest.fixture(scope="module")
+def search(tmp_path_factory) -> dict:
+    """One real search through the CLI that every test below reads: a grid over R in both modes
+    (augment capped at R = 0.5) where every class gets synthetic images, filtered to the judge's
+    top half, from a generator checkpoint, and where the R = 0 trials fail (an injected fault in
+    the trainable) while the search goes on. One search instead of one per test: each costs a
+    Ray start and a fresh trial worker's imports (torch, sklearn, the optimiser's dynamo)."""
+    from ratio_search.data import load_dataset
+    from ratio_search.diffusion import finetune
+    from ratio_search.diffusion.tiny import TEST_UNET
+    from ratio_search.search.space import parse_space
+
+    tmp_path = tmp_path_factory.mktemp("search")
     home = Home.resolve(tmp_path / "home")
-    model = make_tiny_model(home, TINY_DATA)
-    # R = 1's trial fails (an injected fault in the trainable) and the search goes on
+    data = load_dataset(parse_space({"data": TINY_DATA}).data_config(), home)
+    cfg = FinetuneConfig(max_steps=2, from_scratch=True, batch_size=8, save_steps=[1])
+    model = finetune(data, cfg, home, progress=False, unet_config=TEST_UNET).path
     space = {
-        "params": {"r": {"type": "categorical", "choices": [0.0, 0.5, 1.0]}},
-        "fixed": {"mode": "replace", "guidance": 2.0, "steps": 2, "epochs": 2, "batch_size": 8,
+        "params": {
+            "r": {"type": "categorical", "choices": [0.0, 0.5, 1.0], "augment_high": 0.5},
+            "mode": {"type": "categorical", "choices": ["replace", "augment"]},
+        },
+        "fixed": {"synthetic_classes": "all", "filter_top": 0.5, "finetune_steps": 1,
+                  "arch": "simple", "guidance": 2.0, "steps": 2, "epochs": 2, "batch_size": 8,
                   "widths": [2, 4], "fc": 4},
-        "search": {"sampler": "grid"},
+        "search": {"sampler": "grid"},  # the R = 0 calibration runs too (calibrate: auto)
         "data": TINY_DATA,
     }  # fmt: skip
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(space))
     cmd = [sys.executable, "-m", "ratio_search.cli", "run", "--home", str(home.root), "--space",
            str(path), "--model", str(model), "--name", "it", "--concurrency", "2", "--json"]  # fmt: skip
-    env = dict(os.environ, RATIO_SEARCH_TEST_FAIL_TRIAL="r=1.0")
+    env = dict(os.environ, RATIO_SEARCH_TEST_FAIL_TRIAL="r=0.0")
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout)  # one JSON object on stdout, progress on stderr
-    assert out["name"] == "it" and out["state"] == "finished"
-    assert out["n_trials"] == 3 and out["n_errors"] == 1
-    assert out["best"]["params"]["r"] in (0.0, 0.5) and 0.0 <= out["best"]["metric"] <= 1.0
     run_dir = Path(out["run_dir"])
+    info = json.loads((run_dir / "run.json").read_text())
+    recs = [json.loads(ln) for ln in (run_dir / "trials.jsonl").read_text().splitlines()]
+    return {"home": home, "out": out, "run_dir": run_dir, "info": info, "recs": recs}
 
-    # trials.jsonl: every grid point once, R=1 recorded as ERROR with its reason
+
+def _children(search: dict) -> list:
+    from mlflow.tracking import MlflowClient
+
+    info = search["info"]
+    client = MlflowClient(info["mlflow"]["tracking_uri"])
+    return client.search_runs(
+        [info["mlflow"]["experiment_id"]],
+        f"tags.`mlflow.parentRunId` = '{search['out']['mlflow_parent_run_id']}'",
+    )
+
+
+def test_search_end_to_end_with_a_failing_trial(search):
+    home, out, run_dir, info = search["home"], search["out"], search["run_dir"], search["info"]
+    assert out["name"] == "it" and out["state"] == "finished"
+    assert out["n_trials"] == 6 and out["n_errors"] == 2
+    assert out["best"]["params"]["r"] in (0.5, 1.0) and 0.0 <= out["best"]["metric"] <= 1.0
+
+    # trials.jsonl: every grid point once, R = 0 (both modes) recorded as ERROR with its reason
     from ratio_search.search import run_status
 
     st = run_status(home, "it")
-    assert sorted(t["r"] for t in st["trials"]) == [0.0, 0.5, 1.0]
-    states = {t["r"]: t["state"] for t in st["trials"]}
-    assert states == {0.0: "TERMINATED", 0.5: "TERMINATED", 1.0: "ERROR"}
-    recs = [json.loads(ln) for ln in (run_dir / "trials.jsonl").read_text().splitlines()]
+    assert sorted((t["mode"], t["r"]) for t in st["trials"]) == [
+        ("augment", 0.0), ("augment", 0.5), ("augment", 0.5),
+        ("replace", 0.0), ("replace", 0.5), ("replace", 1.0)]  # fmt: skip
+    states = {(t["mode"], t["r"]): t["state"] for t in st["trials"]}
+    assert states.pop(("replace", 0.0)) == states.pop(("augment", 0.0)) == "ERROR"
+    assert set(states.values()) == {"TERMINATED"}
+    recs = search["recs"]
     err = [r for r in recs if r["state"] == "ERROR"][-1]
     assert "injected failure" in (err.get("error") or "")
     r05 = [r for r in recs if r["state"] == "TERMINATED" and r["params"]["r"] == 0.5][-1]
-    assert r05["pool_key"] and (home.pools / r05["pool_key"] / "images.npy").is_file()
-    assert r05["epoch"] == 2
+    assert r05["pool_key"] and r05["epoch"] == 2
+    assert all((home.pools / k / "images.npy").is_file() for k in r05["pool_key"].split(","))
 
     # run.json, Optuna storage, Tune checkpoints
-    info = json.loads((run_dir / "run.json").read_text())
-    assert info["state"] == "finished" and info["n_trials"] == 3
+    assert info["state"] == "finished" and info["n_trials"] == 6
     import optuna
 
     study = optuna.load_study(study_name="it", storage=f"sqlite:///{run_dir / 'optuna.db'}")
-    assert len(study.trials) == 3
+    assert len(study.trials) == 6
     assert list((run_dir / "tune").glob("*/checkpoint_*"))
 
     # MLflow: one child per trial, none left RUNNING, the parent finished
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(info["mlflow"]["tracking_uri"])
-    parent = out["mlflow_parent_run_id"]
-    assert client.get_run(parent).info.status == "FINISHED"
-    children = client.search_runs(
-        [info["mlflow"]["experiment_id"]], f"tags.`mlflow.parentRunId` = '{parent}'"
-    )
-    assert len(children) == 3
-    assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED", "FINISHED"]
-    ok = [c for c in children if c.info.status == "FINISHED"][0]
-    assert len(client.get_metric_history(ok.info.run_id, "val_accuracy")) == 2
+    assert client.get_run(out["mlflow_parent_run_id"]).info.status == "FINISHED"
+    children = _children(search)
+    assert len(children) == 6
+    assert sorted(c.info.status for c in children) == ["FAILED"] * 2 + ["FINISHED"] * 4
+    reused = {r["trial_id"] for r in recs if r["metrics"].get("reused")}
+    trained = [c for c in children
+               if c.info.status == "FINISHED" and c.data.tags["ray_trial_id"] not in reused]  # fmt: skip
+    assert len(trained) == 3  # the capped augment point reused augment 0.5's result
+    for c in trained:  # a trained trial logs each of its two epochs
+        assert len(client.get_metric_history(c.info.run_id, "val_accuracy")) == 2
 
     # the run's Ray is gone, and its temp dir with it
     assert find_ray_processes(info["ray"]["temp_dir"]) == []
@@ -149,47 +187,16 @@ def test_pools_prebuilt_as_one_ray_task_per_gpu(tmp_path):
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_all_class_search_with_the_levers_through_ray(tmp_path):
+def test_all_class_search_with_the_levers_through_ray(search):
     """Every class gets synthetic images, filtered to the judge's top half, from a generator
     checkpoint, in both modes (augment capped at R = 0.5): a grid through Ray whose MLflow child
     runs carry the levers, and whose trials read one pool per class."""
-    from mlflow.tracking import MlflowClient
-
-    from ratio_search.data import load_dataset
-    from ratio_search.diffusion import finetune
-    from ratio_search.diffusion.tiny import TEST_UNET
-    from ratio_search.search.space import parse_space
-
-    home = Home.resolve(tmp_path / "home")
-    data = load_dataset(parse_space({"data": TINY_DATA}).data_config(), home)
-    cfg = FinetuneConfig(max_steps=2, from_scratch=True, batch_size=8, save_steps=[1])
-    model = finetune(data, cfg, home, progress=False, unet_config=TEST_UNET).path
-    space = {
-        "params": {
-            "r": {"type": "categorical", "choices": [0.5, 1.0], "augment_high": 0.5},
-            "mode": {"type": "categorical", "choices": ["replace", "augment"]},
-        },
-        "fixed": {"synthetic_classes": "all", "filter_top": 0.5, "finetune_steps": 1,
-                  "arch": "simple", "guidance": 2.0, "steps": 2, "epochs": 1, "batch_size": 8,
-                  "widths": [2, 4], "fc": 4},
-        "search": {"sampler": "grid", "calibrate": "off"},
-        "data": TINY_DATA,
-    }  # fmt: skip
-    path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump(space))
-    cmd = [sys.executable, "-m", "ratio_search.cli", "run", "--home", str(home.root), "--space",
-           str(path), "--model", str(model), "--name", "lv", "--concurrency", "2", "--json"]  # fmt: skip
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    out = json.loads(p.stdout)
-    assert out["state"] == "finished" and out["n_trials"] == 4 and out["n_errors"] == 0
-    run_dir = Path(out["run_dir"])
-    info = json.loads((run_dir / "run.json").read_text())
+    home, info = search["home"], search["info"]
     assert sorted(info["models"]) == ["0", "1"]  # the final model and its step-1 checkpoint
     ckpt_hash = info["models"]["1"][1]["model_hash"]
     assert ckpt_hash != info["model_hash"]
 
-    recs = [json.loads(ln) for ln in (run_dir / "trials.jsonl").read_text().splitlines()]
+    recs = search["recs"]
     done = [r for r in recs if r["state"] == "TERMINATED"]
     assert len(done) == 4
     # augment's R = 1 grid point ran at the bound, as Tune's config says
@@ -206,18 +213,16 @@ def test_all_class_search_with_the_levers_through_ray(tmp_path):
             assert list((home.pools / k).glob("scores*"))  # the judge's scores, cached there
         assert r["metrics"]["n_synthetic"] > 0
 
-    client = MlflowClient(info["mlflow"]["tracking_uri"])
-    children = client.search_runs(
-        [info["mlflow"]["experiment_id"]],
-        f"tags.`mlflow.parentRunId` = '{out['mlflow_parent_run_id']}'",
-    )
-    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+    children = _children(search)
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    assert len(children) == 6 and len(finished) == 4  # the two R = 0 trials failed
     for c in children:
         ps = c.data.params
         assert ps["mode"] in ("replace", "augment") and ps["arch"] == "simple"
         # the fixed levers are params of every child run too
         lever = (ps["synthetic_classes"], ps["filter_top"], ps["finetune_steps"])
         assert lever == ("all", "0.5", "1")
+    for c in finished:
         assert c.data.tags["pool_key"].count(",") == 1  # one pool per class
         assert c.data.tags["pool_key"] == ",".join(json.loads(c.data.tags["pool_keys"]).values())
     assert not any(float(c.data.params["r"]) >= 1 and c.data.params["mode"] == "augment"

@@ -103,13 +103,20 @@ def is_driver(pid: int) -> bool:
 # RATIO_SEARCH_TEST_KILL_AT=<point> SIGKILLs itself when it reaches that point: the start of
 # a phase (data, model, tracking, pools, trials), the 2nd fine-tune step (finetune), the first
 # pool built (pool), the first trial started (trial) or finished (between). Unset (always, outside those tests), nothing happens.
+# ``<point>:SIGINT`` sends SIGINT instead, once (what Ctrl-C sends, at a known moment).
 KILL_AT_ENV = "RATIO_SEARCH_TEST_KILL_AT"
+_signalled: set[str] = set()
 
 
 def kill_point(point: str) -> None:
-    """SIGKILL this process if ``$RATIO_SEARCH_TEST_KILL_AT`` names ``point``."""
-    if os.environ.get(KILL_AT_ENV) == point:
-        os.kill(os.getpid(), signal.SIGKILL)
+    """SIGKILL this process if ``$RATIO_SEARCH_TEST_KILL_AT`` names ``point`` (or send the signal
+    it names after a colon, the first time only)."""
+    name, _, sig = os.environ.get(KILL_AT_ENV, "").partition(":")
+    if name != point or point in _signalled:
+        return
+    if sig:
+        _signalled.add(point)
+    os.kill(os.getpid(), getattr(signal, sig or "SIGKILL"))
 
 
 # ------------------------------------------------------------------ the driver's signals
