@@ -36,5 +36,3 @@ def test_the_generator_line_is_read_from_the_bundled_base():
     # the bundled base: unconditional, 8,000 phantom images per class (its meta.json)
     assert line.startswith("the bundled task-naive base (16,000 unlabelled phantom scans")
     assert "fine-tuned 400 steps on the 200 labelled training images" in line
-    # the demo's own budget names its learning rate (demo.py: DEMO_FINETUNE_LR)
-    assert "fine-tuned 200 steps at lr 0.001 on the 200" in generator_seen(200, 200, 1e-3)
