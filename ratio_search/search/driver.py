@@ -31,7 +31,7 @@ import yaml
 
 from .._io import atomic_write_text, utc_now
 from ..config import Config, FinetuneConfig, save_config
-from ..errors import ConfigError, RatioSearchError, SearchError
+from ..errors import RatioSearchError, SearchError
 from ..home import Home
 from . import runs
 from .options import SearchOptions
@@ -60,7 +60,7 @@ from .setup import (
     prepare_pools,
     run_models,
 )
-from .space import METRICS, Space, load_space
+from .space import Space, load_space
 from .trials import TrialLogError, read_trials
 from .tuner import make_trainable, reconcile_trials, restore_or_make_tuner
 
@@ -224,25 +224,6 @@ def _drive(
 # ------------------------------------------------------------------------------ public API
 
 
-def _check(sp: Space, opts: SearchOptions) -> tuple[str, str, int]:
-    """The search's metric, mode and number of trials (ConfigError naming the flag)."""
-    if not sp.params:
-        raise ConfigError(
-            f"{sp.path or 'the search space'}: no parameters to search (the file is empty or "
-            "has no params:); see search_spaces/quick.yaml for one that works"
-        )
-    if opts.metric is not None and opts.metric not in METRICS:
-        raise ConfigError(
-            f"--metric: unknown metric {opts.metric!r}; allowed: {', '.join(METRICS)}"
-        )
-    metric = opts.metric or sp.metric
-    mode = sp.mode if metric == sp.metric else METRICS[metric]
-    n_trials = int(opts.n_trials if opts.n_trials is not None else sp.default_trials())
-    if n_trials < 1:
-        raise ConfigError(f"--trials: must be >= 1, got {n_trials}")
-    return metric, mode, n_trials
-
-
 def _refuse_existing(home: Home, name: str) -> None:
     folder = home.runs / name
     if (folder / runs.RUN_JSON).is_file():
@@ -251,18 +232,6 @@ def _refuse_existing(home: Home, name: str) -> None:
         raise SearchError(
             f"run {name} exists and is unfinished; resume it with: {resume_command(home, name)}"
         )
-
-
-def _data_config(sp: Space, opts: SearchOptions):
-    """Defaults/--config, then the space's data: block, then the command line."""
-    dcfg = sp.data_config(opts.data_cfg)
-    if opts.data_overrides:
-        from ..config import _apply
-
-        cfg = Config(data=dcfg)
-        _apply(cfg, {"data": dict(opts.data_overrides)}, "command line")
-        dcfg = cfg.data
-    return dcfg
 
 
 def run_search(home: Home, options: SearchOptions | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -276,7 +245,7 @@ def run_search(home: Home, options: SearchOptions | None = None, **kwargs: Any) 
     if options is not None and kwargs:
         raise TypeError("run_search: give a SearchOptions or keyword options, not both")
     sp = opts.space if isinstance(opts.space, Space) else load_space(opts.space)
-    metric, mode, n_trials = _check(sp, opts)
+    metric, mode, n_trials = opts.resolve(sp)
     # Inside a Ray Job (`ray job submit`) Ray sets RAY_ADDRESS: join that cluster, as ray.init()
     # does (a private Ray with num_cpus would fail there: ray.init refuses both at once).
     address = opts.address or os.environ.get("RAY_ADDRESS") or None
@@ -288,7 +257,7 @@ def run_search(home: Home, options: SearchOptions | None = None, **kwargs: Any) 
     uri = opts.tracking_uri or home.tracking_uri()
     if opts.tracking:
         check_tracking_uri(uri)
-    dcfg = _data_config(sp, opts)
+    dcfg = opts.data_config(sp)
     if opts.name:
         runs.check_name(opts.name)
     name, folder = runs.new_run_folder(home, opts.name)

@@ -7,9 +7,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import DataConfig, FinetuneConfig
+from ..config import Config, DataConfig, FinetuneConfig
 from ..errors import ConfigError
-from .space import Space
+from .space import METRICS, Space
 
 # Ray Tune trial schedulers (not the diffusion sampler's schedulers): run every trial to the end,
 # or stop the weak ones early (ASHA).
@@ -59,6 +59,36 @@ class SearchOptions:
         if unknown:
             raise TypeError(f"run_search: unknown option(s): {', '.join(unknown)}")
         return cls(**kwargs)
+
+    def resolve(self, sp: Space) -> tuple[str, str, int]:
+        """The search's metric, mode and number of trials on ``sp`` (ConfigError naming the
+        flag)."""
+        if not sp.params:
+            raise ConfigError(
+                f"{sp.path or 'the search space'}: no parameters to search (the file is empty or "
+                "has no params:); see search_spaces/quick.yaml for one that works"
+            )
+        if self.metric is not None and self.metric not in METRICS:
+            raise ConfigError(
+                f"--metric: unknown metric {self.metric!r}; allowed: {', '.join(METRICS)}"
+            )
+        metric = self.metric or sp.metric
+        mode = sp.mode if metric == sp.metric else METRICS[metric]
+        n_trials = int(self.n_trials if self.n_trials is not None else sp.default_trials())
+        if n_trials < 1:
+            raise ConfigError(f"--trials: must be >= 1, got {n_trials}")
+        return metric, mode, n_trials
+
+    def data_config(self, sp: Space) -> DataConfig:
+        """Defaults/--config, then the space's data: block, then the command line."""
+        dcfg = sp.data_config(self.data_cfg)
+        if self.data_overrides:
+            from ..config import _apply
+
+            cfg = Config(data=dcfg)
+            _apply(cfg, {"data": dict(self.data_overrides)}, "command line")
+            dcfg = cfg.data
+        return dcfg
 
 
 __all__ = ["TUNE_SCHEDULERS", "SearchOptions"]
