@@ -81,13 +81,9 @@ def _kill_files(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _children(info: dict) -> list:
-    from mlflow.tracking import MlflowClient
+    from ratio_search.tracking import SearchTracker
 
-    client = MlflowClient(info["mlflow"]["tracking_uri"])
-    parent = info["mlflow"]["parent_run_id"]
-    return client.search_runs(
-        [info["mlflow"]["experiment_id"]], f"tags.`mlflow.parentRunId` = '{parent}'"
-    )
+    return SearchTracker(info["mlflow"]["tracking_uri"]).children(info["mlflow"]["parent_run_id"])
 
 
 def _pool_mtimes(home: Home) -> dict[Path, int]:

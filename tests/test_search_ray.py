@@ -81,14 +81,10 @@ def search(tmp_path_factory) -> dict:
 
 
 def _children(search: dict) -> list:
-    from mlflow.tracking import MlflowClient
+    from ratio_search.tracking import SearchTracker
 
-    info = search["info"]
-    client = MlflowClient(info["mlflow"]["tracking_uri"])
-    return client.search_runs(
-        [info["mlflow"]["experiment_id"]],
-        f"tags.`mlflow.parentRunId` = '{search['out']['mlflow_parent_run_id']}'",
-    )
+    uri = search["info"]["mlflow"]["tracking_uri"]
+    return SearchTracker(uri).children(search["out"]["mlflow_parent_run_id"])
 
 
 def test_search_end_to_end_with_a_failing_trial(search):
