@@ -96,6 +96,12 @@ class TrainConfig:
     n_seeds: int = _f(
         1, "seeds trained together (seed, seed+1, ...); metrics are their mean", lo=1, hi=64
     )
+    # Validation costs about as much as training here (600 val images against 200-300 training
+    # images per epoch): a search that needs only the final number validates less often. The
+    # weights, and so the final metrics, do not depend on it.
+    val_every: int = _f(
+        1, "validate (and report, checkpoint) after every N-th epoch and the last", lo=1
+    )
 
 
 @dataclass

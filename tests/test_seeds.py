@@ -198,3 +198,49 @@ def test_calibration_trains_r0_runs_continued(tiny_dataset, one_thread):
 @pytest.mark.unit
 def test_dataclass_replace_keeps_n_seeds():
     assert dataclasses.replace(_cfg(n_seeds=3), epochs=1).n_seeds == 3
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("seeds", [[0], [0, 1]], ids=["one seed", "stacked seeds"])
+def test_val_every_validates_less_and_changes_no_number(tiny_dataset, one_thread, seeds):
+    every, sparse = [], []
+    base = train_seeds(
+        _cfg(epochs=5), tiny_dataset, None, seeds, report=lambda e, m, s: every.append(e)
+    )
+    states: list = []
+    fewer = train_seeds(
+        _cfg(epochs=5, val_every=2),
+        tiny_dataset,
+        None,
+        seeds,
+        report=lambda e, m, s: (sparse.append(e), states.append(s)),
+    )
+    assert every == [1, 2, 3, 4, 5] and sparse == [2, 4, 5]  # every 2nd epoch and the last
+    assert [h["epoch"] for h in fewer["history"]] == [2, 4, 5]
+    for a, b in zip(fewer["per_seed"], base["per_seed"], strict=True):
+        assert a["metrics"]["val_loss"] == b["metrics"]["val_loss"]  # the same weights
+        assert a["metrics"]["accuracy"] == b["metrics"]["accuracy"]
+    # resuming from the epoch-2 checkpoint goes on validating at 4 and 5, with the same end
+    resumed: list = []
+    train_seeds(
+        _cfg(epochs=5, val_every=2),
+        tiny_dataset,
+        None,
+        seeds,
+        report=lambda e, m, s: resumed.append((e, m["val_loss"])),
+        state=states[0],
+    )
+    assert [e for e, _ in resumed] == [4, 5]
+    assert resumed[-1][1] == fewer["metrics"]["val_loss"]
+
+
+@pytest.mark.unit
+def test_calibration_with_val_every_reads_both_budgets(tiny_dataset, one_thread):
+    fixed = {**SPACE["fixed"], "epochs": 2, "val_every": 2}
+    sp = parse_space({**SPACE, "fixed": fixed, "search": {"tolerance": 1.0}})
+    _, rec = calibrate(sp, tiny_dataset)
+    plain = parse_space({**SPACE, "fixed": {**fixed, "val_every": 1}, "search": {"tolerance": 1.0}})
+    _, ref = calibrate(plain, tiny_dataset)
+    assert rec["steps"][0]["from"] == 2 and rec["steps"][0]["to"] == 4
+    assert rec["steps"][0]["mean_to"] == ref["steps"][0]["mean_to"]
+    assert rec["steps"][0]["mean_from"] == ref["steps"][0]["mean_from"]

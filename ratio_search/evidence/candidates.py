@@ -30,8 +30,9 @@ METRICS = {
 # Confirmation seeds start here, far from the seeds a search uses (its fixed seed, usually 0).
 SEED_BASE = 1000
 # Flat-config fields that do not make a trial another configuration: the seed (confirmation
-# varies it) and where and with how many threads it runs.
-_NOT_CONFIG = ("seed", "device", "threads")
+# varies it), where and with how many threads it runs, and how often it validated (val_every
+# changes no weight and no final metric).
+_NOT_CONFIG = ("seed", "device", "threads", "val_every")
 # Flat-config fields that only matter when generated images are mixed in (R > 0): the pool, the
 # draw from it, and the mode (replace and augment both train on the real set alone at R = 0).
 _POOL_ONLY = (*POOL_FIELDS, "pool_size", "pool_seed", *DRAW_PARAMS, "mode")
@@ -45,7 +46,7 @@ def _num(v: Any) -> Any:
 
 def config_signature(config: Mapping[str, Any]) -> tuple:
     """What makes two trial configs the same configuration: their :class:`TrialConfig`, rounded,
-    without the seed (nor device and threads).
+    without the seed (nor device, threads and val_every).
 
     At R = 0 no generated image is used, so the pool, draw and mode settings are dropped from it.
     """

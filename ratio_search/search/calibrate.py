@@ -51,21 +51,25 @@ class _R0Runs:
     def __init__(self, data: Any, metric: str) -> None:
         self.data, self.key = data, _history_key(metric)
         self.state: dict[str, Any] | None = None
-        self.history: list[list[float]] = []  # per epoch, per seed
+        # validated epoch -> the metric per seed (every epoch asked for is validated: it is the
+        # last of its call, train.loop.validates)
+        self.history: dict[int, list[float]] = {}
+        self.epochs = 0  # epochs trained so far
 
     def __call__(self, cfg: Any, seeds: Sequence[int], epochs: int) -> list[float]:
         from ..train.trial import train_seeds
 
-        if epochs > len(self.history):
+        if epochs > self.epochs:
 
             def keep(epoch: int, metrics: dict[str, Any], state: dict[str, Any]) -> None:
                 per_seed = metrics.get("per_seed") or [metrics]
-                self.history.append([float(m[self.key]) for m in per_seed])
+                self.history[int(epoch)] = [float(m[self.key]) for m in per_seed]
                 self.state = state
 
             run = dataclasses.replace(cfg, epochs=int(epochs), r=0.0)
             train_seeds(run, self.data, None, list(seeds), report=keep, state=self.state)
-        return list(self.history[epochs - 1])
+            self.epochs = int(epochs)
+        return list(self.history[epochs])
 
 
 def _paired(a: list[float], b: list[float], sign: float) -> dict[str, Any]:

@@ -42,6 +42,7 @@ FIXED_ONLY: dict[str, tuple[str, str] | None] = {
     "pool_seed": ("generate", "seed"),
     "widths": None,
     "fc": None,
+    "val_every": ("train", "val_every"),
 }
 
 _SECTION_CLS = {"train": TrainConfig, "generate": GenerateConfig}

@@ -41,7 +41,9 @@ def make_tuner(run_dir: Path, info: RunInfo, space: Space, trainable, callbacks:
     searcher = make_searcher(space, run_dir, info.name, info.metric, info.mode, int(info.seed))
     if opts.scheduler == "asha":
         scheduler = ASHAScheduler(
-            time_attr="training_iteration",
+            # the trainer's epoch, not Tune's report count: with train.val_every > 1 a trial
+            # reports every N-th epoch, and a reused measurement reports once, at the budget
+            time_attr="epoch",
             max_t=_max_epochs(space),
             grace_period=min(int(space.search["grace_period"]), _max_epochs(space)),
             reduction_factor=3,

@@ -215,11 +215,11 @@ def train_classifier(
     positive_label: int = 0,
 ) -> TrainResult:
     """Train the classifier of ``cfg`` on uint8 images ``x`` / labels ``y``; validate after every
-    epoch.
+    ``cfg.val_every``-th epoch and the last.
 
     The model is :func:`.cnn.build_model`'s (``cfg.arch``, sized by ``cfg.widths`` / ``cfg.fc``).
     Adam (``cfg.lr``), cross-entropy, ``cfg.batch_size``, ``cfg.epochs``; initial weights and batch
-    order are seeded from ``cfg.seed``. After each epoch ``report(epoch, metrics, state)`` is
+    order are seeded from ``cfg.seed``. After each validated epoch ``report(epoch, metrics, state)`` is
     called with the 1-based epoch, the validation metrics (:func:`compute_metrics` plus
     ``train_loss`` and ``val_loss``) and ``state = {"epoch", "model", "optimizer", "rng",
     "history"}`` (CPU copies). Passing that ``state`` back resumes after its epoch and ends with the
@@ -229,9 +229,15 @@ def train_classifier(
                   positive_label=positive_label)  # fmt: skip
     while run.epoch < cfg.epochs:
         metrics = run.train_epoch()
-        if report is not None:
+        if report is not None and metrics is not None:
             report(run.epoch, dict(metrics), run.snapshot())
     return run.result()
+
+
+def validates(epoch: int, cfg: TrainConfig) -> bool:
+    """Whether epoch ``epoch`` (1-based) ends with validation: every ``cfg.val_every``-th epoch
+    and the last (so the final metrics are always measured, whatever ``val_every``)."""
+    return epoch % int(cfg.val_every) == 0 or epoch >= int(cfg.epochs)
 
 
 class SeedRun:
@@ -301,8 +307,9 @@ class SeedRun:
         self.metrics: dict[str, Any] = self.history[-1] if self.history else {}
         model.train()
 
-    def train_epoch(self) -> dict[str, Any]:
-        """One epoch of training, then validation; returns (and records) its metrics."""
+    def train_epoch(self) -> dict[str, Any] | None:
+        """One epoch of training, then validation when :func:`validates` says so; returns (and
+        records) its metrics, or None for an epoch without validation."""
         model, optimizer, cfg, device = self.model, self.optimizer, self.cfg, self.device
         n = len(self.xt)
         perm = torch.randperm(n, generator=self.gen).to(device)
@@ -322,6 +329,8 @@ class SeedRun:
                 f"training diverged at epoch {self.epoch} (train loss {train_loss}); "
                 f"try a lower train.lr (now {cfg.lr})"
             )
+        if not validates(self.epoch, cfg):
+            return None
         metrics = self._evaluate()
         metrics["train_loss"] = train_loss
         metrics["epoch"] = self.epoch

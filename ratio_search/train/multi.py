@@ -47,6 +47,7 @@ from .loop import (
     _to_cpu,
     compute_metrics,
     train_classifier,
+    validates,
 )
 
 # report(epoch, per-seed metrics (one dict per seed), state)
@@ -116,8 +117,8 @@ def train_seeds_tensors(
     """Train one CNN per seed on ``xs[i]`` / ``ys[i]`` (same size for every seed), together.
 
     ``cfg`` gives everything but the seed. Returns one :class:`TrainResult` per seed, in order.
-    ``report(epoch, [metrics per seed], state)`` is called after each epoch; passing that
-    ``state`` back resumes after its epoch. One seed is trained by ``train_classifier`` itself
+    ``report(epoch, [metrics per seed], state)`` is called after each validated epoch
+    (:func:`.loop.validates`); passing that ``state`` back resumes after its epoch. One seed is trained by ``train_classifier`` itself
     (bit-exact with a single-seed trial; its ``report`` gets a one-element list); so are the
     seeds of an ``arch`` other than ``simple``, one epoch each in turn (the module's docstring).
     """
@@ -216,6 +217,8 @@ def train_seeds_tensors(
                 f"training diverged at epoch {epoch + 1} (seed {bad[0]}); "
                 f"try a lower train.lr (now {cfg.lr})"
             )
+        if not validates(epoch + 1, cfg):
+            continue
         metrics = _evaluate_stacked(forward, params, buffers, vxt, vyt, n_classes, positive_label)
         for m, h, tl in zip(metrics, histories, train_loss, strict=True):
             m["train_loss"] = float(tl)
@@ -271,7 +274,10 @@ def _train_seeds_in_turn(
         for i, (x, y, s) in enumerate(zip(xs, ys, seeds, strict=True))
     ]  # fmt: skip
     while runs[0].epoch < cfg.epochs:
-        metrics = [run.train_epoch() for run in runs]
+        done = [run.train_epoch() for run in runs]
+        if done[0] is None:  # an epoch without validation (cfg.val_every): nothing to report
+            continue
+        metrics = [m for m in done if m is not None]
         if report is not None:
             snapshot = {
                 "epoch": runs[0].epoch,
