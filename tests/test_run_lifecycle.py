@@ -20,6 +20,7 @@ from ratio_search._io import utc_now
 from ratio_search.errors import SearchError
 from ratio_search.home import Home
 from ratio_search.search import runs
+from ratio_search.search.resources import RayStart
 from ratio_search.search.runinfo import RunInfo
 from ratio_search.search.trials import (
     TrialLog,
@@ -202,11 +203,55 @@ def test_clean_up_runs_every_step_and_reports_the_first_failure(tmp_path, monkey
         raise OSError("disk full")
 
     monkeypatch.setattr(RunInfo, "save", broken_save)
-    failed = driver._close(home, info, folder, Tracker(), "interrupted", lock)
+    failed = driver._close(home, info, folder, Tracker(), "interrupted", lock, RayStart())
     assert failed[0].startswith("could not record the run's state in run.json: OSError: disk full")
     assert "close the MLflow parent run" in failed[1] and len(failed) == 2
     assert calls == ["KILLED"]  # the MLflow step ran although run.json failed
     assert not lock.held and runs.lock_holder(folder) is None  # and the lock was released
+
+
+@pytest.mark.unit
+def test_ray_starts_in_the_background_and_its_error_reaches_the_driver(monkeypatch):
+    """The driver starts Ray while the set-up goes on (search/resources.RayStart): the start
+    runs once, wait() blocks until it is done and raises its error in the calling thread, and
+    settle() (the clean-up's) only waits; release() ends the thread."""
+    import threading
+    import time
+
+    from ratio_search.search import resources
+    from ratio_search.search.resources import EnvironmentProblem
+
+    calls, gate = [], threading.Event()
+
+    def slow_init(*args):
+        calls.append((args, threading.current_thread().name))
+        gate.wait(5)
+        time.sleep(0.05)
+        raise EnvironmentProblem("cannot start a local Ray: port in use")
+
+    monkeypatch.setattr(resources, "init_ray", slow_init)
+    start = RayStart("/tmp/t", None, 2, 0, 5.0)
+    start.start()
+    start.start()  # once only
+    gate.set()
+    t = time.perf_counter()
+    start.settle()  # waits for the start to end, raises nothing
+    assert time.perf_counter() - t >= 0.04
+    with pytest.raises(EnvironmentProblem, match="port in use"):
+        start.wait()
+    assert calls == [(("/tmp/t", None, 2, 0, 5.0), "ray-start")]
+    start.release()
+    RayStart().settle()  # never started: nothing to wait for
+
+    # Started fine: the thread that started Ray outlives wait(), until release(), since Ray's
+    # processes get SIGKILL when the thread that started them ends (PR_SET_PDEATHSIG).
+    monkeypatch.setattr(resources, "init_ray", lambda *a: None)
+    ok = RayStart("/tmp/t", None, 2, 0, 5.0)
+    ok.wait()
+    time.sleep(0.05)
+    assert ok._thread.is_alive()
+    ok.release()
+    assert not ok._thread.is_alive()
 
 
 # ------------------------------------------------------------------------ trial records

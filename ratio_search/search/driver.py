@@ -39,6 +39,7 @@ from .procs import Signals, find_ray_processes, is_driver, kill_ray_processes, o
 from .progress import say
 from .resources import (  # noqa: F401 - check_address, cuda_device_count: importers' names
     EnvironmentProblem,
+    RayStart,
     check_address,
     check_tracking_uri,
     cluster_shortfall,
@@ -71,10 +72,17 @@ SHUTDOWN_WAIT_S = 60.0
 
 
 def _close(
-    home: Home, info: RunInfo, run_dir: Path, tracker: Any, status: str, lock: runs.RunLock
+    home: Home,
+    info: RunInfo,
+    run_dir: Path,
+    tracker: Any,
+    status: str,
+    lock: runs.RunLock,
+    ray_start: RayStart,
 ) -> list[str]:
     """Record the outcome in run.json and MLflow, stop Ray and what it left behind, release the
     lock: every step runs whatever failed before it. Returns what failed, in order."""
+    ray_start.settle()  # a Ray still starting would outlive the shutdown below
     ray = sys.modules.get("ray")  # not imported: the search stopped before Ray started
 
     def save_state() -> None:
@@ -88,8 +96,11 @@ def _close(
             )
 
     def stop_ray() -> None:
-        if ray is not None and ray.is_initialized():
-            ray.shutdown()
+        try:
+            if ray is not None and ray.is_initialized():
+                ray.shutdown()
+        finally:
+            ray_start.release()
 
     def leftovers() -> None:
         temp_dir = str(info.ray.temp_dir)
@@ -128,17 +139,13 @@ def _fit(
     progress: bool,
     restore: bool,
     sig: Signals,
+    ray_start: RayStart,
 ) -> str:
-    """Start (or join) Ray, build the pools on GPUs, run (or restore) the Tuner until done or
-    interrupted; returns the outcome ("finished" or "interrupted")."""
-    quiet_tune_env()
-    # Tune logs where its results are and how to open TensorBoard at INFO: not our interface.
-    for logger_name in ("ray.tune", "ray.train"):
-        logging.getLogger(logger_name).setLevel(logging.WARNING)
+    """Wait for Ray (started or joined in the background by ``_drive``), build the pools on
+    GPUs, run (or restore) the Tuner until done or interrupted; returns the outcome ("finished"
+    or "interrupted")."""
     opts, res = info.options, info.options.resources
-    init_ray(
-        str(info.ray.temp_dir), opts.address, res["num_cpus"], res["gpus"], opts.address_timeout
-    )
+    ray_start.wait()
     if opts.address:
         import ray
 
@@ -198,12 +205,22 @@ def _drive(
     """Set-up, trials and clean-up of a run whose lock is held and whose run.json is written."""
     sig = Signals()
     tracker, status, error = None, "failed", None
+    opts, res = info.options, info.options.resources
+    quiet_tune_env()  # before Ray starts: its processes inherit the environment
+    # Tune logs where its results are and how to open TensorBoard at INFO: not our interface.
+    for logger_name in ("ray.tune", "ray.train"):
+        logging.getLogger(logger_name).setLevel(logging.WARNING)
+    ray_start = RayStart(
+        str(info.ray.temp_dir), opts.address, res["num_cpus"], res["gpus"], opts.address_timeout
+    )
     try:
-        data = prepare(home, folder, info, space, cfg, progress)
+        # Ray starts once the space's classes are checked (a typo fails at once, without it),
+        # while the calibration, the generator and the pools are made
+        data = prepare(home, folder, info, space, cfg, progress, on_checked=ray_start.start)
         tracker = open_tracker(folder, info, progress)
         if not info.options.resources.get("gpus"):
-            prepare_pools(home, folder, info, space, data, progress)  # serially, before Ray
-        status = _fit(home, folder, info, space, data, tracker, progress, restore, sig)
+            prepare_pools(home, folder, info, space, data, progress)  # serially, before trials
+        status = _fit(home, folder, info, space, data, tracker, progress, restore, sig, ray_start)
     except KeyboardInterrupt as e:
         status, error = "interrupted", e
     except (TrialLogError, EnvironmentProblem) as e:
@@ -212,7 +229,7 @@ def _drive(
         status, error = "failed", e
     finally:
         sig.quiet()
-        failed = _close(home, info, folder, tracker, status, lock)
+        failed = _close(home, info, folder, tracker, status, lock, ray_start)
         sig.restore()
     if error is not None:
         raise error

@@ -2,7 +2,8 @@
 
 :func:`resolve_resources` checks the asked-for GPUs against this machine and fills in defaults;
 :func:`init_ray` starts a private local Ray (its own temp dir, no dashboard) or joins a cluster,
-which :func:`check_address` first checks answers and :func:`cluster_shortfall` checks is big enough.
+which :func:`check_address` first checks answers and :func:`cluster_shortfall` checks is big enough;
+:class:`RayStart` runs :func:`init_ray` in the background while the run's set-up goes on.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from typing import Any
 from urllib.parse import urlparse
 
@@ -144,6 +146,70 @@ def init_ray(
             f"cannot start a local Ray (temp dir {temp_dir}): {why}; the run is kept: fix "
             "that, then resume it"
         ) from None
+
+
+class RayStart:
+    """:func:`init_ray` in a background thread, started when the run's set-up begins.
+
+    A private Ray takes about 8 s to start on two cores (``ray.init``, before any trial), which
+    then overlaps the R = 0 calibration, the pools and the MLflow set-up instead of following
+    them. Ray only misses the SIGTERM handler it installs from the main thread, which the
+    driver's own signal handling (:class:`.procs.Signals`) replaces anyway.
+
+    The thread lives until :meth:`release`: Ray starts its GCS and raylet with
+    ``PR_SET_PDEATHSIG``, which Linux fires when the *thread* that started them ends, so a
+    thread that returned after ``ray.init`` would take the run's Ray down with it.
+    """
+
+    def __init__(self, *args: Any) -> None:
+        self._args = args  # init_ray's
+        self._error: BaseException | None = None
+        self._up = threading.Event()  # init_ray returned (or raised)
+        self._done = threading.Event()  # Ray is stopped: the thread may end
+        self._thread = threading.Thread(target=self._run, name="ray-start", daemon=True)
+
+    def _run(self) -> None:
+        quiet = _NotMainThreadFilter()
+        worker_logger = logging.getLogger("ray._private.worker")
+        worker_logger.addFilter(quiet)
+        try:
+            init_ray(*self._args)
+        except BaseException as e:  # noqa: BLE001 - re-raised by wait(), in the main thread
+            self._error = e
+        finally:
+            worker_logger.removeFilter(quiet)
+            self._up.set()
+        self._done.wait()  # keep Ray's processes alive (PR_SET_PDEATHSIG: see the class)
+
+    def start(self) -> RayStart:
+        if self._thread.ident is None:
+            self._thread.start()
+        return self
+
+    def settle(self) -> None:
+        """Wait until the start has finished, whichever way (before Ray is stopped)."""
+        if self._thread.ident is not None:
+            while not self._up.wait(0.2):  # short waits: Ctrl-C still reaches the main thread
+                pass
+
+    def wait(self) -> None:
+        """Ray is up when this returns (started now if it was not); raises init_ray's error."""
+        self.start().settle()
+        if self._error is not None:
+            raise self._error
+
+    def release(self) -> None:
+        """Let the thread end: call after ``ray.shutdown()`` (Ray's processes die with it)."""
+        self._done.set()
+        if self._thread.ident is not None:
+            self._thread.join(5.0)
+
+
+class _NotMainThreadFilter(logging.Filter):
+    """Drops ray.init's warning that it set no SIGTERM handler outside the main thread."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "not the main thread" not in record.getMessage()
 
 
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +48,18 @@ def enter_phase(folder: Path, info: RunInfo, phase: str) -> None:
 
 
 def prepare(
-    home: Home, folder: Path, info: RunInfo, space: Space, cfg: Config, progress: bool
+    home: Home,
+    folder: Path,
+    info: RunInfo,
+    space: Space,
+    cfg: Config,
+    progress: bool,
+    on_checked: Callable[[], Any] | None = None,
 ) -> Any:
     """The data and the generator of the run, each recorded in run.json once done; returns the
-    data. On resume: the data must have the recorded key, a recorded model must still exist."""
+    data. On resume: the data must have the recorded key, a recorded model must still exist.
+    ``on_checked`` is called once the data and the space's classes have passed their checks,
+    before the long steps (the driver starts Ray there)."""
     enter_phase(folder, info, "data")
     data = load_data(cfg.data, home)
     if info.data_key is None:
@@ -65,6 +74,8 @@ def prepare(
     from .calibrate import calibrate_run
 
     check_classes(space, data)  # before the calibration: a typo fails at once
+    if on_checked is not None:
+        on_checked()
     calibrate_run(folder, info, space, data, progress)
     if space.pool_grid():
         if info.model_path is None:
