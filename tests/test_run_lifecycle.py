@@ -230,9 +230,12 @@ def test_ray_starts_in_the_background_and_its_error_reaches_the_driver(monkeypat
         raise EnvironmentProblem("cannot start a local Ray: port in use")
 
     monkeypatch.setattr(resources, "init_ray", slow_init)
+    monkeypatch.delenv("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", raising=False)
     start = RayStart("/tmp/t", None, 2, 0, 5.0)
     start.start()
     start.start()  # once only
+    # Ray's C++ crash handler would abort on SIGTERM during the set-up: off before ray starts
+    assert os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"] == "1"
     gate.set()
     t = time.perf_counter()
     start.settle()  # waits for the start to end, raises nothing

@@ -153,8 +153,12 @@ class RayStart:
 
     A private Ray takes about 8 s to start on two cores (``ray.init``, before any trial), which
     then overlaps the R = 0 calibration, the pools and the MLflow set-up instead of following
-    them. Ray only misses the SIGTERM handler it installs from the main thread, which the
-    driver's own signal handling (:class:`.procs.Signals`) replaces anyway.
+    them. Ray's C++ crash handler is switched off (``RAY_DISABLE_FAILURE_SIGNAL_HANDLER``, read
+    when ray is first imported): ``ray.init`` installs it for SIGTERM too, where it prints a
+    stack and aborts, and from the main thread Ray would put Python's handler back over it,
+    from this thread it does not; with it off, SIGTERM during the set-up still ends the driver
+    cleanly (exit 130, :class:`.procs.Signals`). Ray's processes then die on a crash without
+    printing a C++ stack.
 
     The thread lives until :meth:`release`: Ray starts its GCS and raylet with
     ``PR_SET_PDEATHSIG``, which Linux fires when the *thread* that started them ends, so a
@@ -183,6 +187,7 @@ class RayStart:
 
     def start(self) -> RayStart:
         if self._thread.ident is None:
+            os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
             self._thread.start()
         return self
 
