@@ -8,7 +8,12 @@ trial i uses seed i), one trial at a time, one CPU thread per trial:
 - ``tune``: ``run_search(..., tracking=False)``: Ray start, Optuna (grid over the seeds), Tune
   trials with a checkpoint per epoch, trials.jsonl;
 - ``tune+mlflow``: the same with the MLflow callback (parent run, child run per trial, per-epoch
-  metrics, confusion-matrix artifacts).
+  metrics, confusion-matrix artifacts);
+- the warm start's before / after: ``tune+mlflow`` with the R = 0 calibration on (the set-up
+  work a search does before its trials), Ray started in the background as soon as the set-up
+  begins (``search.resources.RayStart``, the driver since session 7) vs after the set-up (the
+  driver before). The calibration then raises the trials' budget (3 epochs are not converged),
+  so these two compare with each other, not with the loop.
 
 For each arm it prints the end-to-end wall time (Ray start-up included), the first trial's time
 (it also starts the worker process and its imports), the time per trial after the first (the
@@ -30,16 +35,21 @@ from pathlib import Path
 import torch
 
 from ratio_search.home import Home
-from ratio_search.search import run_search
+from ratio_search.search import driver, run_search
+from ratio_search.search.resources import RayStart
 from ratio_search.search.space import parse_space
 from ratio_search.search.trainable import trial_body
 
 
-def make_space(trials: int, epochs: int, image_size: int, per_class: int) -> dict:
+def make_space(
+    trials: int, epochs: int, image_size: int, per_class: int, calibrate: str = "off"
+) -> dict:
+    # calibrate off: the R = 0 calibration would raise the trials' budget above the loop's
+    # (3 epochs are not converged), and this compares the same trials
     return {
         "params": {"seed": {"type": "categorical", "choices": list(range(trials))}},
         "fixed": {"r": 0.0, "epochs": epochs, "batch_size": 32, "lr": 0.002},
-        "search": {"sampler": "grid"},
+        "search": {"sampler": "grid", "calibrate": calibrate},
         "data": {
             "image_size": image_size,
             "phantom_n_per_class": per_class,
@@ -69,12 +79,27 @@ def loop_arm(home: Home, space_doc: dict) -> dict:
     return {"wall": ends[-1] - t0, "per_trial": (ends[-1] - ends[0]) / (len(ends) - 1)}
 
 
-def tune_arm(home: Home, space_doc: dict, name: str, tracking: bool) -> dict:
+class LateRayStart(RayStart):
+    """Ray started only when the trials need it (the driver before session 7)."""
+
+    def start(self) -> RayStart:
+        return self  # the set-up's early start is ignored
+
+    def wait(self) -> None:
+        RayStart.start(self)
+        super().wait()
+
+
+def tune_arm(home: Home, space_doc: dict, name: str, tracking: bool, late: bool = False) -> dict:
+    driver.RayStart = LateRayStart if late else RayStart
     t0 = time.perf_counter()
-    out = run_search(
-        home, name=name, space=parse_space(space_doc), concurrency=1, cpus_per_trial=1,
-        tracking=tracking, progress=False, model=None,
-    )  # fmt: skip
+    try:
+        out = run_search(
+            home, name=name, space=parse_space(space_doc), concurrency=1, cpus_per_trial=1,
+            tracking=tracking, progress=False, model=None,
+        )  # fmt: skip
+    finally:
+        driver.RayStart = RayStart
     wall = time.perf_counter() - t0
     assert out["state"] == "finished" and out["n_trials"] == len(
         space_doc["params"]["seed"]["choices"]
@@ -114,6 +139,15 @@ def main() -> int:
         results["tune"] = tune_arm(home, space_doc, "bench-tune", tracking=False)
         if not args.no_mlflow:
             results["tune+mlflow"] = tune_arm(home, space_doc, "bench-mlflow", tracking=True)
+            calibrated = make_space(
+                args.trials, args.epochs, args.image_size, args.per_class, calibrate="auto"
+            )
+            results["calibrated, Ray started in the background"] = tune_arm(
+                home, calibrated, "bench-early", tracking=True
+            )
+            results["calibrated, Ray started after the set-up"] = tune_arm(
+                home, calibrated, "bench-late", tracking=True, late=True
+            )
 
     n = args.trials
     base = results["loop"]["per_trial"]

@@ -76,7 +76,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
         "--confirm-seeds", type=int, default=3, help="seeds per confirmed configuration (default 3)"
     )
     p.add_argument(
-        "--top-k", type=int, default=2, help="configurations confirmed besides R=0 (default 2)"
+        "--top-k", type=int, default=1, help="configurations confirmed besides R=0 (default 1)"
     )
     json_flag(p)
     p.set_defaults(handler=cmd_demo)
