@@ -1,7 +1,7 @@
 """The whole pipeline on the embedded phantom data, as `make demo` runs it.
 
 data -> finetune (tiny, from the bundled base) -> generate (the quick space's pools) -> run
-(a dozen trials, two at a time) -> export (multi-seed confirmation, test split) -> report.
+(eight trials of two seeds, two at a time) -> export (multi-seed confirmation, test split) -> report.
 
 Every stage is cached by content: a second demo reuses the data, the model and the pools and only
 runs a new search (named ``demo-<timestamp>``).
@@ -110,9 +110,10 @@ def run_demo(
     )
     timings["search"] = time.perf_counter() - t
 
+    which = "configuration" if top_k == 1 else f"{top_k} configurations"
     say(
         5,
-        f"export: confirming the best configurations over {confirm_seeds} seeds, the usable ratio "
+        f"export: confirming the best {which} over {confirm_seeds} seeds, the usable ratio "
         f"at R = {', '.join(f'{r:g}' for r in confirm_r)}, then the test split (up to "
         f"{max_seeds} seeds)",
     )
