@@ -21,6 +21,7 @@ period between trial ends, from trials.jsonl), its overhead over the loop's, and
 loop / arm (1.0 = no overhead).
 
     .venv/bin/python benchmarks/bench_orchestration.py [--trials 6] [--epochs 3] [--per-class 100]
+        [--val-every 1]
 """
 
 from __future__ import annotations
@@ -42,13 +43,24 @@ from ratio_search.search.trainable import trial_body
 
 
 def make_space(
-    trials: int, epochs: int, image_size: int, per_class: int, calibrate: str = "off"
+    trials: int,
+    epochs: int,
+    image_size: int,
+    per_class: int,
+    calibrate: str = "off",
+    val_every: int = 1,
 ) -> dict:
     # calibrate off: the R = 0 calibration would raise the trials' budget above the loop's
     # (3 epochs are not converged), and this compares the same trials
     return {
         "params": {"seed": {"type": "categorical", "choices": list(range(trials))}},
-        "fixed": {"r": 0.0, "epochs": epochs, "batch_size": 32, "lr": 0.002},
+        "fixed": {
+            "r": 0.0,
+            "epochs": epochs,
+            "batch_size": 32,
+            "lr": 0.002,
+            "val_every": val_every,
+        },
         "search": {"sampler": "grid", "calibrate": calibrate},
         "data": {
             "image_size": image_size,
@@ -126,11 +138,16 @@ def main() -> int:
         "--per-class", type=int, default=100, help="real training (and val) images per class"
     )
     ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument(
+        "--val-every", type=int, default=1, help="train.val_every (the quick space's: 8)"
+    )
     ap.add_argument("--no-mlflow", action="store_true", help="skip the tune+mlflow arm")
     args = ap.parse_args()
     torch.set_num_threads(1)  # the loop arm gets what a Tune trial with cpus_per_trial=1 gets
 
-    space_doc = make_space(args.trials, args.epochs, args.image_size, args.per_class)
+    space_doc = make_space(
+        args.trials, args.epochs, args.image_size, args.per_class, val_every=args.val_every
+    )
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-orch-") as tmp:
         home = Home.resolve(tmp)
@@ -140,8 +157,9 @@ def main() -> int:
         if not args.no_mlflow:
             results["tune+mlflow"] = tune_arm(home, space_doc, "bench-mlflow", tracking=True)
             calibrated = make_space(
-                args.trials, args.epochs, args.image_size, args.per_class, calibrate="auto"
-            )
+                args.trials, args.epochs, args.image_size, args.per_class, calibrate="auto",
+                val_every=args.val_every,
+            )  # fmt: skip
             results["calibrated, Ray started in the background"] = tune_arm(
                 home, calibrated, "bench-early", tracking=True
             )
