@@ -1,7 +1,8 @@
 """The whole pipeline on the embedded phantom data, as `make demo` runs it.
 
 data -> finetune (tiny, from the bundled base) -> generate (the quick space's pools) -> run
-(eight trials of two seeds, two at a time) -> export (multi-seed confirmation, test split) -> report.
+(eight trials of two seeds, two at a time) -> export (multi-seed confirmation, test split) ->
+report.
 
 Every stage is cached by content: a second demo reuses the data, the model and the pools and only
 runs a new search (named ``demo-<timestamp>``).
@@ -70,12 +71,13 @@ def run_demo(
     steps = DEMO_FINETUNE_STEPS if finetune_steps is None else int(finetune_steps)
     if steps < 1:
         raise ConfigError(f"--finetune-steps: {steps} must be >= 1")
+    dflt = FinetuneConfig()
     say(
         2,
         f"finetune: adapting the bundled task-naive tiny diffusion base model to the training "
         f"split ({steps} steps of batch {DEMO_FINETUNE_BATCH} at lr {DEMO_FINETUNE_LR:g}; "
-        f"`ratio-search finetune` defaults to {FinetuneConfig().max_steps} of "
-        f"{FinetuneConfig().batch_size} at {FinetuneConfig().lr:g})",
+        f"`ratio-search finetune` defaults to {dflt.max_steps} of {dflt.batch_size} at "
+        f"{dflt.lr:g})",
     )
     t = time.perf_counter()
     ft = FinetuneConfig(max_steps=steps, batch_size=DEMO_FINETUNE_BATCH, lr=DEMO_FINETUNE_LR)

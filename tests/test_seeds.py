@@ -201,15 +201,19 @@ def test_dataclass_replace_keeps_n_seeds():
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("seeds", [[0], [0, 1]], ids=["one seed", "stacked seeds"])
-def test_val_every_validates_less_and_changes_no_number(tiny_dataset, one_thread, seeds):
+@pytest.mark.parametrize(
+    "seeds, arch",
+    [([0], {}), ([0, 1], {}), ([0, 1], {"arch": "resnet", "widths": [4, 4], "fc": 8})],
+    ids=["one seed", "stacked seeds", "seeds in turn (resnet)"],
+)
+def test_val_every_validates_less_and_changes_no_number(tiny_dataset, one_thread, seeds, arch):
     every, sparse = [], []
     base = train_seeds(
-        _cfg(epochs=5), tiny_dataset, None, seeds, report=lambda e, m, s: every.append(e)
+        _cfg(epochs=5, **arch), tiny_dataset, None, seeds, report=lambda e, m, s: every.append(e)
     )
     states: list = []
     fewer = train_seeds(
-        _cfg(epochs=5, val_every=2),
+        _cfg(epochs=5, val_every=2, **arch),
         tiny_dataset,
         None,
         seeds,
@@ -223,7 +227,7 @@ def test_val_every_validates_less_and_changes_no_number(tiny_dataset, one_thread
     # resuming from the epoch-2 checkpoint goes on validating at 4 and 5, with the same end
     resumed: list = []
     train_seeds(
-        _cfg(epochs=5, val_every=2),
+        _cfg(epochs=5, val_every=2, **arch),
         tiny_dataset,
         None,
         seeds,

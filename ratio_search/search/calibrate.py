@@ -54,12 +54,11 @@ class _R0Runs:
         # validated epoch -> the metric per seed (every epoch asked for is validated: it is the
         # last of its call, train.loop.validates)
         self.history: dict[int, list[float]] = {}
-        self.epochs = 0  # epochs trained so far
 
     def __call__(self, cfg: Any, seeds: Sequence[int], epochs: int) -> list[float]:
         from ..train.trial import train_seeds
 
-        if epochs > self.epochs:
+        if epochs not in self.history:
 
             def keep(epoch: int, metrics: dict[str, Any], state: dict[str, Any]) -> None:
                 per_seed = metrics.get("per_seed") or [metrics]
@@ -68,7 +67,6 @@ class _R0Runs:
 
             run = dataclasses.replace(cfg, epochs=int(epochs), r=0.0)
             train_seeds(run, self.data, None, list(seeds), report=keep, state=self.state)
-            self.epochs = int(epochs)
         return list(self.history[epochs])
 
 

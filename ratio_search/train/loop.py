@@ -219,8 +219,8 @@ def train_classifier(
 
     The model is :func:`.cnn.build_model`'s (``cfg.arch``, sized by ``cfg.widths`` / ``cfg.fc``).
     Adam (``cfg.lr``), cross-entropy, ``cfg.batch_size``, ``cfg.epochs``; initial weights and batch
-    order are seeded from ``cfg.seed``. After each validated epoch ``report(epoch, metrics, state)`` is
-    called with the 1-based epoch, the validation metrics (:func:`compute_metrics` plus
+    order are seeded from ``cfg.seed``. After each validated epoch ``report(epoch, metrics,
+    state)`` is called with the 1-based epoch, the validation metrics (:func:`compute_metrics` plus
     ``train_loss`` and ``val_loss``) and ``state = {"epoch", "model", "optimizer", "rng",
     "history"}`` (CPU copies). Passing that ``state`` back resumes after its epoch and ends with the
     same weights and metrics as an uninterrupted run.

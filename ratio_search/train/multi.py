@@ -118,9 +118,10 @@ def train_seeds_tensors(
 
     ``cfg`` gives everything but the seed. Returns one :class:`TrainResult` per seed, in order.
     ``report(epoch, [metrics per seed], state)`` is called after each validated epoch
-    (:func:`.loop.validates`); passing that ``state`` back resumes after its epoch. One seed is trained by ``train_classifier`` itself
-    (bit-exact with a single-seed trial; its ``report`` gets a one-element list); so are the
-    seeds of an ``arch`` other than ``simple``, one epoch each in turn (the module's docstring).
+    (:func:`.loop.validates`); passing that ``state`` back resumes after its epoch. One seed is
+    trained by ``train_classifier`` itself (bit-exact with a single-seed trial; its ``report``
+    gets a one-element list); so are the seeds of an ``arch`` other than ``simple``, one epoch
+    each in turn (the module's docstring).
     """
     seeds = [int(s) for s in seeds]
     k = len(seeds)
@@ -274,10 +275,9 @@ def _train_seeds_in_turn(
         for i, (x, y, s) in enumerate(zip(xs, ys, seeds, strict=True))
     ]  # fmt: skip
     while runs[0].epoch < cfg.epochs:
-        done = [run.train_epoch() for run in runs]
-        if done[0] is None:  # an epoch without validation (cfg.val_every): nothing to report
+        metrics = [run.train_epoch() for run in runs]
+        if metrics[0] is None:  # an epoch without validation (cfg.val_every): nothing to report
             continue
-        metrics = [m for m in done if m is not None]
         if report is not None:
             snapshot = {
                 "epoch": runs[0].epoch,
