@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS: list[tuple[str, list[str]]] = [
     ("bench_trainer.py", ["--reps", "5"]),
     ("bench_val_every.py", ["--reps", "3"]),
-    ("bench_data_cache.py", ["--n-per-class", "1000", "--reps", "3"]),
+    ("bench_data_cache.py", ["--reps", "2", "--small-n", "0"]),
     ("bench_pool_cache.py", ["--n", "50", "--steps", "10", "--reps", "3"]),
     ("bench_orchestration.py", []),
 ]
