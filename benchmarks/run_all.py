@@ -18,6 +18,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS: list[tuple[str, list[str]]] = [
     ("bench_trainer.py", ["--reps", "5"]),
     ("bench_val_every.py", ["--reps", "3"]),
+    ("bench_confirm_workers.py", ["--reps", "2"]),
     ("bench_data_cache.py", ["--reps", "2", "--small-n", "0"]),
     ("bench_pool_cache.py", ["--n", "50", "--steps", "10", "--reps", "3"]),
     ("bench_orchestration.py", []),

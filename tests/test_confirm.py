@@ -232,6 +232,8 @@ def test_confirm_errors(tmp_path):
         confirm(home, "run1", n_seeds=1, context=FakeContext(), track=False)
     with pytest.raises(SearchError, match="max-seeds"):
         confirm(home, "run1", n_seeds=3, max_seeds=2, context=FakeContext(), track=False)
+    with pytest.raises(SearchError, match="--workers: 0 must be >= 1"):
+        confirm(home, "run1", workers=0, context=FakeContext(), track=False)
     with pytest.raises(SearchError, match="unknown run"):
         confirm(home, "nope", context=FakeContext(), track=False)
 
@@ -327,72 +329,29 @@ def test_paired_matches_seeds_not_positions():
     assert d["mean"] == pytest.approx(0.5) and d["half_width"] == pytest.approx(0.0, abs=1e-12)
 
 
+TINY_DATA = {"image_size": 16, "phantom_n_per_class": 8, "phantom_val_per_class": 6,
+             "phantom_test_per_class": 6, "min_val_per_class": 2}  # fmt: skip
+TINY_FIXED = {"epochs": 2, "batch_size": 8, "widths": [4, 4], "fc": 8, "pool_size": 8}
+
+
+def _real_run(tmp_path, track: bool = True):
+    """evidence.testing.fabricated_run at 16 px: (home, folder, data, tracker, parent)."""
+    from ratio_search import tracking
+    from ratio_search.evidence.testing import fabricated_run
+
+    home = Home(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}" if track else None
+    folder, data, parent = fabricated_run(home, TINY_DATA, TINY_FIXED, tracking_uri=uri)
+    tracker = tracking.SearchTracker(uri, run_dir=folder) if track else None
+    return home, folder, data, tracker, parent
+
+
 def test_confirm_through_the_real_trial_and_mlflow(tmp_path):
     """RunContext end to end: phantom data, a cached pool, run_trial, test split, MLflow runs."""
     from ratio_search import tracking
-    from ratio_search.config import Config, save_config
-    from ratio_search.data import load_dataset
 
     torch.set_num_threads(1)
-    home = Home(tmp_path)
-    cfg = Config()
-    cfg.data.image_size = 16
-    cfg.data.phantom_n_per_class = 8
-    cfg.data.phantom_val_per_class = 6
-    cfg.data.phantom_test_per_class = 6
-    cfg.data.min_val_per_class = 2
-    data = load_dataset(cfg.data, home)
-    # A fabricated pool (the pools module accepts any complete images.npy + manifest.json).
-    pool_dir = home.pools / "pk1"
-    pool_dir.mkdir(parents=True)
-    np.save(
-        pool_dir / "images.npy",
-        np.clip(data.train_x[data.train_y == 0].astype(int) + 20, 0, 255).astype(np.uint8),
-    )
-    (pool_dir / "manifest.json").write_text(json.dumps({"n": 8, "key": "pk1"}))
-
-    space = {
-        "params": {
-            "r": {"type": "float", "low": 0.0, "high": 1.0, "step": 0.5},
-            "guidance": {"type": "categorical", "choices": [2.0]},
-            "steps": {"type": "categorical", "choices": [2]},
-        },
-        "fixed": {"epochs": 2, "batch_size": 8, "widths": [4, 4], "fc": 8, "pool_size": 8},
-    }
-    folder = home.runs / "real"
-    folder.mkdir(parents=True)
-    save_config(cfg, folder / "config.yaml")
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    tracker = tracking.SearchTracker(uri, run_dir=folder)
-    parent = tracker.start_parent("real")
-    tracker.finish_parent()
-    info = {
-        "name": "real",
-        "state": "finished",
-        "metric": "val_accuracy",
-        "mode": "max",
-        "space": space,
-        "data_key": data.key,
-        "mlflow": {"tracking_uri": uri, "parent_run_id": parent},
-    }
-    (folder / "run.json").write_text(json.dumps(info))
-    recs = [
-        {
-            "trial_id": "a",
-            "state": "TERMINATED",
-            "params": {"r": 0.0, "guidance": 2.0, "steps": 2},
-            "metrics": {"val_accuracy": 0.5},
-        },
-        {
-            "trial_id": "b",
-            "state": "TERMINATED",
-            "params": {"r": 0.5, "guidance": 2.0, "steps": 2},
-            "metrics": {"val_accuracy": 0.6},
-            "pool_key": "pk1",
-        },
-    ]
-    (folder / "trials.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-
+    home, folder, data, tracker, parent = _real_run(tmp_path)
     out = confirm(home, "real", top_k=1, n_seeds=2, max_seeds=2, confirm_r=[0.5], track=True)
     labels = [c["label"] for c in out["configurations"]]
     assert labels == ["R=0 (real only)", "R=0.50 guidance=2.0 steps=2"]
@@ -480,3 +439,39 @@ def test_confirm_result_is_strict_json(tmp_path):
     out = confirm(home, "run1", n_seeds=2, context=FakeContext(), track=False)
     json.dumps(out, allow_nan=False)  # raises on NaN
     assert all(c["val"]["val_accuracy"]["n"] >= 2 for c in out["configurations"])
+
+
+def test_confirmation_runs_side_by_side_equal_one_after_another(tmp_path):
+    """Two worker processes train the same bits as the driver alone: every run's validation
+    metrics, weights file and test-split interval are identical, in the same order."""
+    import hashlib
+
+    outs, files = [], []
+    for workers, sub in ((1, "alone"), (2, "two")):
+        home, folder, *_ = _real_run(tmp_path / sub, track=False)
+        said: list[str] = []
+        out = confirm(home, "real", top_k=1, n_seeds=2, max_seeds=3, confirm_r=[0.5],
+                      track=False, workers=workers, progress=said.append)  # fmt: skip
+        outs.append(out)
+        assert any("training (2 at a time)" in m for m in said) == (workers == 2)
+        weights = sorted((folder / "confirm").rglob("*.safetensors"))
+        # by configuration and seed (the cache key holds the data key, which names the home)
+        files.append({(p.parent.name, p.name.split("-")[1]): hashlib.sha1(p.read_bytes()).digest()
+                      for p in weights})  # fmt: skip
+    alone, two = outs
+    assert len(files[0]) >= 4 and files[0] == files[1]  # 2 arms x 2-3 seeds, the same bits
+    for a, b in zip(alone["configurations"], two["configurations"], strict=True):
+        assert a["label"] == b["label"] and a["val"] == b["val"]
+    assert alone["test"]["paired"] == two["test"]["paired"]
+    assert alone["test"]["per_seed"] == two["test"]["per_seed"]
+
+
+@pytest.mark.parametrize(
+    ("threads", "n_runs", "cores", "want"),
+    [(0, 8, 8, 1), (1, 8, 2, 2), (1, 1, 8, 1), (2, 8, 2, 1), (2, 8, 8, 4), (3, 8, 8, 2)],
+)
+def test_auto_workers(threads, n_runs, cores, want):
+    """The job's cores over the runs' threads, at most one per run; torch's default: one."""
+    from ratio_search.evidence.workers import auto_workers
+
+    assert auto_workers(threads, n_runs, cores) == want

@@ -97,6 +97,13 @@ def add_export(sub: argparse._SubParsersAction) -> None:
         "0.25 0.5 0.75 1 within the space's range)",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="confirmation runs trained at a time, one process each, the same numbers as one "
+        "after another (default: the job's CPU cores over the trials' threads)",
+    )
+    p.add_argument(
         "--register",
         metavar="NAME",
         help="register the chosen classifier in MLflow's model registry as NAME (needs the "
@@ -156,7 +163,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         bars[0].set_postfix(
             loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['accuracy']:.3f}", refresh=False
         )
-        bars[0].update(1)
+        bars[0].update(epoch - bars[0].n)  # reports come after validated epochs only (val_every)
 
     try:
         pool, pool_n = (
@@ -205,7 +212,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         doc = export_with_confirmation(
             Home.resolve(args.home), args.name, trial_id=args.trial, top_k=args.top_k,
             n_seeds=args.confirm_seeds, max_seeds=args.max_seeds, tolerance=args.tolerance,
-            confirm_r=args.confirm_r, progress=None if args.json else say,
+            confirm_r=args.confirm_r, progress=None if args.json else say, workers=args.workers,
             register=args.register,
         )  # fmt: skip
     path = write_export(doc, args.out)

@@ -57,6 +57,7 @@ from .noninferiority import usable_ratio_ni
 from .paired import METHOD, STOPPING, look_confidence, look_schedule
 from .runs import ProgressFn, RunContext, train_cached
 from .testsplit import Scorer, test_phase
+from .workers import RunPool, auto_workers
 
 __all__ = [
     "GRID",
@@ -126,6 +127,7 @@ def confirm(
     context: Any = None,
     track: bool = True,
     progress: ProgressFn | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Confirm a finished search (see the module docstring); return the ``confirm`` block of best.yaml.
 
@@ -133,6 +135,8 @@ def confirm(
     ``train``, ``test``, ``correct``, ``n_test`` and ``data_key``). ``max_seeds``: the seed
     budget of the test-split confirmation (default ``2 * n_seeds``). ``track``: log one
     ``confirm`` child run per configuration under the search's MLflow parent run.
+    ``workers``: confirmation runs trained at a time, each in its own process with the trials'
+    thread count (default: the job's cores divided by that count).
     """
     from ..search.runs import find_run, read_run_json
 
@@ -146,6 +150,8 @@ def confirm(
         raise SearchError(f"--max-seeds: {max_seeds} is below --confirm-seeds {n_seeds}")
     if not (tolerance > 0 and np.isfinite(tolerance)):
         raise SearchError(f"--tolerance: {tolerance!r} must be a number > 0")
+    if workers is not None and workers < 1:
+        raise SearchError(f"--workers: {workers} must be >= 1")
     folder = find_run(home, name)
     info = read_run_json(folder)
     metric, mode = info.get("metric", "val_accuracy"), info.get("mode", "max")
@@ -174,64 +180,65 @@ def confirm(
     seeds = seeds_all[:n_seeds]
     cache = folder / "confirm"
 
-    def train_one(cand: Candidate, seed: int) -> None:
-        train_cached(ctx, cand, seed, cache, progress)
+    if workers is None:
+        workers = auto_workers(int(getattr(ctx, "threads", 0)), n_runs=2 * n_seeds)
+    # One pool of worker processes for every run below (a worker's start costs seconds).
+    pool = RunPool(ctx, workers)
 
-    def run(cand: Candidate) -> None:
-        for s in seeds:
-            train_one(cand, s)
+    def train(runs: list[tuple[Candidate, int]]) -> None:
+        train_cached(ctx, runs, cache, progress, pool)
 
-    everyone: list[Candidate] = []
-    for cand in [base, *top]:
-        run(cand)
-        everyone.append(cand)
+    with pool:  # stopped once the test split is done, also on an error or Ctrl-C
+        everyone: list[Candidate] = [base, *top]
+        train([(cand, s) for cand in everyone for s in seeds])
 
-    # Chosen: the best confirmed mean; ties go to the baseline, then to the better-ranked trial.
-    sign = 1.0 if mode == "max" else -1.0
+        # Chosen: the best confirmed mean; ties go to the baseline, then to the better-ranked trial.
+        sign = 1.0 if mode == "max" else -1.0
 
-    def mean_of(c: Candidate) -> float:
-        return float(np.mean([v[metric] for v in c.val]))
+        def mean_of(c: Candidate) -> float:
+            return float(np.mean([v[metric] for v in c.val]))
 
-    chosen = max(everyone, key=lambda c: (sign * mean_of(c), c is base))
+        chosen = max(everyone, key=lambda c: (sign * mean_of(c), c is base))
 
-    # The grid of R values the usable ratio needs, at the chosen generation settings.
-    gen_source = chosen if chosen is not base else (top[0] if top else base)
-    for r in _grid(ctx, confirm_r):
-        cfg = dict(gen_source.config, r=float(r))
-        if cfg.get("mode") == "augment" and not _augment_allows(ctx, float(r)):
-            continue  # augment needs R < 1, and the space may bound it lower (r.augment_high)
-        if any(config_signature(c.config) == config_signature(cfg) for c in everyone):
-            continue
-        cand = Candidate(label_of(cfg), cfg, "grid", pool_key=gen_source.pool_key)
-        run(cand)
-        everyone.append(cand)
+        # The grid of R values the usable ratio needs, at the chosen generation settings.
+        gen_source = chosen if chosen is not base else (top[0] if top else base)
+        grid: list[Candidate] = []
+        for r in _grid(ctx, confirm_r):
+            cfg = dict(gen_source.config, r=float(r))
+            if cfg.get("mode") == "augment" and not _augment_allows(ctx, float(r)):
+                continue  # augment needs R < 1, and the space may bound it lower (r.augment_high)
+            if any(config_signature(c.config) == config_signature(cfg) for c in everyone):
+                continue
+            grid.append(Candidate(label_of(cfg), cfg, "grid", pool_key=gen_source.pool_key))
+            everyone.append(grid[-1])
+        train([(cand, s) for cand in grid for s in seeds])
 
-    # Non-inferiority on validation: paired bootstrap over seeds and validation images.
-    scorer = Scorer(ctx)
-    ni_val: dict[str, dict[str, Any]] = {}
-    for c in everyone:
-        if c is not base and float(c.config.get("r", 0.0)) > 0:
-            d = scorer.paired(c, base, "val", confidence, n_boot)
-            if d is not None:
-                ni_val[c.label] = d
-    ni = usable_ratio_ni(
-        [{"r": float(c.config["r"]), "label": c.label, **ni_val[c.label]} for c in everyone if c.label in ni_val],
-        tolerance,
-    )  # fmt: skip
-    usable_cand = next((c for c in everyone if c.label == ni.label), None)
+        # Non-inferiority on validation: paired bootstrap over seeds and validation images.
+        scorer = Scorer(ctx)
+        ni_val: dict[str, dict[str, Any]] = {}
+        for c in everyone:
+            if c is not base and float(c.config.get("r", 0.0)) > 0:
+                d = scorer.paired(c, base, "val", confidence, n_boot)
+                if d is not None:
+                    ni_val[c.label] = d
+        ni = usable_ratio_ni(
+            [{"r": float(c.config["r"]), "label": c.label, **ni_val[c.label]} for c in everyone if c.label in ni_val],
+            tolerance,
+        )  # fmt: skip
+        usable_cand = next((c for c in everyone if c.label == ni.label), None)
 
-    # The test split: the chosen configuration (else the best confirmed R > 0) against R = 0.
-    synthetic = [c for c in everyone if c is not base and float(c.config.get("r", 0.0)) > 0]
-    arm = (
-        chosen
-        if chosen is not base
-        else (max(synthetic, key=lambda c: sign * mean_of(c)) if synthetic else None)
-    )
-    test = test_phase(
-        ctx, folder, scorer, train_one, arm=arm, base=base, usable=usable_cand,
-        seeds_all=seeds_all, start=n_seeds, tolerance=tolerance, confidence=confidence,
-        n_boot=n_boot, progress=progress,
-    )  # fmt: skip
+        # The test split: the chosen configuration (else the best confirmed R > 0) against R = 0.
+        synthetic = [c for c in everyone if c is not base and float(c.config.get("r", 0.0)) > 0]
+        arm = (
+            chosen
+            if chosen is not base
+            else (max(synthetic, key=lambda c: sign * mean_of(c)) if synthetic else None)
+        )
+        test = test_phase(
+            ctx, folder, scorer, train, arm=arm, base=base, usable=usable_cand,
+            seeds_all=seeds_all, start=n_seeds, tolerance=tolerance, confidence=confidence,
+            n_boot=n_boot, progress=progress,
+        )  # fmt: skip
     schedule = look_schedule(n_seeds, max_seeds)
     result: dict[str, Any] = {
         "metric": metric,

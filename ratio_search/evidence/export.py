@@ -39,7 +39,7 @@ from ..search.runs import find_run, read_run_json
 from ..search.trials import best_trial, read_trials
 from .candidates import config_signature
 from .confirm import confirm
-from .runs import RunContext, load_run_space
+from .runs import RunContext, load_run_space, trial_threads
 
 
 def read_trial_records(folder: Path, info: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -154,8 +154,7 @@ def build_export(home: Home, name: str, trial_id: str | None = None) -> dict[str
         train["epochs"] = epoch
     train["device"] = "auto"
     # The trial trained with torch threads = its CPU share; the same count repeats it bit for bit.
-    resources = (info.get("options") or {}).get("resources") or {}
-    train["threads"] = max(1, int(float(resources.get("cpus_per_trial") or 1)))
+    train["threads"] = trial_threads(info)
     config_from_dict({"train": train})  # fail here, not in `train`, if a value is invalid
 
     pool_key = rec.get("pool_key") or None
@@ -319,11 +318,11 @@ def export_with_confirmation(
     # >>> the chosen classifier as an MLflow model (tracking/models.py)
     if isinstance(result.get("mlflow"), dict) and result["chosen"]["label"] in result["mlflow"]:
         from ..tracking.models import log_chosen_model
-        from .runs import _run_key, _slug
+        from .runs import run_files
 
-        seed, chosen_cfg = result["seeds"][0], result["chosen"]["config"]
-        weights = find_run(home, name) / "confirm" / _slug(result["chosen"]["label"])
-        weights /= f"seed-{seed}-{_run_key(chosen_cfg, seed, ctx.data_key)}.safetensors"
+        pick = result["chosen"]
+        _, weights = run_files(find_run(home, name) / "confirm", pick["label"], pick["config"],
+                               result["seeds"][0], ctx)  # fmt: skip
         result["model"] = log_chosen_model(ctx, result, weights, register_as=register)
     # <<< end of the MLflow model block
     return doc

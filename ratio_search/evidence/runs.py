@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from ..config import TrialConfig
 from ..errors import RatioSearchError, SearchError
 from ..home import Home
 from .candidates import METRICS, Candidate
+from .workers import RunPool
 
 ProgressFn = Callable[[str], None]
 
@@ -37,6 +38,13 @@ def load_run_space(folder: Path, info: Mapping[str, Any]):
     if (Path(folder) / "space.yaml").is_file():
         return load_space(Path(folder) / "space.yaml")
     return None
+
+
+def trial_threads(info: Mapping[str, Any]) -> int:
+    """The torch threads a run's trials trained with: their CPU share (run.json's
+    ``options.resources.cpus_per_trial``, else 1); the same count repeats a trial bit for bit."""
+    resources = (info.get("options") or {}).get("resources") or {}
+    return max(1, int(float(resources.get("cpus_per_trial") or 1)))
 
 
 class RunContext:
@@ -193,16 +201,24 @@ class RunContext:
         self, config: Mapping[str, Any], seed: int, pool_key: str | None
     ) -> tuple[dict[str, float], dict[str, Any]]:
         """Train one trial of ``config`` with ``seed``: (validation metrics, model state dict)."""
+        return self.train_with(config, seed, self.pool_images(config, pool_key))
+
+    def train_with(
+        self, config: Mapping[str, Any], seed: int, images: Any
+    ) -> tuple[dict[str, float], dict[str, Any]]:
+        """:meth:`train` with the generated images already resolved (:meth:`pool_images`); what a
+        worker process runs (:mod:`.workers`)."""
         from ..train.trial import run_trial
 
         cfg = TrialConfig.from_flat(dict(config)).train
         cfg.seed = int(seed)
+        cfg.threads = self.threads  # as the trials: best.yaml's count repeats the run exactly
         last: dict[str, Any] = {}
 
         def keep_state(epoch: int, metrics: dict[str, Any], state: dict[str, Any]) -> None:
             last["state"] = state["model"]  # the weights after the last epoch
 
-        out = run_trial(cfg, self.data, self.pool_images(config, pool_key), report=keep_state)
+        out = run_trial(cfg, self.data, images, report=keep_state)
         return _val_metrics(out["metrics"]), last["state"]
 
     def test(self, config: Mapping[str, Any], state: Mapping[str, Any]) -> dict[str, float]:
@@ -239,6 +255,11 @@ class RunContext:
         return (pred == np.asarray(y)).astype(np.uint8)
 
     @property
+    def threads(self) -> int:
+        """The torch threads of every confirmation run: the trials' (:func:`trial_threads`)."""
+        return trial_threads(self.info)
+
+    @property
     def n_test(self) -> int:
         """Images in the test split."""
         return int(len(self.data.test_y))
@@ -272,36 +293,82 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")
 
 
-def _run_key(config: Mapping[str, Any], seed: int, data_key: str) -> str:
-    # The flat config as the space gives it: the key of runs cached before stays the same.
-    doc = {"config": {k: config[k] for k in sorted(config)}, "seed": int(seed), "data": data_key}
+def _run_key(config: Mapping[str, Any], seed: int, data_key: str, threads: int) -> str:
+    # Trained at the trials' thread count since 0.1 (before: torch's default), which changes
+    # the bits: "threads" keeps the runs of an older export from being read as this one's.
+    doc = {
+        "config": {k: config[k] for k in sorted(config)}, "seed": int(seed), "data": data_key,
+        "threads": threads,
+    }  # fmt: skip
     return hashlib.sha1(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def run_files(
+    folder: Path, label: str, config: Mapping[str, Any], seed: int, ctx: Any
+) -> tuple[Path, Path]:
+    """The cache files of one confirmation run under ``folder``: its metrics (JSON, written
+    last) and its weights (safetensors)."""
+    sub = Path(folder) / _slug(label)
+    key = _run_key(config, seed, ctx.data_key, int(getattr(ctx, "threads", 0)))
+    return sub / f"seed-{seed}-{key}.json", sub / f"seed-{seed}-{key}.safetensors"
+
+
 def train_cached(
-    ctx: Any, cand: Candidate, seed: int, folder: Path, progress: ProgressFn | None
+    ctx: Any,
+    runs: Sequence[tuple[Candidate, int]],
+    folder: Path,
+    progress: ProgressFn | None,
+    pool: RunPool | None = None,
 ) -> None:
-    """Train (or read from the cache) one confirmation run; append it to ``cand``."""
+    """Train (or read from the cache) confirmation runs ``(candidate, seed)``; append each to its
+    candidate, in the order given.
+
+    Runs not cached are trained by ``pool`` (:class:`.workers.RunPool`: several at a time, one
+    process each, the same numbers as one after another) when ``ctx`` is a :class:`RunContext`
+    (a test's stand-in cannot be re-created in another process), else one by one here; each is
+    cached as soon as it finishes.
+    """
     from safetensors.torch import save_file
 
-    sub = folder / _slug(cand.label)
-    key = _run_key(cand.config, seed, ctx.data_key)
-    meta_path, weights = sub / f"seed-{seed}-{key}.json", sub / f"seed-{seed}-{key}.safetensors"
-    if meta_path.is_file() and weights.is_file():
-        val = json.loads(meta_path.read_text())["val"]
-        if progress:
+    todo: list[tuple[Candidate, int]] = []
+    for cand, seed in runs:
+        meta_path, weights = run_files(folder, cand.label, cand.config, seed, ctx)
+        if not (meta_path.is_file() and weights.is_file()):
+            todo.append((cand, seed))
+        elif progress:
             progress(f"confirm {cand.label} seed {seed}: cached")
-    else:
+    pool = pool if isinstance(ctx, RunContext) else None
+    n = pool.at_once(len(todo)) if pool is not None else 1
+    at_once = f" ({n} at a time)" if n > 1 else ""
+
+    def started(i: int) -> None:
         if progress:
-            progress(f"confirm {cand.label} seed {seed}: training")
-        val, state = ctx.train(cand.config, seed, cand.pool_key)
+            progress(f"confirm {todo[i][0].label} seed {todo[i][1]}: training{at_once}")
+
+    if pool is not None:
+        jobs = [(dict(c.config), s, ctx.pool_images(c.config, c.pool_key)) for c, s in todo]
+        results = pool.train(jobs, started)
+    else:
+        results = _one_by_one(ctx, todo, started)
+    for (cand, seed), (val, state) in zip(todo, results, strict=True):
+        meta_path, weights = run_files(folder, cand.label, cand.config, seed, ctx)
         tensors = {k: v.contiguous() for k, v in state.items()}
-        atomic_write_with(weights, lambda tmp: save_file(tensors, str(tmp)))
+        atomic_write_with(weights, lambda tmp, t=tensors: save_file(t, str(tmp)))
         doc = {"config": cand.config, "seed": seed, "data_key": ctx.data_key, "val": val}
         atomic_write_json(meta_path, doc)  # written last: a cache entry is complete or absent
-    cand.seeds.append(seed)
-    cand.val.append(val)
-    cand.weights.append(str(weights))
+    for cand, seed in runs:
+        meta_path, weights = run_files(folder, cand.label, cand.config, seed, ctx)
+        cand.seeds.append(seed)
+        cand.val.append(json.loads(meta_path.read_text())["val"])
+        cand.weights.append(str(weights))
+
+
+def _one_by_one(
+    ctx: Any, todo: Sequence[tuple[Candidate, int]], started: Callable[[int], None]
+) -> Iterator[tuple[dict[str, float], dict[str, Any]]]:
+    for i, (cand, seed) in enumerate(todo):
+        started(i)
+        yield ctx.train(cand.config, seed, cand.pool_key)
 
 
 def load_state(path: str) -> dict[str, Any]:

@@ -81,7 +81,7 @@ def test_phase(
     ctx: Any,
     folder: Path,
     scorer: Scorer,
-    train: Callable[[Candidate, int], None],
+    train: Callable[[list[tuple[Candidate, int]]], None],
     *,
     arm: Candidate | None,
     base: Candidate,
@@ -97,7 +97,8 @@ def test_phase(
 
     ``arm``: the configuration compared with R = 0 (None when no R > 0 was confirmed);
     ``usable``: the non-inferiority answer's configuration (None at R = 0); ``seeds_all``: the
-    seed plan, its first ``start`` seeds already trained; ``train(cand, seed)`` trains one more.
+    seed plan, its first ``start`` seeds already trained; ``train([(cand, seed), ...])`` trains
+    more (cached runs are read back).
     """
     max_seeds = len(seeds_all)
     request = _request(arm, base, usable, seeds_all, start, tolerance, confidence, n_boot)
@@ -124,11 +125,9 @@ def test_phase(
     if arm is not None:
 
         def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
-            for cand in (arm, base):
-                for s in seeds_all[:n]:
-                    if s not in cand.seeds:
-                        train(cand, s)
             seeds = seeds_all[:n]
+            # both arms of each new seed in one batch: they train side by side where they can
+            train([(c, s) for s in seeds for c in (arm, base) if s not in c.seeds])
             return scorer.rows(arm, seeds, "test"), scorer.rows(base, seeds, "test")
 
         seq = sequential_paired(draw, start, max_seeds, tolerance, confidence, n_boot)
