@@ -294,8 +294,8 @@ def _slug(text: str) -> str:
 
 
 def _run_key(config: Mapping[str, Any], seed: int, data_key: str, threads: int) -> str:
-    # Trained at the trials' thread count since 0.1 (before: torch's default), which changes
-    # the bits: "threads" keeps the runs of an older export from being read as this one's.
+    # Runs train at the trials' thread count (exports before used torch's default), and the
+    # count changes the bits: "threads" keeps an older export's runs from being read as these.
     doc = {
         "config": {k: config[k] for k in sorted(config)}, "seed": int(seed), "data": data_key,
         "threads": threads,
