@@ -291,3 +291,27 @@ def test_child_params_are_the_full_trial_config(home: Home) -> None:
     # trials.jsonl keeps Tune's own config (what status and export read back)
     assert read_trials_jsonl(run_dir / "trials.jsonl")["p_1"]["params"] == {"r": 0.5}
     assert tracker.client.get_run(parent).data.metrics["best_val_f1"] == pytest.approx(0.4)
+
+
+@pytest.mark.edges
+@pytest.mark.parametrize(
+    ("cm", "names"),
+    [([[5, 1], [2, 4]], ["CNV", "NORMAL"]), ([[0, 0], [0, 0]], None), ([[3]], ["only"]),
+     ([[1, 2, 3], [4, 5, 6], [7, 8, 9]], ["a", "b"])],  # wrong count of names: indices
+)  # fmt: skip
+def test_confusion_image_shades_each_cell_by_its_count(cm, names):
+    """One cell per (true, predicted) pair, darker for larger counts; an all-zero matrix draws."""
+    from ratio_search.tracking.store import confusion_image
+
+    img = confusion_image(cm, names)
+    n = len(cm)
+    assert img.mode == "RGB" and img.width > 64 * n and img.height > 64 * n
+    # The pixel at each cell's corner (away from its number) carries the cell's shade.
+    left = img.width - 12 - 64 * n
+    shade = {(i, j): sum(img.getpixel((left + 64 * j + 3, 44 + 64 * i + 3))) for i in range(n)
+             for j in range(n)}  # fmt: skip
+    flat = sorted((cm[i][j], shade[i, j]) for i in range(n) for j in range(n))
+    for (c1, s1), (c2, s2) in zip(flat, flat[1:], strict=False):
+        assert s1 >= s2 if c2 > c1 else s1 == s2  # a larger count is never lighter
+    if flat[-1][0] > flat[0][0]:
+        assert flat[-1][1] < flat[0][1]  # and the largest is darker than the smallest

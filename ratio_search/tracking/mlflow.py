@@ -45,7 +45,7 @@ from .store import (
     TRIAL_TAG,
     artifact_root_for,
     chunks,
-    confusion_figure,
+    confusion_image,
     flatten,
     get_or_create_experiment,
     log_artifacts,
@@ -322,7 +322,7 @@ class SearchTracker:
         if class_names:
             doc["class_names"] = list(class_names)
         self.client.log_dict(run_id, doc, "confusion_matrix.json")
-        self.client.log_figure(run_id, confusion_figure(cm, class_names), "confusion_matrix.png")
+        self.client.log_image(run_id, confusion_image(cm, class_names), "confusion_matrix.png")
 
     def end_child(self, run_id: str, status: str) -> None:
         """End a child run as FINISHED, FAILED or KILLED."""
@@ -348,8 +348,11 @@ class SearchTracker:
             return None
         # Only the trials' runs: other children of the parent (confirmation runs) do not count.
         trial = f"tags.`{KIND_TAG}` = 'trial'"
-        finished = self.children(extra_filter=f"{trial} and attributes.status = 'FINISHED'")
-        failed = self.children(extra_filter=f"{trial} and attributes.status = 'FAILED'")
+        # One query for both (this runs after every trial), split by status here (a status
+        # filter takes no list: only run_id does).
+        ended = self.children(extra_filter=f"{trial} and attributes.status != 'RUNNING'")
+        finished = [r for r in ended if r.info.status == "FINISHED"]
+        failed = [r for r in ended if r.info.status == "FAILED"]
         n_done = len(finished)
         scored = [r for r in finished if is_number(r.data.metrics.get(self.metric))]
         ts = now_ms()

@@ -119,26 +119,44 @@ def log_artifacts(
             raise RatioSearchError(f"artifact to log not found: {p}")
 
 
-def confusion_figure(cm: list[list[int]], class_names: list[str] | None = None):
-    """A confusion-matrix figure built on the Agg canvas (no pyplot, no global state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def confusion_image(cm: list[list[int]], class_names: list[str] | None = None):
+    """The validation confusion matrix as a small PIL image: one cell per (true, predicted)
+    pair, shaded by its count (matplotlib's "Blues"), the count written in it.
+
+    Drawn with PIL rather than a matplotlib figure: the callback draws one per finished trial in
+    the driver, where a figure (about 80 ms with its PNG) was the largest piece of MLflow's
+    per-trial cost; this takes a few ms (BENCHMARKS.md, "Session 8").
+    """
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw, ImageFont
 
     n = len(cm)
     names = class_names if class_names and len(class_names) == n else [str(i) for i in range(n)]
-    fig = Figure(figsize=(1.2 + 0.8 * n, 1.0 + 0.8 * n), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.imshow(cm, cmap="Blues")
-    top = max((max(row) for row in cm), default=0)
+    try:
+        font = ImageFont.load_default(size=13)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        font = ImageFont.load_default()
+    cell, left = 64, 12 + max(int(font.getlength(str(c))) for c in names)
+    top = 44
+    img = Image.new("RGB", (left + n * cell + 12, top + n * cell + 42), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((img.width // 2, 12), "validation confusion matrix", fill="black", font=font,
+              anchor="mm")  # fmt: skip
+    draw.text((img.width // 2, 30), "rows: true, columns: predicted", fill="gray", font=font,
+              anchor="mm")  # fmt: skip
+    blues = colormaps["Blues"]
+    peak = max((max(row) for row in cm), default=0) or 1
     for i in range(n):
+        y = top + i * cell
+        draw.text((left - 6, y + cell // 2), str(names[i]), fill="black", font=font, anchor="rm")
         for j in range(n):
-            color = "white" if cm[i][j] > top / 2 else "black"
-            ax.text(j, i, str(cm[i][j]), ha="center", va="center", color=color)
-    ax.set_xticks(range(n), names)
-    ax.set_yticks(range(n), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("validation confusion matrix")
-    fig.tight_layout()
-    return fig
+            x = left + j * cell
+            shade = tuple(int(255 * c) for c in blues(cm[i][j] / peak)[:3])
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=shade)
+            ink = "white" if cm[i][j] > peak / 2 else "black"
+            draw.text((x + cell // 2, y + cell // 2), str(cm[i][j]), fill=ink, font=font,
+                      anchor="mm")  # fmt: skip
+    for j in range(n):
+        draw.text((left + j * cell + cell // 2, top + n * cell + 12), str(names[j]), fill="black",
+                  font=font, anchor="mm")  # fmt: skip
+    return img
