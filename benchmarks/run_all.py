@@ -22,6 +22,7 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("bench_data_cache.py", ["--reps", "2", "--small-n", "0"]),
     ("bench_pool_cache.py", ["--n", "50", "--steps", "10", "--reps", "3"]),
     ("bench_orchestration.py", []),
+    ("bench_tracking.py", ["--trials", "30"]),
 ]
 
 
