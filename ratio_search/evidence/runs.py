@@ -324,50 +324,54 @@ def train_cached(
     candidate, in the order given.
 
     Runs not cached are trained by ``pool`` (:class:`.workers.RunPool`: several at a time, one
-    process each, the same numbers as one after another) when ``ctx`` is a :class:`RunContext`
-    (a test's stand-in cannot be re-created in another process), else one by one here; each is
+    process each, the same numbers as one after another) when it has more than one worker for
+    them and ``ctx`` is a :class:`RunContext`, else one by one here with ``ctx.train``; each is
     cached as soon as it finishes.
     """
     from safetensors.torch import save_file
 
-    todo: list[tuple[Candidate, int]] = []
-    for cand, seed in runs:
-        meta_path, weights = run_files(folder, cand.label, cand.config, seed, ctx)
-        if not (meta_path.is_file() and weights.is_file()):
-            todo.append((cand, seed))
-        elif progress:
-            progress(f"confirm {cand.label} seed {seed}: cached")
-    pool = pool if isinstance(ctx, RunContext) else None
-    n = pool.at_once(len(todo)) if pool is not None else 1
+    files = [run_files(folder, cand.label, cand.config, seed, ctx) for cand, seed in runs]
+    vals: dict[int, dict[str, float]] = {}  # index in runs -> validation metrics
+    todo: list[int] = []
+    for i, ((cand, seed), (meta_path, weights)) in enumerate(zip(runs, files, strict=True)):
+        if meta_path.is_file() and weights.is_file():
+            vals[i] = json.loads(meta_path.read_text())["val"]
+            if progress:
+                progress(f"confirm {cand.label} seed {seed}: cached")
+        else:
+            todo.append(i)
+    n = pool.at_once(len(todo)) if pool is not None and isinstance(ctx, RunContext) else 1
     at_once = f" ({n} at a time)" if n > 1 else ""
 
-    def started(i: int) -> None:
+    def started(k: int) -> None:
         if progress:
-            progress(f"confirm {todo[i][0].label} seed {todo[i][1]}: training{at_once}")
+            cand, seed = runs[todo[k]]
+            progress(f"confirm {cand.label} seed {seed}: training{at_once}")
 
-    if pool is not None:
-        jobs = [(dict(c.config), s, ctx.pool_images(c.config, c.pool_key)) for c, s in todo]
+    if pool is not None and n > 1:  # only a RunContext can be re-created in a worker
+        jobs = [(dict(c.config), s, ctx.pool_images(c.config, c.pool_key))
+                for c, s in (runs[i] for i in todo)]  # fmt: skip
         results = pool.train(jobs, started)
     else:
-        results = _one_by_one(ctx, todo, started)
-    for (cand, seed), (val, state) in zip(todo, results, strict=True):
-        meta_path, weights = run_files(folder, cand.label, cand.config, seed, ctx)
+        results = _one_by_one(ctx, [runs[i] for i in todo], started)
+    for i, (val, state) in zip(todo, results, strict=True):
+        (cand, seed), (meta_path, weights) = runs[i], files[i]
         tensors = {k: v.contiguous() for k, v in state.items()}
         atomic_write_with(weights, lambda tmp, t=tensors: save_file(t, str(tmp)))
         doc = {"config": cand.config, "seed": seed, "data_key": ctx.data_key, "val": val}
         atomic_write_json(meta_path, doc)  # written last: a cache entry is complete or absent
-    for cand, seed in runs:
-        meta_path, weights = run_files(folder, cand.label, cand.config, seed, ctx)
+        vals[i] = val
+    for i, (cand, seed) in enumerate(runs):
         cand.seeds.append(seed)
-        cand.val.append(json.loads(meta_path.read_text())["val"])
-        cand.weights.append(str(weights))
+        cand.val.append(vals[i])
+        cand.weights.append(str(files[i][1]))
 
 
 def _one_by_one(
     ctx: Any, todo: Sequence[tuple[Candidate, int]], started: Callable[[int], None]
 ) -> Iterator[tuple[dict[str, float], dict[str, Any]]]:
-    for i, (cand, seed) in enumerate(todo):
-        started(i)
+    for k, (cand, seed) in enumerate(todo):
+        started(k)
         yield ctx.train(cand.config, seed, cand.pool_key)
 
 

@@ -73,7 +73,7 @@ def _train(job: Job) -> tuple[dict[str, float], dict[str, np.ndarray]]:
 class RunPool:
     """Trains batches of runs with ``ctx.train_with``, ``workers`` at a time; one pool of
     processes for the whole confirmation (a worker's start, torch and the dataset, costs
-    seconds), started at the first batch of more than one run. Use as a context manager: the
+    seconds), started at its first batch. Use as a context manager: the
     processes are stopped on exit, also on an error or Ctrl-C in the driver."""
 
     def __init__(self, ctx: Any, workers: int) -> None:
@@ -99,14 +99,9 @@ class RunPool:
     def train(
         self, jobs: Sequence[Job], on_start: Callable[[int], None] | None = None
     ) -> Iterator[Result]:
-        """Yield the results of ``jobs`` in their order; ``on_start(i)`` as job ``i`` is handed
-        out."""
-        if self.at_once(len(jobs)) == 1:
-            for i, (config, seed, images) in enumerate(jobs):
-                if on_start:
-                    on_start(i)
-                yield self.ctx.train_with(config, seed, images)
-            return
+        """Yield the results of ``jobs`` in their order, trained in the worker processes;
+        ``on_start(i)`` as job ``i`` is handed out. (One run at a time needs no pool: the caller
+        trains it in the driver, :func:`.runs.train_cached`.)"""
         import torch
 
         if self._pool is None:

@@ -132,10 +132,7 @@ def confusion_image(cm: list[list[int]], class_names: list[str] | None = None):
 
     n = len(cm)
     names = class_names if class_names and len(class_names) == n else [str(i) for i in range(n)]
-    try:
-        font = ImageFont.load_default(size=13)
-    except TypeError:  # Pillow < 10.1: the fixed bitmap font
-        font = ImageFont.load_default()
+    font = ImageFont.load_default(size=13)  # a scalable font: Pillow >= 10.1 (pyproject.toml)
     cell, left = 64, 12 + max(int(font.getlength(str(c))) for c in names)
     top = 44
     img = Image.new("RGB", (left + n * cell + 12, top + n * cell + 42), "white")
