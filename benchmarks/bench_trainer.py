@@ -13,7 +13,10 @@ the same machine load; the medians and their ratio are printed as one markdown t
 
 Both validate in batches of ``train.loop.EVAL_BATCH_SIZE`` images. A second table compares that
 evaluation batch with others on ``--eval-n`` validation images (alternating reps, the largest
-logit difference to the 1,024-image batch alongside).
+logit difference to the 1,024-image batch alongside). A third (``layout``) times the trainer with
+SimpleCNN's forward of now (channels-last convolutions, each block pooling before its ReLU)
+against the v0.1 forward (the modules in order on NCHW tensors), on this run's training set and
+on a demo trial's (200 training and 600 validation images, batch 32).
 
 Throughput is training images per second (images x epochs / wall time).
 
@@ -113,6 +116,35 @@ def eval_batches(n_val: int, size: int, reps: int, device: torch.device) -> None
         print(f"| {b}{mark} | {1000 * med:.1f} | {ref / med:.2f}x | {diff:.1e} |")
 
 
+def _v01_forward(self: SimpleCNN, x: torch.Tensor) -> torch.Tensor:
+    """SimpleCNN's forward before the channels-last change: its modules in order (NCHW, ReLU
+    then pool)."""
+    return self.classifier(self.features(x))
+
+
+def layout(sets: dict[str, tuple], reps: int, device: torch.device) -> None:
+    """The trainer with SimpleCNN's forward of now (channels-last, pool before ReLU) against the
+    v0.1 forward, alternating in this process; the largest weight difference after training."""
+    now = SimpleCNN.forward
+    print("\n| layout: training set | v0.1 forward s | now s | speed-up | max weight diff |")
+    print("|---|---|---|---|---|")
+    for label, (x, y, vx, vy, cfg) in sets.items():
+        times: dict[str, list[float]] = {"v0.1": [], "now": []}
+        weights: dict[str, list[torch.Tensor]] = {}
+        for rep in range(reps + 1):  # the first round warms up
+            for name, fwd in (("v0.1", _v01_forward), ("now", now)):
+                SimpleCNN.forward = fwd
+                t0 = time.perf_counter()
+                res = train_classifier(x, y, vx, vy, cfg, n_classes=2, device=device)
+                if rep:
+                    times[name].append(time.perf_counter() - t0)
+                weights[name] = list(res.model.state_dict().values())
+        SimpleCNN.forward = now
+        a, b = statistics.median(times["v0.1"]), statistics.median(times["now"])
+        diff = max(float((p - q).abs().max()) for p, q in zip(*weights.values(), strict=True))
+        print(f"| {label} | {a:.2f} | {b:.2f} | **{a / b:.2f}x** | {diff:.1e} |", flush=True)
+
+
 def timed(fn, *args) -> float:
     t0 = time.perf_counter()
     fn(*args)
@@ -168,6 +200,16 @@ def main() -> None:
     spread = {k: f"{min(v):.2f}-{max(v):.2f}s" for k, v in times.items()}
     print(f"(raw times per side: {spread})")
     eval_batches(args.eval_n, args.size, args.reps, device)
+    demo = make_data(200, 600, args.size)
+    demo_cfg = TrainConfig(epochs=args.epochs, batch_size=32, lr=1e-3, seed=0)
+    layout(
+        {
+            f"{args.n} + {args.n_val} images, batch {args.batch_size}": (x, y, vx, vy, cfg),
+            "200 + 600 images, batch 32 (a demo trial)": (*demo, demo_cfg),
+        },
+        args.reps,
+        device,
+    )
 
 
 if __name__ == "__main__":

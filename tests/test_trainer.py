@@ -100,6 +100,45 @@ def test_simple_cnn_rejects_images_too_small_for_its_pools():
         SimpleCNN(1, 2, 4, widths=(4, 4, 4))
 
 
+@pytest.mark.parametrize("channels,size,widths", [(1, 32, (16, 32, 64)), (3, 37, (4, 8))])
+def test_the_fast_forward_gives_the_modules_numbers(channels, size, widths):
+    # forward runs channels-last and pools before each ReLU; the Sequential modules applied in
+    # order (conv, ReLU, pool; NCHW) must give the same logits and gradients, up to the
+    # convolutions' summation order
+    torch.manual_seed(0)
+    model = SimpleCNN(channels, 2, size, widths, 8)
+    x = torch.randn(6, channels, size, size)
+    fast = model(x)
+    fast.square().sum().backward()
+    fast_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    slow = model.classifier(model.features(x))
+    slow.square().sum().backward()
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+    for a, p in zip(fast_grads, model.parameters(), strict=True):
+        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)
+        assert p.is_contiguous()  # the parameters stay NCHW (safetensors needs contiguous ones)
+    assert model.hidden(x).shape == (6, 8)
+
+
+def test_pooling_before_the_relu_is_exact():
+    # ReLU is monotonic, so it commutes with a max: values and gradients equal bit for bit, also
+    # for ties (equal positive maxima, windows at or below zero)
+    x = torch.randn(2, 3, 8, 8)
+    x[0, 0] = -1.0
+    x[0, 1, :2, :2] = 0.5
+    x[1, 2, :2, :2] = torch.tensor([[0.0, -2.0], [0.0, -1.0]])
+    g = torch.randn(2, 3, 4, 4)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    first = torch.relu(torch.nn.functional.max_pool2d(a, 2))
+    second = torch.nn.functional.max_pool2d(torch.relu(b), 2)
+    first.backward(g)
+    second.backward(g)
+    assert torch.equal(first, second)
+    assert torch.equal(a.grad, b.grad)
+    assert a.grad.abs().sum() > 0
+
+
 # ------------------------------------------------------------------------------------ metrics
 
 

@@ -293,12 +293,17 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")
 
 
+# Bumped when the trainer's arithmetic changes (2: SimpleCNN runs channels-last and pools before
+# its ReLU), so that an older export's cached runs are trained again rather than mixed in.
+_NUMERICS = 2
+
+
 def _run_key(config: Mapping[str, Any], seed: int, data_key: str, threads: int) -> str:
     # Runs train at the trials' thread count (exports before used torch's default), and the
     # count changes the bits: "threads" keeps an older export's runs from being read as these.
     doc = {
         "config": {k: config[k] for k in sorted(config)}, "seed": int(seed), "data": data_key,
-        "threads": threads,
+        "threads": threads, "numerics": _NUMERICS,
     }  # fmt: skip
     return hashlib.sha1(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

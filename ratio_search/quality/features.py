@@ -63,11 +63,10 @@ class FeatureExtractor:
     def features(self, images: np.ndarray) -> np.ndarray:
         """Penultimate-layer features ``(N, fc)`` (float64) of uint8 images ``(N, C, H, W)``."""
         images = self._check(images, "images")
-        head = self.model.classifier[:-1]  # Flatten, Linear, ReLU: everything but the logits
         out = []
         for i in range(0, len(images), _BATCH):
             x = torch.from_numpy(np.array(images[i : i + _BATCH], copy=True)).to(self.device)
-            out.append(head(self.model.features(normalize(x))).double().cpu().numpy())
+            out.append(self.model.hidden(normalize(x)).double().cpu().numpy())
         if not out:
             return np.zeros((0, int(self.info["fc"])), dtype=np.float64)
         return np.concatenate(out)

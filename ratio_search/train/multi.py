@@ -77,7 +77,7 @@ def _stacked_forward(base: nn.Module) -> Callable:
         for i in convs:
             w, b = params[f"features.{i}.weight"], params[f"features.{i}.bias"]
             h = F.conv2d(h, w.flatten(0, 1), b.flatten(), padding=1, groups=k)
-            h = F.max_pool2d(F.relu(h), 2)
+            h = F.relu(F.max_pool2d(h, 2))  # pool first, as SimpleCNN.hidden: the same numbers
         n = h.shape[0]
         h = h.reshape(n, k, -1).transpose(0, 1)  # (k, B, c*h*w), each seed's NCHW flatten order
         for j, i in enumerate(linears):
@@ -300,10 +300,13 @@ def _evaluate_stacked(
 ) -> list[dict[str, Any]]:
     """Per-seed validation metrics (as ``loop._evaluate_tensors``) of the stacked models."""
     k = next(iter(params.values())).shape[0]
+    # k seeds at once make k times the activations of one: a chunk of EVAL_BATCH_SIZE / k images
+    # keeps them the size of a single seed's evaluation batch, which stays in the cache (whole
+    # 128-image chunks at k = 8 made the first block's 67 MB of activations the slowest step).
+    step = max(1, EVAL_BATCH_SIZE // k)
     chunks = []
-    for i in range(0, len(x), EVAL_BATCH_SIZE):
-        xb = x[i : i + EVAL_BATCH_SIZE]
-        chunks.append(forward(params, buffers, xb))
+    for i in range(0, len(x), step):
+        chunks.append(forward(params, buffers, x[i : i + step]))
     logits = torch.cat(chunks, dim=1)  # (k, N, classes)
     if not bool(torch.isfinite(logits).all()):
         raise RatioSearchError("the classifier's outputs are not finite (training diverged?)")
