@@ -62,8 +62,9 @@ class SimpleCNN(nn.Module):
         """The hidden FC layer's activations ``(N, fc)`` (the penultimate features) of
         normalised float images ``(N, C, H, W)``.
 
-        The same numbers as ``self.classifier[:-1](self.features(x))``, computed faster on the
-        CPU (``benchmarks/bench_trainer.py``, "channels-last"): the convolutions run in
+        The numbers of ``self.classifier[:-1](self.features(x))`` up to the convolutions'
+        summation order, computed faster on the CPU (``benchmarks/bench_trainer.py``, its
+        "layout" table): the convolutions run in
         channels-last layout, where a 2x2 max-pool is about ten times faster than on an NCHW
         tensor, and each block pools before its ReLU. Both orders give the same values and the
         same gradients (ReLU is monotonic, so it commutes with a max), and the ReLU then touches
